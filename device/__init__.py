@@ -1,0 +1,1 @@
+"""The Vigil wearable daemon: pure alarm logic, thin drivers, durable outbox, MQTT."""

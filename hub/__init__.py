@@ -1,0 +1,1 @@
+"""The Vigil hub: ingest, durable store, ACK downlinks, escalation to responders."""

@@ -1,0 +1,95 @@
+"""A real mosquitto, started on a free loopback port with its own config, for tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("mosquitto is not installed; run 'make system-deps'")
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.02)  # polling a port that is not open yet
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    conf: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.conf.parent / "mosquitto.log").open("ab")
+        self.process = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_for_port(self.host, self.port)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        path = self.conf.parent / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextmanager
+def running_mosquitto(workdir: Path, extra_conf: str = "", *, port: int | None = None) -> Iterator[Broker]:
+    """Start mosquitto on 127.0.0.1 with `extra_conf` appended; stop it afterwards.
+
+    Without extra config the listener is plain and anonymous (for client logic
+    tests); the locked-down production config is tested in tests/integration.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    conf = workdir / "mosquitto.conf"
+    persistence = workdir / "data"
+    persistence.mkdir(exist_ok=True)
+    base = extra_conf or "allow_anonymous true\n"
+    conf.write_text(
+        f"per_listener_settings false\n"
+        f"persistence true\npersistence_location {persistence}/\n"
+        f"listener {port} 127.0.0.1\n{base}"
+    )
+    broker = Broker("127.0.0.1", port, conf)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
