@@ -1,0 +1,1 @@
+"""Field deployment: provision devices, write SD images, lock down the broker."""
