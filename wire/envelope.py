@@ -34,7 +34,7 @@ from wire.errors import (
     UnsupportedVersion,
     WrongDirection,
 )
-from wire.ids import DEVICE_ID_BYTES, DeviceId
+from wire.ids import DeviceId
 from wire.keys import DeviceKeys, DevicePublicKeys, HubKeys, HubPublicKeys, Suite
 from wire.messages import Direction, Message, decode_payload, encode_payload
 
@@ -110,7 +110,7 @@ def peek_header(data: bytes) -> Header:
     return Header(suite, direction, DeviceId(raw_id), version)
 
 
-def open(  # noqa: A001 - named after the spec's operation, like seal()
+def open(
     data: bytes,
     *,
     direction: Direction,
@@ -239,5 +239,3 @@ def _check_length(total: int, suite: Suite) -> None:
         raise TruncatedEnvelope(f"envelope of {total} bytes is shorter than {sizes[0]}")
     if total not in sizes:
         raise MalformedEnvelope(f"envelope of {total} bytes is none of the sizes {sizes}")
-
-

@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import cast
 
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -43,7 +43,6 @@ class Suite(enum.IntEnum):
 
 _BEGIN = b"-----BEGIN PRIVATE KEY-----"
 _END = b"-----END PRIVATE KEY-----"
-_K = TypeVar("_K")
 
 
 # -- text forms of public keys ---------------------------------------------------------
@@ -136,10 +135,8 @@ class DeviceKeys:
 
     @classmethod
     def load(cls, path: Path) -> DeviceKeys:
-        blocks = _load_pem(path, count=2)
-        return cls(
-            _expect(path, blocks[0], Ed25519PrivateKey), _expect(path, blocks[1], X25519PrivateKey)
-        )
+        b = _load_pem(path, (Ed25519PrivateKey, X25519PrivateKey))
+        return cls(cast(Ed25519PrivateKey, b[0]), cast(X25519PrivateKey, b[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,17 +198,18 @@ class HubKeys:
         )
 
     def save(self, path: Path, *, force: bool = False) -> None:
-        keys = [self.signing, self.kem, self.hybrid_mlkem, self.hybrid_x25519]
+        keys: list[_PrivateKey] = [self.signing, self.kem, self.hybrid_mlkem, self.hybrid_x25519]
         _save_pem(path, keys, force=force)
 
     @classmethod
     def load(cls, path: Path) -> HubKeys:
-        b = _load_pem(path, count=4)
+        kinds = (Ed25519PrivateKey, X25519PrivateKey, MLKEM768PrivateKey, X25519PrivateKey)
+        b = _load_pem(path, kinds)
         return cls(
-            _expect(path, b[0], Ed25519PrivateKey),
-            _expect(path, b[1], X25519PrivateKey),
-            _expect(path, b[2], MLKEM768PrivateKey),
-            _expect(path, b[3], X25519PrivateKey),
+            cast(Ed25519PrivateKey, b[0]),
+            cast(X25519PrivateKey, b[1]),
+            cast(MLKEM768PrivateKey, b[2]),
+            cast(X25519PrivateKey, b[3]),
         )
 
 
@@ -256,19 +254,21 @@ def check_private_file(path: Path) -> None:
         )
 
 
-def _load_pem(path: Path, *, count: int) -> list[object]:
+def _load_pem(path: Path, kinds: tuple[type, ...]) -> list[object]:
+    """Read the PEM blocks of `path`, checking their number, order and key types."""
     check_private_file(path)
+    count = len(kinds)
     data = path.read_bytes()
     blocks = [b + _END for b in data.split(_END) if _BEGIN in b]
     if len(blocks) != count:
         raise KeyFileError(f"{path} must hold {count} private keys, found {len(blocks)}")
     try:
-        return [serialization.load_pem_private_key(b.strip(), password=None) for b in blocks]
+        keys = [serialization.load_pem_private_key(b.strip(), password=None) for b in blocks]
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path} holds a key that cannot be read: {exc}") from exc
-
-
-def _expect(path: Path, key: object, kind: type[_K]) -> _K:
-    if not isinstance(key, kind):
-        raise KeyFileError(f"{path}: expected a {kind.__name__}, found {type(key).__name__}")
-    return key
+    for number, (key, kind) in enumerate(zip(keys, kinds, strict=True), start=1):
+        if not isinstance(key, kind):
+            raise KeyFileError(
+                f"{path}: key {number} should be {kind.__name__}, is {type(key).__name__}"
+            )
+    return list(keys)

@@ -70,7 +70,9 @@ class Broker:
 
 
 @contextmanager
-def running_mosquitto(workdir: Path, extra_conf: str = "", *, port: int | None = None) -> Iterator[Broker]:
+def running_mosquitto(
+    workdir: Path, extra_conf: str = "", *, port: int | None = None
+) -> Iterator[Broker]:
     """Start mosquitto on 127.0.0.1 with `extra_conf` appended; stop it afterwards.
 
     Without extra config the listener is plain and anonymous (for client logic
