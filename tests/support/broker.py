@@ -44,10 +44,10 @@ class Broker:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = (self.conf.parent / "mosquitto.log").open("ab")
-        self.process = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-        )
+        with (self.conf.parent / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
+            )
         wait_for_port(self.host, self.port)
 
     def stop(self) -> None:
