@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from wire.errors import ReplayedMessage
+
 WINDOW_SIZE = 4096
 MAX_SEQ = 2**63 - 1
 
@@ -56,3 +58,10 @@ class ReplayWindow:
             mask = ((self.mask << shift) | 1) & full if shift < self.size else 1
             return ReplayWindow(seq, mask, self.size)
         return ReplayWindow(self.highest, self.mask | 1 << (self.highest - seq), self.size)
+
+    def admit(self, seq: int) -> ReplayWindow:
+        """Return the window with `seq` recorded, or raise `ReplayedMessage`."""
+        verdict = self.check(seq)
+        if verdict is not Verdict.ACCEPT:
+            raise ReplayedMessage(f"seq {seq} rejected: {verdict.value}")
+        return self.accept(seq)
