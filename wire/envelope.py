@@ -175,10 +175,9 @@ def open_uplink(
     data: bytes, *, device_id: DeviceId, hub_keys: HubKeys, lookup: Verifier
 ) -> Message:
     """Hub side: open an uplink that arrived on `device_id`'s topic."""
-    keys: dict[Suite, PrivateKem] = {
-        Suite.X25519_CHACHA20: hub_keys.kem,
-        Suite.MLKEM768_X25519_CHACHA20: hub_keys.hybrid_kem,
-    }
+    suite = peek_header(data).suite  # build only the key this envelope needs
+    key: PrivateKem = hub_keys.kem if suite is Suite.X25519_CHACHA20 else hub_keys.hybrid_kem
+    keys = {suite: key}
     return open(
         data, direction=Direction.UP, device_id=device_id, recipient_keys=keys, verifier=lookup
     )
