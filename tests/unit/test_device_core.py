@@ -1,0 +1,358 @@
+"""The alarm state machine as a table of scenarios: timed events in, the exact actions out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from device.core import (
+    Action,
+    AlarmCore,
+    AlarmSettings,
+    BatteryLevel,
+    ButtonPressed,
+    ButtonReleased,
+    Delivered,
+    DownlinkReceived,
+    Event,
+    Feedback,
+    GpsFix,
+    LinkChanged,
+    Mode,
+    Pattern,
+    Send,
+    TamperClosed,
+    TamperOpened,
+    Tick,
+)
+from wire.messages import (
+    Acknowledged,
+    Alarm,
+    Cancel,
+    Checkin,
+    Config,
+    Fix,
+    Heartbeat,
+    Message,
+    Position,
+    Resolved,
+    Stored,
+    Trigger,
+)
+
+BASE = AlarmSettings(heartbeat_interval=10_000, position_interval=30)
+
+
+def P(at: float) -> ButtonPressed:  # noqa: N802 - reads like a timing diagram
+    return ButtonPressed(at)
+
+
+def R(at: float) -> ButtonReleased:  # noqa: N802
+    return ButtonReleased(at)
+
+
+def T(at: float) -> Tick:  # noqa: N802
+    return Tick(at)
+
+
+def down(at: float, body: Any) -> DownlinkReceived:
+    return DownlinkReceived(at, Message(seq=900, body=body))
+
+
+def taps(start: float, gesture: str) -> list[tuple[Event, list[Action]]]:
+    """Press out `gesture` ('.' = 0.1 s press, '-' = 1 s press) with 0.3 s gaps, no actions."""
+    steps: list[tuple[Event, list[Action]]] = []
+    t = start
+    for mark in gesture:
+        steps += [(P(t), []), (R(t + (0.1 if mark == "." else 1.0)), [])]
+        t += (0.1 if mark == "." else 1.0) + 0.3
+    return steps
+
+
+FIX = GpsFix(at=5.0, lat=52.5, lon=13.4, fix_time=1_700_000_000.0, quality=1, satellites=7)
+
+
+def wire_fix(age: float) -> Fix:
+    return Fix(52.5, 13.4, 1_700_000_000.0, 1, 7, None, age)
+
+
+SEND_ALARM = Send(0, Alarm(Trigger.BUTTON))
+HOLD = [(P(1.0), []), (T(2.9), []), (T(3.0), [SEND_ALARM, Feedback(Pattern.RAISED)]), (R(3.5), [])]
+
+
+@dataclass
+class Scenario:
+    id: str
+    steps: list[tuple[Event, list[Action]]]
+    settings: AlarmSettings = BASE
+    mode: Mode | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SCENARIOS = [
+    Scenario("short bump does nothing", [(P(1), []), (R(1.2), []), (T(5), [])], mode=Mode.IDLE),
+    Scenario("hold raises one alarm with one vibration", HOLD, mode=Mode.ACTIVE),
+    Scenario(
+        "hold detected at release when no tick came",
+        [(P(1), []), (R(3.2), [SEND_ALARM, Feedback(Pattern.RAISED)])],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "alarm carries last fix with its age and the battery",
+        [
+            (FIX, []),
+            (BatteryLevel(6, 80), []),
+            (P(10), []),
+            (T(12), [Send(0, Alarm(Trigger.BUTTON, wire_fix(7.0), 80)), Feedback(Pattern.RAISED)]),
+        ],
+    ),
+    Scenario(
+        "cancel gesture within grace cancels",
+        [*HOLD, *taps(10, "..."), (T(12), [Send(1, Cancel(0)), Feedback(Pattern.CANCELLED)])],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "duress cancel looks like a cancel but keeps tracking silently",
+        [
+            (FIX, []),
+            *HOLD[:2],
+            (T(3.0), [Send(0, Alarm(Trigger.BUTTON, wire_fix(0.0))), Feedback(Pattern.RAISED)]),
+            (R(3.5), []),
+            *taps(10, "..-"),
+            (T(13), [Send(1, Cancel(0, duress=True)), Feedback(Pattern.CANCELLED)]),
+            (T(33.0), [Send(2, Position(0, wire_fix(28.0)))]),
+            (down(34, Stored(0)), [Delivered(0)]),
+            (down(35, Acknowledged(0)), []),
+        ],
+        mode=Mode.SILENT,
+    ),
+    Scenario(
+        "cancel after grace is ignored",
+        [*HOLD, *taps(40, "..."), (T(42), [])],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "wrong gesture does not cancel",
+        [*HOLD, *taps(10, ".."), (T(12), [])],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "duress gesture raises a silent alarm",
+        [*taps(1, "...."), (T(3), [Send(0, Alarm(Trigger.DURESS))])],
+        mode=Mode.SILENT,
+    ),
+    Scenario(
+        "no receipts while silent",
+        [
+            *taps(1, "...."),
+            (T(3), [Send(0, Alarm(Trigger.DURESS))]),
+            (down(4, Stored(0)), [Delivered(0)]),
+            (down(5, Acknowledged(0)), []),
+        ],
+    ),
+    Scenario(
+        "two-stage receipt: stored then acknowledged",
+        [
+            *HOLD,
+            (down(4, Stored(0)), [Delivered(0), Feedback(Pattern.STORED)]),
+            (down(9, Acknowledged(0)), [Feedback(Pattern.ACKNOWLEDGED)]),
+        ],
+    ),
+    Scenario(
+        "receipt for another seq gives no stored feedback",
+        [*HOLD, (down(4, Stored(7)), [Delivered(7)]), (down(5, Acknowledged(7)), [])],
+    ),
+    Scenario(
+        "positions follow while active and stop when resolved",
+        [
+            (FIX, []),
+            (P(1), []),
+            (T(3), [Send(0, Alarm(Trigger.BUTTON, wire_fix(0.0))), Feedback(Pattern.RAISED)]),
+            (R(3.1), []),
+            (T(32.9), []),
+            (T(33), [Send(1, Position(0, wire_fix(28.0)))]),
+            (T(63), [Send(2, Position(0, wire_fix(58.0)))]),
+            (down(64, Resolved(0)), []),
+            (T(100), []),
+        ],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "no position without a fix",
+        [*HOLD, (T(33), []), (T(63), [])],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "tamper is debounced",
+        [(TamperClosed(0), []), (TamperOpened(1), []), (TamperClosed(1.2), []), (T(5), [])],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "tamper raises an alarm",
+        [
+            (TamperClosed(0), []),
+            (TamperOpened(1), []),
+            (T(1.5), [Send(0, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
+        ],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "tamper open at boot (not worn yet) is not an alarm",
+        [(TamperOpened(0), []), (T(5), [])],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "tamper alarm cannot be cancelled",
+        [
+            (TamperClosed(0), []),
+            (TamperOpened(1), []),
+            (T(1.5), [Send(0, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
+            *taps(3, "..."),
+            *taps(6, "..-"),
+            (T(9), []),
+        ],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "tamper after a button alarm adds an alarm and removes the cancel",
+        [
+            (TamperClosed(0), []),
+            *HOLD,
+            (TamperOpened(5), []),
+            (T(5.5), [Send(1, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
+            *taps(7, "..."),
+            (T(9), []),
+        ],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "tamper while silent stays silent",
+        [
+            (TamperClosed(0), []),
+            *taps(1, "...."),
+            (T(3), [Send(0, Alarm(Trigger.DURESS))]),
+            (TamperOpened(4), []),
+            (T(4.5), [Send(1, Alarm(Trigger.TAMPER))]),
+        ],
+        mode=Mode.SILENT,
+    ),
+    Scenario(
+        "resolving one of two alarms keeps the device active",
+        [
+            (TamperClosed(0), []),
+            *HOLD,
+            (TamperOpened(5), []),
+            (T(5.5), [Send(1, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
+            (down(6, Resolved(0)), []),
+        ],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "heartbeats carry battery, fix age and signal",
+        [
+            (BatteryLevel(0, 55), []),
+            (LinkChanged(1, up=True, signal=70), []),
+            (FIX, []),
+            (T(59), []),
+            (T(60), [Send(0, Heartbeat(55, 55.0, 70))]),
+            (T(120), [Send(1, Heartbeat(55, 115.0, 70))]),
+        ],
+        settings=replace(BASE, heartbeat_interval=60),
+    ),
+    Scenario(
+        "check-in: press in time, reminder, then missed",
+        [
+            (T(10), []),
+            (P(20), []),
+            (R(20.1), []),
+            (T(21), [Send(0, Checkin())]),
+            (T(109), []),
+            (T(111), [Feedback(Pattern.REMINDER)]),
+            (T(121), [Send(1, Alarm(Trigger.MISSED_CHECKIN)), Feedback(Pattern.RAISED)]),
+            (T(400), []),
+        ],
+        settings=replace(BASE, checkin_interval=100, checkin_reminder=10),
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "missed check-in alarm can be cancelled in grace",
+        [
+            (T(100), [Send(0, Alarm(Trigger.MISSED_CHECKIN)), Feedback(Pattern.RAISED)]),
+            *taps(105, "..."),
+            (T(107), [Send(1, Cancel(0)), Feedback(Pattern.CANCELLED)]),
+        ],
+        settings=replace(BASE, checkin_interval=100, checkin_reminder=10),
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "config downlinks change nothing yet",
+        [(down(1, Config({"x": 1})), [])],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "custom gestures are honoured",
+        [
+            (P(1), []),
+            (R(3.5), [SEND_ALARM, Feedback(Pattern.RAISED)]),
+            *taps(5, "-."),
+            (T(8), [Send(1, Cancel(0)), Feedback(Pattern.CANCELLED)]),
+        ],
+        settings=replace(BASE, cancel="-.", duress_cancel="--", duress="...-"),
+    ),
+]
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_scenario(sc: Scenario) -> None:
+    core = AlarmCore(sc.settings, first_seq=0, started_at=0.0)
+    for number, (event, expected) in enumerate(sc.steps):
+        assert core.handle(event) == expected, f"step {number}: {event}"
+    if sc.mode is not None:
+        assert core.mode is sc.mode
+
+
+def test_seqs_start_at_the_persisted_counter_and_never_repeat() -> None:
+    core = AlarmCore(replace(BASE, heartbeat_interval=1), first_seq=41, started_at=0.0)
+    seqs = [a.seq for t in range(1, 20) for a in core.handle(T(float(t))) if isinstance(a, Send)]
+    assert seqs == list(range(41, 60))
+    assert core.next_seq == 60
+
+
+def test_deadline_covers_hold_gap_and_tamper() -> None:
+    core = AlarmCore(BASE, first_seq=0, started_at=0.0)
+    core.handle(P(1.0))
+    assert core.next_deadline() == pytest.approx(3.0)
+    core.handle(R(1.1))
+    assert core.next_deadline() == pytest.approx(1.1 + BASE.gap_seconds)
+    core.handle(T(2.0))
+    core.handle(TamperClosed(2.0))
+    core.handle(TamperOpened(2.5))
+    assert core.next_deadline() == pytest.approx(3.0)
+
+
+def test_cancel_and_duress_cancel_bodies_differ_only_in_the_flag() -> None:
+    a, b = Cancel(3), Cancel(3, duress=True)
+    assert (a.alarm_seq, type(a)) == (b.alarm_seq, type(b))
+    assert a.duress is False
+    assert b.duress is True
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"hold_seconds": 0}, "hold_seconds"),
+        ({"hold_seconds": -1}, "hold_seconds"),
+        ({"grace_seconds": float("inf")}, "grace_seconds"),
+        ({"long_press_seconds": 3.0}, "long_press_seconds"),
+        ({"cancel": "."}, "bump"),
+        ({"cancel": "abc"}, "cancel"),
+        ({"duress": "..."}, "different"),
+        ({"checkin_interval": 10, "checkin_reminder": 20}, "checkin_reminder"),
+        ({"heartbeat_interval": True}, "heartbeat_interval"),
+    ],
+)
+def test_bad_settings_are_refused(change: dict[str, Any], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        replace(BASE, **change)
