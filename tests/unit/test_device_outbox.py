@@ -1,0 +1,169 @@
+"""The durable outbox: survives abrupt closes, never repeats a seq, alarms first and kept."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device.outbox import HARD_LIMIT, Outbox
+from wire.errors import StorageError
+
+
+def env(seq: int) -> bytes:
+    return seq.to_bytes(4, "big") * 16
+
+
+def test_put_then_reopen_keeps_entries_and_counter(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox.open(path)
+    box.put(0, "heartbeat", env(0))
+    box.put(1, "alarm", env(1))
+    box.close()
+    box = Outbox.open(path)
+    assert box.next_seq == 2
+    assert [(e.seq, e.kind, e.envelope) for e in box.due(0.0)] == [
+        (1, "alarm", env(1)),
+        (0, "heartbeat", env(0)),
+    ]
+
+
+def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> None:
+    """A child commits an alarm and is SIGKILLed without closing: the entry and counter stay."""
+    path = tmp_path / "o.sqlite3"
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from device.outbox import Outbox\n"
+        "box = Outbox.open(Path(sys.argv[1]))\n"
+        "for seq in range(box.next_seq, box.next_seq + 3):\n"
+        "    box.put(seq, 'alarm', b'x' * 40)\n"
+        "box.ack(box.next_seq - 1)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], check=False)
+        assert proc.returncode == -9
+    box = Outbox.open(path)
+    assert box.next_seq == 6  # the acked seqs 2 and 5 are never handed out again
+    assert box.pending() == [0, 1, 3, 4]
+    with pytest.raises(StorageError, match="already used"):
+        box.put(5, "alarm", b"y")
+    with pytest.raises(StorageError, match="already used"):
+        box.put(2, "alarm", b"y")
+
+
+def test_counter_survives_an_empty_outbox(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox.open(path)
+    box.put(10, "heartbeat", env(10))
+    assert box.ack(10)
+    assert not box.ack(10)
+    box.close()
+    assert Outbox.open(path).next_seq == 11
+
+
+def test_durability_pragmas(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    box.put(0, "alarm", b"e")
+    conn = sqlite3.connect(tmp_path / "o.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert box._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+    conn.close()
+
+
+def test_priority_alarms_then_cancels_then_positions_then_heartbeats(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    kinds = ["heartbeat", "position", "alarm", "heartbeat", "cancel", "alarm", "checkin"]
+    for seq, kind in enumerate(kinds):
+        box.put(seq, kind, env(seq))
+    assert box.pending() == [2, 5, 4, 6, 1, 0, 3]
+
+
+def test_full_outbox_drops_oldest_heartbeats_never_alarms(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3", capacity=16)
+    for seq in range(8):
+        box.put(seq, "heartbeat", env(seq))
+    for seq in range(8, 16):
+        box.put(seq, "alarm", env(seq))
+    assert box.put(16, "position", env(16)) == [0]
+    assert box.put(17, "alarm", env(17)) == [1]
+    assert len(box) == 16
+    for seq in range(18, 24):  # the six remaining heartbeats make room, oldest first
+        assert box.put(seq, "alarm", env(seq)) == [seq - 16]
+    assert box.put(24, "alarm", env(24)) == [16]  # then the position
+    assert box.put(25, "alarm", env(25)) == []  # then alarms go over capacity
+    with pytest.raises(StorageError, match="cannot queue a heartbeat"):
+        box.put(26, "heartbeat", env(26))
+    with pytest.raises(StorageError, match="cannot queue a cancel"):
+        box.put(27, "cancel", env(27))
+    assert all(e.kind == "alarm" for e in box.due(0.0, limit=100))
+    assert len(box) == 17
+
+
+def test_alarms_have_a_hard_limit_inside_the_replay_window() -> None:
+    assert HARD_LIMIT < 4096
+    with pytest.raises(ValueError, match="capacity"):
+        Outbox(sqlite3.connect(":memory:"), capacity=4096, retry_initial=1, retry_max=2)
+
+
+def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3", retry_initial=10, retry_max=40)
+    box.put(0, "alarm", env(0))
+    box.put(1, "heartbeat", env(1))
+    box.mark_sent(0, now=100.0)
+    assert [e.seq for e in box.due(100.0)] == [1]
+    assert box.next_retry() == 110.0
+    assert [e.seq for e in box.due(110.0)] == [0, 1]
+    delays = []
+    for now in (110.0, 200.0, 300.0, 400.0):
+        box.mark_sent(0, now)
+        delays.append((box.next_retry() or 0.0) - now)
+    assert delays == [20.0, 40.0, 40.0, 40.0]
+    box.retry_all_now()
+    assert [e.seq for e in box.due(0.0)] == [0, 1]
+    assert box.ack(0)
+    assert box.next_retry() is None
+
+
+def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    with pytest.raises(ValueError, match="kind"):
+        box.put(0, "selfie", b"")
+    bad = tmp_path / "bad.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError, match="cannot open"):
+        Outbox.open(bad)
+    tmp_path.chmod(0o500)
+    try:
+        if os.geteuid() != 0:
+            with pytest.raises(StorageError):
+                Outbox.open(tmp_path / "new" / "o.sqlite3")
+    finally:
+        tmp_path.chmod(0o700)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["alarm", "cancel", "position", "heartbeat"]), max_size=60))
+def test_alarms_are_never_dropped(
+    tmp_path_factory: pytest.TempPathFactory, kinds: list[str]
+) -> None:
+    box = Outbox.open(tmp_path_factory.mktemp("o") / "o.sqlite3", capacity=16)
+    stored_alarms = []
+    for seq, kind in enumerate(kinds):
+        try:
+            box.put(seq, kind, env(seq))
+        except StorageError:
+            assert kind != "alarm"
+            continue
+        if kind == "alarm":
+            stored_alarms.append(seq)
+    pending = box.pending()
+    assert [s for s in pending if s in stored_alarms] == stored_alarms
+    assert pending[: len(stored_alarms)] == stored_alarms
