@@ -1,0 +1,1 @@
+"""Thin hardware drivers: GPIO parts (gpiozero), GPS (pyserial + pynmea2), battery (sysfs)."""
