@@ -125,3 +125,18 @@ class GpsError(VigilError):
 
 class StorageError(VigilError, OSError):
     """The durable store failed (disk full, corrupt database); free space or restore."""
+
+
+# -- hub registry and alerts ------------------------------------------------------
+
+
+class AlreadyEnrolled(VigilError, ValueError):
+    """The device id is enrolled with other keys; revoke it first or provision a new id."""
+
+
+class NoSuchAlert(VigilError, LookupError):
+    """No alert has that number; list them with `vigil-hub alerts`."""
+
+
+class BadTransition(VigilError, ValueError):
+    """The alert is not in a state that allows this action; check `vigil-hub alerts`."""

@@ -1,0 +1,157 @@
+"""Versioned schema migrations, shared by SQLite and PostgreSQL.
+
+Each migration is a list of statements with dialect placeholders: `{pk}` (an
+auto-numbered primary key), `{blob}` (bytes). A migration never changes once
+released; add a new one instead. `schema_version` records what was applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    pk: str
+    blob: str
+
+
+SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB")
+POSTGRES = Dialect("postgresql", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA")
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE devices (
+                device_id TEXT PRIMARY KEY,
+                label TEXT NOT NULL,
+                signing_key TEXT NOT NULL,
+                kem_key TEXT NOT NULL,
+                contacts TEXT NOT NULL DEFAULT '[]',
+                enrolled_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION,
+                last_seen DOUBLE PRECISION,
+                offline_at DOUBLE PRECISION,
+                battery INTEGER,
+                fix_lat DOUBLE PRECISION,
+                fix_lon DOUBLE PRECISION,
+                fix_taken_at DOUBLE PRECISION,
+                fix_received_at DOUBLE PRECISION,
+                down_seq BIGINT NOT NULL DEFAULT -1,
+                window_highest BIGINT NOT NULL DEFAULT -1,
+                window_mask {blob} NOT NULL
+            )""",
+            """CREATE TABLE uplinks (
+                device_id TEXT NOT NULL REFERENCES devices(device_id),
+                seq BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                payload {blob} NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                processed INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (device_id, seq)
+            )""",
+            "CREATE INDEX uplinks_unprocessed ON uplinks (processed)",
+            """CREATE TABLE downlinks (
+                id {pk},
+                device_id TEXT NOT NULL REFERENCES devices(device_id),
+                seq BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                arg BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                sent_at DOUBLE PRECISION,
+                UNIQUE (device_id, seq)
+            )""",
+            """CREATE TABLE alerts (
+                id {pk},
+                device_id TEXT NOT NULL REFERENCES devices(device_id),
+                kind TEXT NOT NULL,
+                state TEXT NOT NULL,
+                opened_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                alarm_seq BIGINT,
+                trigger TEXT,
+                duress INTEGER NOT NULL DEFAULT 0,
+                battery INTEGER,
+                fix_lat DOUBLE PRECISION,
+                fix_lon DOUBLE PRECISION,
+                fix_taken_at DOUBLE PRECISION,
+                fix_received_at DOUBLE PRECISION,
+                acknowledged_by TEXT,
+                acknowledged_at DOUBLE PRECISION,
+                verified_at DOUBLE PRECISION,
+                closed_at DOUBLE PRECISION,
+                note TEXT,
+                UNIQUE (device_id, alarm_seq)
+            )""",
+            """CREATE TABLE positions (
+                device_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                alert_id BIGINT NOT NULL REFERENCES alerts(id),
+                lat DOUBLE PRECISION NOT NULL,
+                lon DOUBLE PRECISION NOT NULL,
+                taken_at DOUBLE PRECISION NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (device_id, seq)
+            )""",
+            """CREATE TABLE escalation_steps (
+                alert_id BIGINT NOT NULL REFERENCES alerts(id),
+                step TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (alert_id, step)
+            )""",
+            """CREATE TABLE deliveries (
+                id {pk},
+                alert_id BIGINT NOT NULL REFERENCES alerts(id),
+                step TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                label TEXT NOT NULL,
+                url TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_at DOUBLE PRECISION,
+                last_error TEXT,
+                UNIQUE (alert_id, step, url)
+            )""",
+            """CREATE TABLE delivery_attempts (
+                delivery_id BIGINT NOT NULL REFERENCES deliveries(id),
+                attempt INTEGER NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                ok INTEGER NOT NULL,
+                detail TEXT NOT NULL,
+                PRIMARY KEY (delivery_id, attempt)
+            )""",
+            """CREATE TABLE audit (
+                id BIGINT PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL
+            )""",
+            """CREATE TABLE audit_head (
+                one INTEGER PRIMARY KEY CHECK (one = 1),
+                last_id BIGINT NOT NULL,
+                last_hash TEXT NOT NULL
+            )""",
+            """CREATE TABLE rejections (
+                reason TEXT PRIMARY KEY,
+                count BIGINT NOT NULL,
+                last_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def statements(version: int, dialect: Dialect) -> list[str]:
+    """The statements of migration `version`, rendered for `dialect`."""
+    for number, stmts in MIGRATIONS:
+        if number == version:
+            return [s.format(pk=dialect.pk, blob=dialect.blob) for s in stmts]
+    raise KeyError(version)

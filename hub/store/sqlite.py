@@ -1,0 +1,69 @@
+"""SQLite backend: one file in WAL mode, fsync on every commit (synchronous=FULL)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from hub.store import schema
+from hub.store.sql import Cursor
+from hub.store.sql_alerts import AlertQueries
+from wire.errors import StorageError
+
+
+class SqliteStore(AlertQueries):
+    """The default store. Several processes (daemon and CLI) may share the file."""
+
+    dialect = schema.SQLITE
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in (
+                "journal_mode = WAL",
+                "synchronous = FULL",  # an ACK promises the alarm is on disk
+                "foreign_keys = ON",
+                "busy_timeout = 10000",
+            ):
+                self._conn.execute(f"PRAGMA {pragma}")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        self._lock = threading.RLock()
+        self._migrate()
+
+    @contextmanager
+    def _begin(self, mode: str) -> Iterator[Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute(f"BEGIN {mode}")
+                yield cur
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(f"SQLite store {self.path}: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+            finally:
+                cur.close()
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _tx(self) -> AbstractContextManager[Cursor]:
+        return self._begin("IMMEDIATE")
+
+    def _read(self) -> AbstractContextManager[Cursor]:
+        return self._begin("DEFERRED")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

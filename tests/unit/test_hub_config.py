@@ -1,0 +1,105 @@
+"""Hub config loading: a full example, defaults, and errors that name key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hub.config import load_config
+from wire.errors import BadConfigValue, ConfigError, MissingConfigValue
+
+FULL = """
+[hub]
+keys = "keys/hub.key"
+silent_after = 300
+[store]
+url = "sqlite:///state/hub.db"
+[mqtt]
+host = "127.0.0.1"
+port = 1883
+client_id = "hub-1"
+shared_group = "hub"
+[broker]
+device_host = "broker.example.org"
+ca_file = "/etc/vigil/ca.pem"
+[escalation]
+retry_attempts = 3
+[[escalation.tiers]]
+name = "operators"
+delay = 0
+channels = ["operators"]
+[[escalation.tiers]]
+name = "nearby"
+delay = 300
+channels = ["nearby"]
+radius_km = 5
+[channels.operators]
+urls = ["mailto://ops@127.0.0.1", "json://127.0.0.1:9/hook"]
+[[channels.nearby.recipients]]
+label = "Rosa"
+url = "json://127.0.0.1:9/rosa"
+lat = 17.0
+lon = -96.7
+[channels.public]
+public = true
+urls = ["json://127.0.0.1:9/public"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "hub.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL))
+    assert cfg.keys_path == tmp_path / "keys" / "hub.key"
+    assert cfg.store_url == f"sqlite:///{tmp_path / 'state' / 'hub.db'}"
+    assert cfg.mqtt.port == 1883
+    assert cfg.mqtt.shared_group == "hub"
+    assert cfg.broker.device_host == "broker.example.org"
+    assert [t.name for t in cfg.escalation.tiers] == ["operators", "nearby"]
+    assert cfg.escalation.tiers[1].radius_km == 5.0
+    assert cfg.channels["nearby"].recipients[0].lat == 17.0
+    assert cfg.channels["public"].public
+    assert cfg.silent_after == 300.0
+    settings = cfg.mqtt.settings()
+    assert (settings.host, settings.port, settings.client_id) == ("127.0.0.1", 1883, "hub-1")
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "key"),
+    [
+        (("port = 1883", "port = 99999"), BadConfigValue, "mqtt.port"),
+        (("port = 1883", 'port = "x"'), BadConfigValue, "mqtt.port"),
+        (('keys = "keys/hub.key"', ""), MissingConfigValue, "hub.keys"),
+        (('url = "sqlite:///state/hub.db"', 'url = "mysql://x"'), BadConfigValue, "store.url"),
+        (('channels = ["nearby"]', 'channels = ["nope"]'), BadConfigValue, "escalation.tiers[1]"),
+        (('channels = ["nearby"]', 'channels = ["public"]'), BadConfigValue, "public"),
+        (("delay = 300", "delay = -1"), BadConfigValue, "escalation.tiers[1]"),
+        (("lat = 17.0", ""), BadConfigValue, "channels.nearby.recipients[0]"),
+        (('shared_group = "hub"', 'shared_group = "a/b"'), BadConfigValue, "mqtt.shared_group"),
+        (("[store]", "[store\n"), BadConfigValue, "TOML"),
+    ],
+)
+def test_errors_name_key_and_file(
+    tmp_path: Path, change: tuple[str, str], error: type[Exception], key: str
+) -> None:
+    path = write(tmp_path, FULL.replace(*change, 1))
+    with pytest.raises(error) as info:
+        load_config(path)
+    assert key in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_unreadable_password_file_is_named(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL.replace("[broker]", 'password_file = "pw"\n[broker]')))
+    with pytest.raises(BadConfigValue, match="password_file"):
+        cfg.mqtt.settings()
