@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from wire.errors import StorageError
+from wire.replay import WINDOW_SIZE, ReplayWindow
 
 _LOG = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     envelope BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority DESC, seq);
+CREATE TABLE IF NOT EXISTS downlink_window (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    highest INTEGER NOT NULL,
+    mask BLOB NOT NULL
+);
 """
 
 
@@ -213,6 +219,26 @@ class Outbox:
                 raise StorageError(f"outbox delete failed for seq {seq}: {exc}") from exc
             self._forget(seq)
             return cur.rowcount > 0
+
+    def downlink_window(self) -> ReplayWindow:
+        """The persisted window of downlink seqs already accepted from the hub."""
+        with self._lock:
+            row = self._conn.execute("SELECT highest, mask FROM downlink_window").fetchone()
+        if row is None:
+            return ReplayWindow()
+        return ReplayWindow(int(row[0]), int.from_bytes(row[1], "big"))
+
+    def save_downlink_window(self, window: ReplayWindow) -> None:
+        """Persist the window durably before the downlink that moved it is acted on."""
+        mask = window.mask.to_bytes(WINDOW_SIZE // 8, "big")
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO downlink_window VALUES (0, ?, ?)",
+                    (window.highest, mask),
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot save the downlink window: {exc}") from exc
 
     def _forget(self, seq: int) -> None:
         self._next_try.pop(seq, None)

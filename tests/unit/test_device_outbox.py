@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from device.outbox import HARD_LIMIT, Outbox
 from wire.errors import StorageError
+from wire.replay import ReplayWindow, Verdict
 
 
 def env(seq: int) -> bytes:
@@ -130,6 +131,18 @@ def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
     assert [e.seq for e in box.due(0.0)] == [0, 1]
     assert box.ack(0)
     assert box.next_retry() is None
+
+
+def test_downlink_window_persists(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox.open(path)
+    assert box.downlink_window() == ReplayWindow()
+    window = ReplayWindow().accept(7).accept(4090).accept(3)
+    box.save_downlink_window(window)
+    box.close()
+    again = Outbox.open(path).downlink_window()
+    assert again == window
+    assert again.check(7) is Verdict.DUPLICATE
 
 
 def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
