@@ -1,0 +1,221 @@
+"""The real daemon (`vigil-device simulate`, mock pins) against a real mosquitto.
+
+Power cut right after a hold, broker down for a while, forged downlinks, and
+systemd's notify protocol. A test hub end decrypts what arrives with
+`wire.open_uplink` and answers with signed `stored` downlinks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import NMEA_CORPUS
+from tests.support.broker import Broker, free_port, running_mosquitto
+from tests.support.device_setup import ProvisionedDevice, make_device
+from tests.support.hub_endpoint import HubEndpoint
+from tests.support.wait import wait_until
+from wire.keys import HubKeys
+from wire.messages import Alarm, Stored, Trigger
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "alarm": {
+        "hold_seconds": 0.5,
+        "long_press_seconds": 0.3,
+        "heartbeat_interval": 1.0,
+        "position_interval": 1.0,
+    },
+    "outbox": {"retry_initial": 0.3, "retry_max": 1.0},
+}
+
+
+class DaemonProcess:
+    """`python -m device.cli simulate` with stdin for commands and a log file to watch."""
+
+    def __init__(self, dev: ProvisionedDevice, log: Path, *, env: dict[str, str] | None = None):
+        self.log_path = log
+        self._log = log.open("ab")
+        cmd = [sys.executable, "-m", "device.cli", "simulate", "--config", str(dev.config_path)]
+        cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "50"]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env={**os.environ, **(env or {})},
+            cwd=log.parent,
+        )
+        wait_until(lambda: "ready, next seq" in self.log(), 20, what="daemon ready")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def command(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def hub_keys() -> HubKeys:
+    return HubKeys.generate()
+
+
+def make(tmp_path: Path, broker_port: int, hub_keys: HubKeys, **extra: Any) -> ProvisionedDevice:
+    overrides = {k: dict(v) for k, v in FAST.items()}
+    for section, values in extra.items():
+        overrides.setdefault(section, {}).update(values)
+    return make_device(tmp_path / "dev", port=broker_port, hub_keys=hub_keys, overrides=overrides)
+
+
+def endpoint(broker: Broker, dev: ProvisionedDevice, **kw: Any) -> HubEndpoint:
+    return HubEndpoint(broker, dev.hub_keys, dev.device_id, dev.device_keys.public(), **kw)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def test_power_cut_after_hold_delivers_the_alarm_exactly_once(
+    tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    dev = make(tmp_path, mosquitto.port, hub_keys)
+    hub = endpoint(mosquitto, dev, auto_store=frozenset({"heartbeat", "position"})).start()
+    try:
+        first = DaemonProcess(dev, tmp_path / "daemon1.log")
+        daemons.append(first)
+        first.command("hold")
+        wait_until(lambda: "kind=alarm queued" in first.log(), 10, what="alarm committed")
+        first.kill()  # the power cut: no clean shutdown, no chance to flush anything
+
+        second = DaemonProcess(dev, tmp_path / "daemon2.log")
+        daemons.append(second)
+        alarms = wait_until(lambda: hub.unique("alarm"), 20, what="the alarm at the hub")
+        assert len(alarms) == 1
+        (seq, message) = next(iter(alarms.items()))
+        assert isinstance(message.body, Alarm)
+        assert message.body.trigger is Trigger.BUTTON
+        # the restarted daemon resends until the hub stores it; then it stops
+        wait_until(lambda: len(hub.copies("alarm")) >= 2, 20, what="a resend")
+        hub.send(Stored(seq))
+        wait_until(lambda: f"seq={seq} stored by the hub" in second.log(), 10, what="ack")
+        mark = max(hub.unique())
+        wait_until(lambda: max(hub.unique()) > mark, 10, what="a later uplink")
+        copies = len(hub.copies("alarm"))
+        mark = max(hub.unique())
+        wait_until(lambda: max(hub.unique()) >= mark + 3, 15, what="three more uplinks")
+        assert len(hub.copies("alarm")) == copies
+        assert len(hub.unique("alarm")) == 1
+        assert "[vibration]" not in second.log()  # feedback goes to stdout, never the log
+    finally:
+        hub.stop()
+
+
+def test_broker_down_alarms_queue_and_drain_in_order(
+    tmp_path: Path, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    port = free_port()
+    with running_mosquitto(tmp_path / "broker", port=port) as broker:
+        dev = make(tmp_path, port, hub_keys, alarm={"heartbeat_interval": 0.3})
+        hub = endpoint(broker, dev).start()  # a persistent session the broker keeps for us
+        hub.stop()
+        broker.stop()
+
+        daemon = DaemonProcess(dev, tmp_path / "daemon.log")
+        daemons.append(daemon)
+        daemon.command("hold")
+        wait_until(lambda: daemon.log().count("kind=alarm queued") == 1, 10, what="alarm 1")
+        daemon.command("cut")
+        wait_until(lambda: daemon.log().count("kind=alarm queued") == 2, 10, what="alarm 2")
+        wait_until(lambda: daemon.log().count("kind=heartbeat queued") >= 3, 10, what="beats")
+
+        broker.start()
+        hub.start()
+        try:
+            wait_until(lambda: len(hub.unique("alarm")) == 2, 30, what="both alarms")
+            order = hub.first_arrivals()
+            alarms = [m for m in order if m.kind == "alarm"]
+            assert [m.body.trigger for m in alarms] == [Trigger.BUTTON, Trigger.TAMPER]  # type: ignore[union-attr]
+            assert alarms[0].seq < alarms[1].seq
+            assert [m.kind for m in order[:2]] == ["alarm", "alarm"]  # before older heartbeats
+            assert hub.rejected == 0
+        finally:
+            hub.stop()
+
+
+def test_forged_and_replayed_downlinks_are_rejected(
+    tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    dev = make(tmp_path, mosquitto.port, hub_keys)
+    hub = endpoint(mosquitto, dev).start()
+    try:
+        daemon = DaemonProcess(dev, tmp_path / "daemon.log")
+        daemons.append(daemon)
+        daemon.command("hold")
+        alarms = wait_until(lambda: hub.unique("alarm"), 20, what="the alarm")
+        seq = next(iter(alarms))
+        forged = hub.seal(Stored(seq), hub_keys=HubKeys.generate())  # signed by another key
+        hub.publish_raw(forged)
+        hub.publish_raw(os.urandom(600))
+        hub.publish_raw(b"")
+        wait_until(lambda: daemon.log().count("rejected a downlink") >= 3, 10, what="rejects")
+        copies = len(hub.copies("alarm"))
+        wait_until(lambda: len(hub.copies("alarm")) > copies, 10, what="still resending")
+        assert "stored by the hub" not in daemon.log()
+
+        genuine = hub.send(Stored(seq))
+        wait_until(lambda: f"seq={seq} stored by the hub" in daemon.log(), 10, what="ack")
+        hub.publish_raw(genuine)  # the same downlink again: a replay
+        wait_until(lambda: "duplicate" in daemon.log(), 10, what="replay dropped")
+    finally:
+        hub.stop()
+
+
+def test_ready_and_watchdog_reach_systemd(
+    tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    dev = make(tmp_path, mosquitto.port, hub_keys)
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(10)
+        env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+        daemon = DaemonProcess(dev, tmp_path / "daemon.log", env=env)
+        daemons.append(daemon)
+        got = [sock.recv(256) for _ in range(3)]
+        assert got[0] == b"READY=1"
+        assert got[1:] == [b"WATCHDOG=1", b"WATCHDOG=1"]
+        daemon.command("quit")
+        assert daemon.proc.wait(10) == 0
+        assert sock.recv(256) == b"STOPPING=1"
