@@ -1,0 +1,165 @@
+"""The daemon shell without a broker: seal-then-commit, clock source, battery, downlink checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device.config import DeviceConfig, load_config
+from device.core import ButtonPressed, GpsFix, Pattern
+from device.daemon import Daemon, mqtt_settings
+from device.outbox import Outbox
+from tests.support.device_setup import ProvisionedDevice, make_device
+from wire.envelope import open_uplink, seal_downlink, seal_uplink
+from wire.keys import HubKeys
+from wire.messages import Alarm, Cancel, ClockSource, Heartbeat, Message, Stored, Trigger
+from wire.topics import down_topic, up_topic
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.played: list[Pattern] = []
+
+    def play(self, pattern: Pattern) -> None:
+        self.played.append(pattern)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> ProvisionedDevice:
+    capacity = tmp_path / "capacity"
+    capacity.write_text("42\n")
+    return make_device(
+        tmp_path,
+        overrides={"alarm": {"hold_seconds": 1.0}, "battery": {"capacity_path": str(capacity)}},
+    )
+
+
+@pytest.fixture
+def parts(dev: ProvisionedDevice, tmp_path: Path) -> Iterator[tuple[Daemon, Clock, Recorder]]:
+    cfg: DeviceConfig = load_config(dev.config_path)
+    outbox = Outbox.open(cfg.state_dir / "outbox.sqlite3")
+    clock, player = Clock(), Recorder()
+    daemon = Daemon(
+        cfg,
+        keys=dev.device_keys,
+        outbox=outbox,
+        feedback=player,
+        clock=clock,
+        wall=lambda: 1_800_000_000.0,
+        ntp_flag=tmp_path / "synchronized",
+    )
+    yield daemon, clock, player
+    outbox.close()
+
+
+def opened(dev: ProvisionedDevice, daemon: Daemon) -> list[Message]:
+    return [
+        open_uplink(
+            e.envelope,
+            device_id=dev.device_id,
+            hub_keys=dev.hub_keys,
+            lookup=lambda _: dev.device_keys.public().signing,
+        )
+        for e in daemon.outbox.due(1e9, limit=100)
+    ]
+
+
+def hold(daemon: Daemon, clock: Clock) -> None:
+    daemon.post(ButtonPressed(clock.now))
+    daemon.step()
+    clock.now += 1.0
+    daemon.step()  # the deadline passes: the hold is an alarm
+
+
+def test_alarm_is_sealed_and_committed_without_a_broker(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
+) -> None:
+    daemon, clock, player = parts
+    hold(daemon, clock)
+    (message,) = opened(dev, daemon)
+    assert message.body == Alarm(Trigger.BUTTON, None, 42)
+    assert (message.sent_at, message.clock) == (None, ClockSource.UNSYNCED)
+    assert player.played == [Pattern.RAISED]
+    raw = (dev.state_dir / "outbox.sqlite3").read_bytes()
+    assert b"button" not in raw  # only ciphertext touches the disk
+
+
+def test_gps_time_then_ntp_time(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder], tmp_path: Path
+) -> None:
+    daemon, clock, _ = parts
+    daemon.post(GpsFix(at=clock.now, lat=1.0, lon=2.0, fix_time=1_750_000_000.0))
+    daemon.step()
+    clock.now += 5
+    hold(daemon, clock)
+    (message,) = opened(dev, daemon)
+    assert (message.sent_at, message.clock) == (1_750_000_006.0, ClockSource.GPS)
+    assert isinstance(message.body, Alarm)
+    assert message.body.fix is not None
+    (tmp_path / "synchronized").touch()
+    clock.now += 60
+    daemon.step()
+    beat = [m for m in opened(dev, daemon) if isinstance(m.body, Heartbeat)]
+    assert [(m.sent_at, m.clock) for m in beat] == [(1_800_000_000.0, ClockSource.NTP)]
+
+
+def test_downlinks_on_other_topics_or_forged_change_nothing(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
+) -> None:
+    daemon, clock, player = parts
+    hold(daemon, clock)
+    seq = daemon.outbox.pending()[0]
+    good = seal_downlink(
+        Message(seq=0, body=Stored(seq)),
+        device_id=dev.device_id,
+        hub_keys=dev.hub_keys,
+        device=dev.device_keys.public(),
+    )
+    forged = seal_downlink(
+        Message(seq=1, body=Stored(seq)),
+        device_id=dev.device_id,
+        hub_keys=HubKeys.generate(),
+        device=dev.device_keys.public(),
+    )
+    for topic, payload in ((up_topic(dev.device_id), good), (down_topic(dev.device_id), forged)):
+        daemon.on_message(topic, payload)
+        daemon.step()
+    assert daemon.outbox.pending() == [seq]
+    daemon.on_message(down_topic(dev.device_id), good)
+    daemon.step()
+    assert daemon.outbox.pending() == []
+    assert player.played == [Pattern.RAISED, Pattern.STORED]
+
+
+def test_mqtt_settings_from_config(dev: ProvisionedDevice) -> None:
+    settings = mqtt_settings(load_config(dev.config_path))
+    assert settings.client_id == settings.username == dev.device_id.hex
+    assert settings.will is not None
+    assert (settings.will.topic, settings.will.payload) == (up_topic(dev.device_id), b"")
+    assert settings.clean_start is False
+
+
+def test_duress_cancel_is_the_same_size_on_the_wire(dev: ProvisionedDevice) -> None:
+    cfg = load_config(dev.config_path)
+    sizes = {
+        len(
+            seal_uplink(
+                Message(seq=7, body=Cancel(3, duress=duress)),
+                device_id=dev.device_id,
+                device_keys=dev.device_keys,
+                hub=cfg.hub,
+            )
+        )
+        for duress in (False, True)
+    }
+    assert len(sizes) == 1
