@@ -7,6 +7,7 @@
     [broker]   device_host, device_port, ca_file, password_file   (read by provisioning)
     [escalation] retry_attempts, retry_backoff, retry_max
     [[escalation.tiers]] name, delay (s after the alert opened), channels, radius_km
+               (channel "contacts" = the wearer's own contacts from the registry)
     [channels.<name>] urls = [...] and/or [[channels.<name>.recipients]] label, url, lat, lon;
                public = true marks a public broadcast channel (only sent after verification)
 
@@ -284,7 +285,11 @@ def _channels(s: _Section) -> dict[str, Channel]:
     out: dict[str, Channel] = {}
     for name in s.doc:
         c = s.table(name)
-        recipients = [Recipient(label=u, url=u) for u in _strings(c, "urls")]
+        # A bare URL may hold tokens: label it by channel and scheme, never by the URL.
+        recipients = [
+            Recipient(label=f"{name} #{i + 1} ({u.split('://', 1)[0]})", url=u)
+            for i, u in enumerate(_strings(c, "urls"))
+        ]
         for i, item in enumerate(c.raw("recipients", list, [])):
             r = _Section(
                 item if isinstance(item, dict) else {}, f"{c.key('recipients')}[{i}]", s.path
@@ -322,6 +327,8 @@ def _escalation(s: _Section, channels: Mapping[str, Channel]) -> EscalationConfi
         t = _Section(item if isinstance(item, dict) else {}, f"{s.key('tiers')}[{i}]", s.path)
         names = t.raw("channels", list, _REQUIRED)
         for n in names:
+            if n == "contacts" and n not in channels:
+                continue  # the wearer's own contacts, from the device registry
             if n not in channels:
                 raise t.fail("channels", f"names channel {n!r}, which [channels] does not define")
             if channels[n].public:

@@ -1,0 +1,132 @@
+"""Real responder sinks on free loopback ports: an SMTP server (aiosmtpd) and a webhook receiver.
+
+with smtp_sink() as smtp, webhook_sink() as hook:
+    url = smtp.apprise_url("ops@vigil.test"), hook.url("/ops")
+    ...
+    wait_until(lambda: smtp.messages)
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from tests.support.broker import free_port
+
+
+@dataclass
+class Mail:
+    sender: str
+    recipients: list[str]
+    message: EmailMessage
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"])
+
+    @property
+    def text(self) -> str:
+        part = self.message.get_body(("plain", "html"))
+        return "" if part is None else str(part.get_content())  # type: ignore[attr-defined]
+
+
+@dataclass
+class SmtpSink:
+    """Collects every mail a client sends; `fail_next` makes the next N transactions fail."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    messages: list[Mail] = field(default_factory=list)
+    fail_next: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+        with self.lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                return "451 try again later"
+            parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+            self.messages.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), parsed))  # type: ignore[arg-type]
+        return "250 OK"
+
+    def apprise_url(self, to: str, sender: str = "hub@vigil.test") -> str:
+        """An Apprise mailto URL for plain SMTP to this sink."""
+        return f"mailto://{self.host}:{self.port}?from={sender}&to={to}&mode=insecure"
+
+
+@contextmanager
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port())
+    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+@dataclass
+class Post:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookSink:
+    """Collects every POST; `fail_next` answers the next N with HTTP 500."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    posts: list[Post] = field(default_factory=list)
+    fail_next: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str = "/hook") -> str:
+        """An Apprise json:// URL posting to this sink."""
+        return f"json://{self.host}:{self.port}{path}"
+
+
+@contextmanager
+def webhook_sink() -> Iterator[WebhookSink]:
+    sink = WebhookSink()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            with sink.lock:
+                failing = sink.fail_next > 0
+                if failing:
+                    sink.fail_next -= 1
+                else:
+                    sink.posts.append(Post(self.path, dict(self.headers), body))
+            self.send_response(500 if failing else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    sink.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
