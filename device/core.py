@@ -262,19 +262,50 @@ class _State:
     reminded: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """What must survive a power cut: the active alarms and whether they are silent.
+
+    After a restart the grace period is over (no cancel), but follow-up
+    positions resume, a silent alarm stays silent and a tamper alarm stays
+    uncancellable.
+    """
+
+    mode: Mode = Mode.IDLE
+    alarms: tuple[int, ...] = ()
+    tamper_fired: bool = False
+
+
 class AlarmCore:
     """The alarm state machine; `handle(event)` returns the actions to carry out, in order.
 
     `first_seq` is the outbox's persisted next sequence number: the core hands
-    out seqs from there, so they never repeat across restarts.
+    out seqs from there, so they never repeat across restarts. `memory` is the
+    last `memory()` persisted before the restart.
     """
 
-    def __init__(self, settings: AlarmSettings, *, first_seq: int, started_at: float) -> None:
+    def __init__(
+        self,
+        settings: AlarmSettings,
+        *,
+        first_seq: int,
+        started_at: float,
+        memory: Memory = Memory(),  # frozen: a shared default is safe
+    ) -> None:
         self.settings = settings
         self._seq = first_seq
         self._s = _State(next_heartbeat=started_at + settings.heartbeat_interval)
-        if settings.checkin_interval:
+        if memory.alarms and memory.mode is not Mode.IDLE:
+            self._s.mode, self._s.alarms = memory.mode, list(memory.alarms)
+            self._s.tamper_fired = memory.tamper_fired
+            self._s.next_position = started_at + settings.position_interval
+        elif settings.checkin_interval:
             self._s.checkin_due = started_at + settings.checkin_interval
+
+    def memory(self) -> Memory:
+        """The part of the state to persist (see `Memory`)."""
+        s = self._s
+        return Memory(s.mode, tuple(s.alarms), s.tamper_fired)
 
     @property
     def mode(self) -> Mode:

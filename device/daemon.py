@@ -12,6 +12,7 @@ restarted.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -33,6 +34,8 @@ from device.core import (
     Feedback,
     GpsFix,
     LinkChanged,
+    Memory,
+    Mode,
     Pattern,
     Send,
     Tick,
@@ -50,6 +53,7 @@ from wire.topics import down_topic, up_topic
 
 _LOG = logging.getLogger(__name__)
 
+MEMORY_KEY = "alarm-memory"
 NTP_FLAG = Path("/run/systemd/timesync/synchronized")
 BATTERY_POLL = 60.0
 MAX_WAIT = 1.0  # the loop wakes at least this often to ping the watchdog
@@ -116,7 +120,10 @@ class Daemon:
         self.cfg, self._keys, self.outbox, self._feedback = cfg, keys, outbox, feedback
         self._clock, self._wall, self._ntp_flag = clock, wall, ntp_flag
         self._queue: queue.Queue[Event | _Downlink] = queue.Queue()
-        self.core = AlarmCore(cfg.alarm, first_seq=outbox.next_seq, started_at=clock())
+        self._memory = _load_memory(outbox)
+        self.core = AlarmCore(
+            cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory
+        )
         self._window = outbox.downlink_window()
         self._transport: Transport | None = None
         self._last_fix: GpsFix | None = None
@@ -183,6 +190,7 @@ class Daemon:
             self._last_fix = event
         if event is not None:
             self._carry_out(self.core.handle(event))
+            self._save_memory()
         self._poll_battery()
         self.flush()
         self._ping_watchdog()
@@ -278,6 +286,28 @@ class Daemon:
             return fix.fix_time + max(0.0, self._clock() - fix.at), ClockSource.GPS
         return None, ClockSource.UNSYNCED
 
+    def _save_memory(self) -> None:
+        memory = self.core.memory()
+        if memory == self._memory:
+            return
+        doc = {
+            "mode": memory.mode.value,
+            "alarms": list(memory.alarms),
+            "tamper": memory.tamper_fired,
+        }
+        try:
+            self.outbox.save_state(MEMORY_KEY, json.dumps(doc))
+        except StorageError:
+            _LOG.exception("device %s could not persist the alarm state", self.cfg.device_id)
+            return
+        self._memory = memory
+        _LOG.info(
+            "device %s alarm state %s, %d active",
+            self.cfg.device_id,
+            memory.mode.value,
+            len(memory.alarms),
+        )
+
     def _poll_battery(self) -> None:
         now = self._clock()
         if now < self._next_battery:
@@ -291,6 +321,20 @@ class Daemon:
         if self._watchdog and now - self._last_ping >= self._watchdog:
             self._last_ping = now
             sd_notify("WATCHDOG=1")
+
+
+def _load_memory(outbox: Outbox) -> Memory:
+    """The alarm state saved before the last stop or power cut (idle if none or unreadable)."""
+    text = outbox.load_state(MEMORY_KEY)
+    if text is None:
+        return Memory()
+    try:
+        doc = json.loads(text)
+        alarms = tuple(int(a) for a in doc["alarms"])
+        return Memory(Mode(doc["mode"]), alarms, bool(doc["tamper"]))
+    except (ValueError, KeyError, TypeError):
+        _LOG.exception("saved alarm state is unreadable; starting idle")
+        return Memory()
 
 
 def _watchdog_interval() -> float:

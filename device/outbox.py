@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     envelope BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority DESC, seq);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS downlink_window (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     highest INTEGER NOT NULL,
@@ -239,6 +240,20 @@ class Outbox:
                 )
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot save the downlink window: {exc}") from exc
+
+    def load_state(self, key: str) -> str | None:
+        """Read a small piece of daemon state saved with `save_state` (None if never saved)."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_state(self, key: str, value: str) -> None:
+        """Durably save a small piece of daemon state (e.g. the active alarms)."""
+        with self._lock:
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot save state {key}: {exc}") from exc
 
     def _forget(self, seq: int) -> None:
         self._next_try.pop(seq, None)

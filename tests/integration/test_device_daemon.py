@@ -126,6 +126,9 @@ def test_power_cut_after_hold_delivers_the_alarm_exactly_once(
         (seq, message) = next(iter(alarms.items()))
         assert isinstance(message.body, Alarm)
         assert message.body.trigger is Trigger.BUTTON
+        # the alarm is still active after the restart: follow-up positions name it
+        positions = wait_until(lambda: hub.unique("position"), 20, what="a follow-up position")
+        assert {m.body.alarm_seq for m in positions.values()} == {seq}  # type: ignore[union-attr]
         # the restarted daemon resends until the hub stores it; then it stops
         wait_until(lambda: len(hub.copies("alarm")) >= 2, 20, what="a resend")
         hub.send(Stored(seq))

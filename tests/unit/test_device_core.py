@@ -20,6 +20,7 @@ from device.core import (
     Feedback,
     GpsFix,
     LinkChanged,
+    Memory,
     Mode,
     Pattern,
     Send,
@@ -318,6 +319,33 @@ def test_seqs_start_at_the_persisted_counter_and_never_repeat() -> None:
     seqs = [a.seq for t in range(1, 20) for a in core.handle(T(float(t))) if isinstance(a, Send)]
     assert seqs == list(range(41, 60))
     assert core.next_seq == 60
+
+
+def test_memory_restores_an_active_alarm_after_a_restart() -> None:
+    core = AlarmCore(BASE, first_seq=0, started_at=0.0)
+    for event in (TamperClosed(0), *[e for e, _ in taps(1, "....")], T(3)):
+        core.handle(event)
+    core.handle(TamperOpened(4))
+    core.handle(T(5))
+    memory = core.memory()
+    assert memory == Memory(Mode.SILENT, (0, 1), tamper_fired=True)
+    again = AlarmCore(BASE, first_seq=core.next_seq, started_at=1000.0, memory=memory)
+    again.handle(FIX_AT_1000)
+    assert again.handle(T(1030)) == [Send(2, Position(1, wire_fix_at(30.0)))]
+    assert again.handle(down(1031, Acknowledged(1))) == []  # still silent
+    for event in [e for e, _ in taps(1032, "...")]:
+        assert again.handle(event) == []
+    assert again.handle(T(1040)) == []  # no cancel after a restart
+    again.handle(down(1041, Resolved(0)))
+    again.handle(down(1042, Resolved(1)))
+    assert again.memory() == Memory()
+
+
+FIX_AT_1000 = GpsFix(at=1000.0, lat=52.5, lon=13.4, fix_time=None, quality=1, satellites=7)
+
+
+def wire_fix_at(age: float) -> Fix:
+    return Fix(52.5, 13.4, None, 1, 7, None, age)
 
 
 def test_deadline_covers_hold_gap_and_tamper() -> None:

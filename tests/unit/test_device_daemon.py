@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from device.config import DeviceConfig, load_config
-from device.core import ButtonPressed, GpsFix, Pattern
-from device.daemon import Daemon, mqtt_settings
+from device.core import ButtonPressed, GpsFix, Mode, Pattern
+from device.daemon import MEMORY_KEY, Daemon, mqtt_settings
 from device.outbox import Outbox
 from tests.support.device_setup import ProvisionedDevice, make_device
 from wire.envelope import open_uplink, seal_downlink, seal_uplink
@@ -163,3 +163,30 @@ def test_duress_cancel_is_the_same_size_on_the_wire(dev: ProvisionedDevice) -> N
         for duress in (False, True)
     }
     assert len(sizes) == 1
+
+
+def test_active_alarm_survives_a_restart(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder], tmp_path: Path
+) -> None:
+    daemon, clock, _ = parts
+    hold(daemon, clock)
+    cfg = load_config(dev.config_path)
+    outbox = Outbox.open(cfg.state_dir / "outbox.sqlite3")  # a second process after a power cut
+    try:
+        again = Daemon(cfg, keys=dev.device_keys, outbox=outbox, feedback=Recorder())
+        assert again.core.mode is Mode.ACTIVE
+        assert again.core.active_alarms == (0,)
+        assert again.core.next_seq == 1
+    finally:
+        outbox.close()
+
+
+def test_unreadable_saved_state_starts_idle(dev: ProvisionedDevice) -> None:
+    cfg = load_config(dev.config_path)
+    outbox = Outbox.open(cfg.state_dir / "outbox.sqlite3")
+    try:
+        outbox.save_state(MEMORY_KEY, '{"mode": "panic", "alarms": "x"}')
+        daemon = Daemon(cfg, keys=dev.device_keys, outbox=outbox, feedback=Recorder())
+        assert daemon.core.mode is Mode.IDLE
+    finally:
+        outbox.close()
