@@ -228,6 +228,16 @@ class SqlStoreBase(ABC):
             )
             return [_uplink(r) for r in cur.fetchall()]
 
+    def recent_uplinks(self, *, after: float, limit: int = 500) -> list[StoredUplink]:
+        """Uplinks received at or after `after`, oldest first (for `vigil-hub tail`)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT device_id, seq, kind, payload, received_at, processed FROM uplinks "
+                "WHERE received_at >= ? ORDER BY received_at, seq LIMIT ?",
+                (after, limit),
+            )
+            return [_uplink(r) for r in cur.fetchall()]
+
     def mark_processed(self, device_id: DeviceId, seq: int) -> None:
         with self._tx() as cur:
             cur.execute(

@@ -105,7 +105,7 @@ def webhook_sink() -> Iterator[WebhookSink]:
     sink = WebhookSink()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             with sink.lock:
                 failing = sink.fail_next > 0
@@ -117,7 +117,7 @@ def webhook_sink() -> Iterator[WebhookSink]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -1,0 +1,199 @@
+"""End to end with real parts: mosquitto, the hub, SQLite, an SMTP sink and a webhook sink.
+
+An alarm sealed by a test wearable ends as an email and webhook POSTs with what
+a responder needs; the wearer gets a verifiable `stored`, then `acknowledged`
+after `vigil-hub ack`; escalation follows a driven clock.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.cli import main
+from tests.support.broker import Broker
+from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
+from tests.support.parties import parties
+from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
+from tests.support.wait import wait_until
+from wire import Alarm, Cancel, ClockSource, Fix, Heartbeat, Message, Trigger
+from wire.keys import DevicePublicKeys
+
+pytestmark = pytest.mark.integration
+
+FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=42.0)
+
+
+@pytest.fixture
+def sinks() -> Iterator[tuple[SmtpSink, WebhookSink]]:
+    with smtp_sink() as smtp, webhook_sink() as hook:
+        yield smtp, hook
+
+
+@pytest.fixture
+def config(tmp_path: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]) -> Path:
+    path = write_config(tmp_path, broker=mosquitto, smtp=sinks[0], hook=sinks[1])
+    enroll(path, label="Ana (Oaxaca)")
+    return path
+
+
+def enroll(path: Path, *, label: str, other: bool = False) -> None:
+    p = parties()
+    device_id = p.other_id if other else p.device_id
+    keys: DevicePublicKeys = (p.other if other else p.device).public()
+    text = keys.to_text()
+    argv = ["--config", str(path), "enroll", "--device-id", device_id.hex, "--label", label,
+            "--signing", text["signing"], "--kem", text["kem"]]  # fmt: skip
+    assert main(argv, out=io.StringIO()) == 0
+
+
+def cli(path: Path, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main([*args, "--config", str(path)], out=out)
+    return status, out.getvalue()
+
+
+def posts(hook: WebhookSink, path: str) -> list[dict[str, str]]:
+    return [p.json() for p in hook.posts if p.path == path]
+
+
+def test_alarm_reaches_responders_and_wearer_feels_receipts(
+    config: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]
+) -> None:
+    smtp, hook = sinks
+    clock = FakeClock()
+    with running_hub(config, clock) as hub, wearable(mosquitto) as device:
+        alarm = Message(seq=1, body=Alarm(Trigger.BUTTON, fix=FIX, battery=77),
+                        sent_at=clock.now, clock=ClockSource.NTP)  # fmt: skip
+        envelope = device.send(alarm)
+        (stored,) = device.wait_for("stored")
+        assert stored.body.seq == 1  # type: ignore[union-attr]
+
+        mail = wait_until(lambda: smtp.messages, what="email to operators")[0]
+        assert mail.recipients == ["ops@vigil.test"]
+        assert "Ana (Oaxaca)" in mail.subject
+        expected = ["panic button held", "17.065400, -96.723700", "42 s old", "Battery: 77%",
+                    "mlat=17.065400&mlon=-96.723700", "vigil-hub ack 1"]  # fmt: skip
+        for text in expected:
+            assert text in mail.text
+        (op_post,) = wait_until(lambda: posts(hook, "/operators"), what="operators webhook")
+        assert "Ana (Oaxaca)" in op_post["title"]
+        assert "Map: https://www.openstreetmap.org/?mlat=17.065400" in op_post["message"]
+        assert posts(hook, "/partners") == []
+
+        # The first receipt may be lost: a resend gets a fresh one, and nothing twice.
+        device.publish(envelope)
+        second = device.wait_for("stored", 2)
+        assert [m.body.seq for m in second] == [1, 1]  # type: ignore[union-attr]
+        assert second[0].seq != second[1].seq  # downlink seqs never repeat
+        assert hub.store.count_uplinks() == 1
+        assert len(hub.store.list_alerts()) == 1
+
+        # Nobody took it within 2 minutes: the partners are told.
+        clock.advance(121)
+        wait_until(lambda: posts(hook, "/partners"), what="partners webhook")
+
+        status, out = cli(config, "ack", "1", "--by", "rosa")
+        assert (status, out) == (0, "alert 1: acknowledged\n")
+        (ack,) = device.wait_for("acknowledged")
+        assert ack.body.alarm_seq == 1  # type: ignore[union-attr]
+        assert cli(config, "resolve", "1", "--note", "safe")[0] == 0
+        device.wait_for("resolved")
+        assert device.bad_downlinks == 0
+        assert len(smtp.messages) == 1
+        assert len(posts(hook, "/operators")) == 1
+        deliveries = hub.store.deliveries(1)
+        assert sorted((d.step, d.status) for d in deliveries) == [
+            ("operators", "sent"), ("operators", "sent"), ("partners", "sent")]  # fmt: skip
+    status, out = cli(config, "audit", "verify")
+    assert status == 0
+    assert out.endswith("entries, intact\n")
+
+
+def test_acknowledging_stops_escalation(
+    config: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]
+) -> None:
+    _, hook = sinks
+    clock = FakeClock()
+    with running_hub(config, clock) as hub, wearable(mosquitto) as device:
+        device.send(Message(seq=3, body=Alarm(Trigger.TAMPER, battery=40)))
+        device.wait_for("stored")
+        wait_until(lambda: posts(hook, "/operators"), what="operators webhook")
+        assert cli(config, "ack", "1")[0] == 0
+        clock.advance(600)
+        hub.escalate(clock.now)
+        assert hub.store.fired_steps(1) == {"operators"}
+        assert posts(hook, "/partners") == []
+
+
+def test_duress_cancel_escalates_at_once_and_shows_as_duress(
+    config: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]
+) -> None:
+    _, hook = sinks
+    clock = FakeClock()
+    with running_hub(config, clock) as hub, wearable(mosquitto) as device:
+        device.send(Message(seq=5, body=Alarm(Trigger.BUTTON, fix=FIX, battery=60)))
+        device.wait_for("stored")
+        device.send(Message(seq=6, body=Cancel(alarm_seq=5, duress=True)))
+        stored = device.wait_for("stored", 2)
+        assert [m.body.seq for m in stored] == [5, 6]  # type: ignore[union-attr]
+        # Every tier fires now, without waiting two minutes.
+        (partners,) = wait_until(lambda: posts(hook, "/partners"), what="partners webhook")
+        assert partners["title"].startswith("[Vigil] DURESS")
+        assert "made to cancel" in partners["message"]
+        alert = hub.store.get_alert(1)
+        assert alert.active
+        assert alert.duress
+        status, out = cli(config, "alerts")
+        assert status == 0
+        assert "DURESS" in out
+        # Nothing beyond `stored` reached the wearer: it looks like any cancel.
+        assert {m.kind for m in device.downlinks} == {"stored"}
+
+
+def test_real_cancel_closes_and_stops(
+    config: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]
+) -> None:
+    clock = FakeClock()
+    with running_hub(config, clock) as hub, wearable(mosquitto) as device:
+        device.send(Message(seq=7, body=Alarm(Trigger.BUTTON)))
+        device.send(Message(seq=8, body=Cancel(alarm_seq=7)))
+        device.wait_for("stored", 2)
+        wait_until(lambda: hub.store.get_alert(1).state.value == "cancelled", what="cancelled")
+        clock.advance(600)
+        hub.escalate(clock.now)
+        assert "partners" not in hub.store.fired_steps(1)
+
+
+def test_heartbeat_then_silence_and_will_raise_device_silent(
+    config: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]
+) -> None:
+    smtp, _ = sinks
+    clock = FakeClock()
+    enroll(config, label="Bea", other=True)
+    with running_hub(config, clock) as hub, wearable(mosquitto) as ana, \
+            wearable(mosquitto, other=True) as bea:  # fmt: skip
+        ana.send(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=FIX)))
+        ana.send(Message(seq=2, body=Cancel(alarm_seq=1)))
+        bea.send(Message(seq=1, body=Heartbeat(battery=90)))
+        ana.wait_for("stored", 2)
+        bea.wait_for("stored")
+        bea.publish(b"")  # what the broker sends as bea's Will
+        alert = wait_until(
+            lambda: [a for a in hub.store.list_alerts() if a.kind.value == "silent"]
+        )
+        assert [a.device_id for a in alert] == [parties().other_id]
+        clock.advance(301)  # ana's deadline passes
+        ana_id = parties().device_id
+        silent = wait_until(
+            lambda: [a for a in hub.store.list_alerts(active_only=True) if a.device_id == ana_id]
+        )
+        assert silent[0].last_fix is not None
+        assert silent[0].last_fix.lat == pytest.approx(FIX.lat)
+        wait_until(lambda: any("SILENT: Ana" in m.text for m in smtp.messages), what="mail")
+        # Ana speaks again: her silent alert closes by itself.
+        ana.send(Message(seq=3, body=Heartbeat(battery=50)))
+        wait_until(lambda: not hub.store.get_alert(silent[0].id).active, what="closed")

@@ -1,0 +1,180 @@
+"""A running hub for tests: config on disk, real broker, real store, a driven clock,
+and a test wearable that seals real uplinks and opens the hub's downlinks."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hub.channels import AppriseNotifier
+from hub.config import HubConfig, load_config
+from hub.daemon import HubService, _enqueue, serve
+from hub.store import open_store
+from tests.support.broker import Broker
+from tests.support.parties import parties
+from tests.support.sinks import SmtpSink, WebhookSink
+from tests.support.wait import wait_until
+from wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
+from wire.errors import VigilError
+from wire.mqtt import MqttClient, MqttSettings
+from wire.topics import UP_FILTER, down_topic, up_topic
+
+T0 = 1_764_000_000.0
+
+
+@dataclass
+class FakeClock:
+    """The hub's clock, moved by the test."""
+
+    now: float = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def write_config(
+    tmp_path: Path, *, broker: Broker, smtp: SmtpSink, hook: WebhookSink, extra: str = ""
+) -> Path:
+    """A hub config: tier 1 operators (email + webhook) at once, tier 2 partners at 120 s."""
+    keys = tmp_path / "hub.key"
+    if not keys.exists():
+        parties().hub.save(keys)
+    path = tmp_path / "hub.toml"
+    path.write_text(f"""
+[hub]
+keys = "hub.key"
+silent_after = 300
+[store]
+url = "sqlite:///hub.db"
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+client_id = "hub-test"
+[escalation]
+retry_attempts = 3
+retry_backoff = 5
+retry_max = 60
+[[escalation.tiers]]
+name = "operators"
+delay = 0
+channels = ["operators"]
+[[escalation.tiers]]
+name = "partners"
+delay = 120
+channels = ["partners"]
+[channels.operators]
+urls = ["{smtp.apprise_url("ops@vigil.test")}", "{hook.url("/operators")}"]
+[channels.partners]
+urls = ["{hook.url("/partners")}"]
+[channels.public]
+public = true
+urls = ["{hook.url("/public")}"]
+{extra}
+""")
+    return path
+
+
+@dataclass
+class Wearable:
+    """A wearable stand-in: publishes sealed uplinks, collects opened downlinks."""
+
+    broker: Broker
+    device_id: DeviceId
+    keys: DeviceKeys
+    downlinks: list[Message] = field(default_factory=list)
+    bad_downlinks: int = 0
+    client: MqttClient | None = None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            msg = open_downlink(
+                payload,
+                device_id=self.device_id,
+                device_keys=self.keys,
+                hub=parties().hub.public(),
+            )
+        except VigilError:
+            self.bad_downlinks += 1
+            return
+        self.downlinks.append(msg)
+
+    def start(self) -> None:
+        settings = MqttSettings("127.0.0.1", self.broker.port, f"dev-{self.device_id.hex[:8]}")
+        self.client = MqttClient(
+            settings, on_message=self._on_message, subscriptions=[down_topic(self.device_id)]
+        )
+        self.client.start()
+        assert self.client.wait_connected(10)
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.stop()
+
+    def seal(self, message: Message) -> bytes:
+        return seal_uplink(
+            message, device_id=self.device_id, device_keys=self.keys, hub=parties().hub.public()
+        )
+
+    def send(self, message: Message) -> bytes:
+        envelope = self.seal(message)
+        self.publish(envelope)
+        return envelope
+
+    def publish(self, payload: bytes, topic: str | None = None) -> None:
+        assert self.client is not None
+        self.client.publish(topic or up_topic(self.device_id), payload)
+
+    def wait_for(self, kind: str, count: int = 1, timeout: float = 10.0) -> list[Message]:
+        def found() -> list[Message]:
+            hits = [m for m in self.downlinks if m.kind == kind]
+            return hits if len(hits) >= count else []
+
+        return wait_until(found, timeout, what=f"{count} {kind} downlink(s)")
+
+
+@contextmanager
+def running_hub(config_path: Path, clock: FakeClock) -> Iterator[HubService]:
+    """Serve the hub from `config_path` in a thread, on `clock`, until the block ends."""
+    config: HubConfig = load_config(config_path)
+    store = open_store(config.store_url)
+    service = HubService(
+        config, store=store, hub_keys=parties().hub, notifier=AppriseNotifier(), clock=clock
+    )
+    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    client = MqttClient(
+        config.mqtt.settings(),
+        on_message=lambda t, p: _enqueue(inbox, t, p),
+        subscriptions=[UP_FILTER],
+    )
+    client.start()
+    assert client.wait_connected(10)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=serve, args=(service, client, inbox, stop), kwargs={"interval": 0.05}
+    )
+    thread.start()
+    try:
+        yield service
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        client.stop()
+        store.close()
+
+
+@contextmanager
+def wearable(broker: Broker, *, other: bool = False) -> Iterator[Wearable]:
+    p = parties()
+    device = Wearable(broker, p.other_id if other else p.device_id, p.other if other else p.device)
+    device.start()
+    try:
+        yield device
+    finally:
+        device.stop()
