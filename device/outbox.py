@@ -177,15 +177,15 @@ class Outbox:
     def due(self, now: float, *, limit: int = 32) -> list[Entry]:
         """Entries whose retry time has come, alarms first, oldest first."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT seq, kind, envelope FROM outbox ORDER BY priority DESC, seq"
-            ).fetchall()
-            out = [
-                Entry(int(seq), str(kind), bytes(envelope))
-                for seq, kind, envelope in rows
-                if self._next_try.get(int(seq), 0.0) <= now
-            ]
-            return out[:limit]
+            order = self._conn.execute("SELECT seq FROM outbox ORDER BY priority DESC, seq")
+            seqs = [int(s) for (s,) in order if self._next_try.get(int(s), 0.0) <= now][:limit]
+            out = []
+            for seq in seqs:  # envelopes only for what goes out now
+                kind, envelope = self._conn.execute(
+                    "SELECT kind, envelope FROM outbox WHERE seq = ?", (seq,)
+                ).fetchone()
+                out.append(Entry(seq, str(kind), bytes(envelope)))
+            return out
 
     def pending(self) -> list[int]:
         """Seqs still waiting for the hub, in sending order."""
