@@ -1,0 +1,170 @@
+"""Ingest against a real SQLite store: hostile input is counted and dropped, never stored;
+a crash between storing and handling is repaired; failed deliveries retry with backoff."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hub.channels import AppriseNotifier
+from hub.config import load_config
+from hub.daemon import HubService
+from hub.store import open_store
+from tests.support.broker import Broker
+from tests.support.hubrig import FakeClock, write_config
+from tests.support.parties import parties
+from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
+from wire import Alarm, DeviceId, DeviceKeys, Heartbeat, Message, Trigger, seal_uplink
+from wire.topics import down_topic, up_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[HubService, FakeClock, WebhookSink]]:
+    with smtp_sink() as smtp, webhook_sink() as hook:
+        broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")  # no broker: no downlinks
+        config = load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook))
+        store = open_store(config.store_url)
+        p = parties()
+        store.enroll_device(p.device_id, label="Ana", public_keys=p.device.public())
+        store.enroll_device(p.other_id, label="Bea", public_keys=p.other.public())
+        clock = FakeClock()
+        yield HubService(config, store=store, hub_keys=p.hub, notifier=AppriseNotifier(),
+                         clock=clock), clock, hook  # fmt: skip
+        store.close()
+
+
+def seal(message: Message, *, signer: DeviceKeys | None = None) -> bytes:
+    p = parties()
+    return seal_uplink(message, device_id=p.device_id, device_keys=signer or p.device,
+                       hub=p.hub.public())  # fmt: skip
+
+
+def test_hostile_input_is_counted_and_never_stored(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, _, _ = hub
+    p = parties()
+    topic = up_topic(p.device_id)
+    good = seal(Message(seq=10, body=Heartbeat(battery=5)))
+    flipped = bytearray(good)
+    flipped[300] ^= 1
+    unknown = DeviceKeys.generate()
+    cases = [
+        (topic, b"\x00garbage", "TruncatedEnvelope"),
+        (topic, good[:-1], "TruncatedEnvelope"),
+        (topic, good + b"\x00", "MalformedEnvelope"),
+        (topic, bytes(flipped), "DecryptionFailed"),
+        (topic, good + bytes(5000), "OversizedEnvelope"),
+        (topic, seal(Message(seq=11, body=Alarm(Trigger.BUTTON)), signer=unknown), "BadSignature"),
+        (up_topic(p.other_id), good, "TopicMismatch"),
+        (down_topic(p.device_id), good, "WrongDirection"),
+        ("vigil/v1/not-a-device/up", good, "TopicMismatch"),
+    ]
+    for topic_, payload, _ in cases:
+        service.handle(topic_, payload)
+    expected: dict[str, int] = {}
+    for *_, reason in cases:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert service.store.rejections() == expected
+    assert service.store.count_uplinks() == 0
+    assert service.store.list_alerts() == []
+    # The loop lives on: the genuine message is taken afterwards.
+    service.handle(topic, good)
+    assert service.store.count_uplinks() == 1
+
+
+def test_unknown_revoked_and_replayed_devices(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, _, _ = hub
+    p = parties()
+    stranger = DeviceKeys.generate()
+    stranger_id = DeviceId.generate()
+    env = seal_uplink(Message(seq=1, body=Heartbeat()), device_id=stranger_id,
+                      device_keys=stranger, hub=p.hub.public())  # fmt: skip
+    service.handle(up_topic(stranger_id), env)
+    service.handle(up_topic(p.device_id), seal(Message(seq=5000, body=Heartbeat())))
+    service.handle(up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat())))  # too old
+    service.store.revoke_device(p.device_id)
+    service.handle(up_topic(p.device_id), seal(Message(seq=5001, body=Alarm(Trigger.BUTTON))))
+    assert service.store.rejections() == {
+        "UnknownDevice": 1, "ReplayedMessage": 1, "RevokedDevice": 1}  # fmt: skip
+    assert service.store.count_uplinks() == 1
+    assert service.rejected["RevokedDevice"] == 1
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=st.binary(max_size=700))
+def test_random_bytes_never_raise_or_store(
+    hub: tuple[HubService, FakeClock, WebhookSink], payload: bytes
+) -> None:
+    service, _, _ = hub
+    service.handle(up_topic(parties().device_id), payload)
+    assert service.store.count_uplinks() == 0
+
+
+def test_stored_but_unhandled_uplink_is_repaired(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, _ = hub
+    p = parties()
+    alarm = Message(seq=20, body=Alarm(Trigger.TAMPER, battery=9))
+    # As if the hub died right after the store committed, before the handler ran.
+    assert service.store.accept_uplink(p.device_id, alarm, received_at=clock.now)
+    assert service.store.list_alerts() == []
+    assert service.recover() == 1
+    (alert,) = service.store.list_alerts()
+    assert (alert.alarm_seq, alert.trigger, alert.battery) == (20, "tamper", 9)
+    assert service.store.unprocessed_uplinks() == []
+    assert service.recover() == 0
+
+
+def test_failed_deliveries_retry_with_backoff_and_are_all_stored(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, hook = hub
+    hook.fail_next = 2
+    service.handle(up_topic(parties().device_id), seal(Message(seq=1, body=Alarm(Trigger.BUTTON))))
+    service.tick()
+    start = clock.now
+    service.deliver()  # email to the SMTP sink's port may fail or not; look at the webhook
+    hook_delivery = next(d for d in service.store.deliveries(1) if "json" in d.label)
+    assert service.store.attempts(hook_delivery.id)[0][2] is False
+    clock.now = start + 4.9  # backoff 5 s: not yet
+    service.deliver()
+    assert len(service.store.attempts(hook_delivery.id)) == 1
+    clock.now = start + 5
+    service.deliver()  # second failure, next in 10 s
+    clock.now = start + 15
+    service.deliver()
+    attempts = service.store.attempts(hook_delivery.id)
+    assert [(a[1] - start, a[2]) for a in attempts] == [(0, False), (5, False), (15, True)]
+    assert "500" in attempts[0][3]
+    assert len([p for p in hook.posts if p.path == "/operators"]) == 1
+    clock.now = start + 1000
+    service.deliver()
+    assert len([p for p in hook.posts if p.path == "/operators"]) == 1  # never twice
+
+
+def test_delivery_gives_up_after_the_configured_attempts(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, hook = hub
+    hook.fail_next = 100
+    service.handle(up_topic(parties().device_id), seal(Message(seq=1, body=Alarm(Trigger.BUTTON))))
+    service.tick()
+    for _ in range(5):
+        service.deliver()
+        clock.advance(100)
+    hook_delivery = next(d for d in service.store.deliveries(1) if "json" in d.label)
+    assert hook_delivery.status == "failed"
+    assert hook_delivery.attempts == 3
+    assert len(service.store.attempts(hook_delivery.id)) == 3
