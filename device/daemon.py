@@ -58,6 +58,7 @@ NTP_FLAG = Path("/run/systemd/timesync/synchronized")
 BATTERY_POLL = 60.0
 MAX_WAIT = 1.0  # the loop wakes at least this often to ping the watchdog
 GPS_EVERY = 1.0  # hand at most one fix per second to the core
+FIX_GAP = 10.0  # a fix after this long without one is logged as acquired again
 
 
 class Player(Protocol):
@@ -187,7 +188,7 @@ class Daemon:
         if isinstance(event, LinkChanged) and event.up:
             self.outbox.retry_all_now()
         if isinstance(event, GpsFix):
-            self._last_fix = event
+            self._note_fix(event)
         if event is not None:
             self._carry_out(self.core.handle(event))
             self._save_memory()
@@ -285,6 +286,17 @@ class Daemon:
         if fix is not None and fix.fix_time is not None:
             return fix.fix_time + max(0.0, self._clock() - fix.at), ClockSource.GPS
         return None, ClockSource.UNSYNCED
+
+    def _note_fix(self, fix: GpsFix) -> None:
+        """Keep the fix for GPS time; log (without the position) when one is (re)acquired."""
+        previous, self._last_fix = self._last_fix, fix
+        if previous is None or fix.at - previous.at > FIX_GAP:
+            _LOG.info(
+                "device %s gps fix acquired: quality %s, %s satellites",
+                self.cfg.device_id,
+                fix.quality,
+                fix.satellites,
+            )
 
     def _save_memory(self) -> None:
         memory = self.core.memory()

@@ -141,6 +141,9 @@ def test_power_cut_after_hold_delivers_the_alarm_exactly_once(
         assert len(hub.copies("alarm")) == copies
         assert len(hub.unique("alarm")) == 1
         assert "[vibration]" not in second.log()  # feedback goes to stdout, never the log
+        assert "gps fix acquired" in second.log()
+        assert "44.06" not in second.log()  # the replayed track is at 44.068 N, -121.314 E:
+        assert "-121.3" not in second.log()  # no position in the log at INFO
     finally:
         hub.stop()
 
