@@ -276,3 +276,7 @@ _COMMANDS = {
     "stats": _stats,
     "tail": _tail,
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""`vigil-hub` driven as an operator would: subprocesses against a real broker and store."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.cli import main
+from hub.config import load_config
+from hub.store import open_store
+from tests.support.broker import Broker
+from tests.support.hubrig import wearable, write_config
+from tests.support.parties import parties
+from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
+from tests.support.wait import wait_until
+from wire import Alarm, Fix, Heartbeat, HubPublicKeys, Message, Trigger
+
+pytestmark = pytest.mark.integration
+
+VIGIL_HUB = [sys.executable, "-m", "hub.cli"]
+FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=3.0)
+
+
+@pytest.fixture
+def sinks() -> Iterator[tuple[SmtpSink, WebhookSink]]:
+    with smtp_sink() as smtp, webhook_sink() as hook:
+        yield smtp, hook
+
+
+@pytest.fixture
+def config(tmp_path: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]) -> Path:
+    path = write_config(tmp_path, broker=mosquitto, smtp=sinks[0], hook=sinks[1])
+    keys = parties().device.public().to_text()
+    status, _ = cli(path, "enroll", "--device-id", parties().device_id.hex, "--label", "Ana",
+                    "--signing", keys["signing"], "--kem", keys["kem"])  # fmt: skip
+    assert status == 0
+    return path
+
+
+def cli(path: Path, *args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main([*args, "--config", str(path)], out=out), out.getvalue()
+
+
+def hub_cmd(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = [*VIGIL_HUB, *args, "--config", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check,
+                          cwd=Path(__file__).parents[2])  # fmt: skip
+
+
+def test_help_explains_itself_with_examples() -> None:
+    done = subprocess.run([*VIGIL_HUB, "--help"], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).parents[2])  # fmt: skip
+    assert "examples:" in done.stdout
+    assert "vigil-hub ack 12" in done.stdout
+
+
+def test_keygen_writes_private_file_and_prints_public_keys(tmp_path: Path) -> None:
+    out = io.StringIO()
+    key = tmp_path / "k" / "hub.key"
+    assert main(["keygen", "--out", str(key)], out=out) == 0
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    lines = dict(line.split(" = ") for line in out.getvalue().splitlines() if " = " in line)
+    HubPublicKeys.from_text({k: v.strip('"') for k, v in lines.items()})
+    assert main(["keygen", "--out", str(key)], out=io.StringIO()) == 1  # no silent overwrite
+
+
+def test_config_errors_name_key_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "hub.toml"
+    bad.write_text('[hub]\nkeys = "k"\n[store]\nurl = "sqlite:///x.db"\n[mqtt]\nport = 1\n')
+    done = subprocess.run([*VIGIL_HUB, "alerts", "--config", str(bad)], capture_output=True,
+                          text=True, check=False, cwd=Path(__file__).parents[2])  # fmt: skip
+    assert done.returncode == 1
+    assert "mqtt.host is required" in done.stderr
+    assert str(bad) in done.stderr
+
+
+def test_run_as_a_service_with_operator_commands(
+    config: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]
+) -> None:
+    smtp, hook = sinks
+    log = (config.parent / "hub.log").open("w")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    hub = subprocess.Popen([*VIGIL_HUB, "run", "--config", str(config)], stdout=log,
+                           stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    try:
+        with wearable(mosquitto) as device:
+            # The hub may still be subscribing: resend like the wearable's outbox does.
+            def stored() -> bool:
+                if not device.downlinks:
+                    device.send(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=FIX, battery=64)))
+                return bool(device.downlinks)
+
+            wait_until(stored, 20, what="stored receipt from the hub process")
+            wait_until(lambda: smtp.messages, 20, what="email")
+            assert "Ana" in smtp.messages[0].subject
+            assert "   1  open         Ana" in hub_cmd(config, "alerts").stdout
+            assert "Alert 1 (open)" in hub_cmd(config, "alerts", "--id", "1").stdout
+
+            refused = hub_cmd(config, "broadcast", "1", check=False)
+            assert refused.returncode == 1
+            assert "not verified" in refused.stderr
+            assert hub_cmd(config, "ack", "1", "--by", "rosa").stdout == "alert 1: acknowledged\n"
+            device.wait_for("acknowledged", timeout=20)
+            hub_cmd(config, "verify", "1")
+            hub_cmd(config, "broadcast", "1")
+            wait_until(lambda: [p for p in hook.posts if p.path == "/public"], 20, what="public")
+            hub_cmd(config, "resolve", "1", "--note", "safe")
+            device.wait_for("resolved", timeout=20)
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=20) == 0
+        log.close()
+    assert "Traceback" not in (config.parent / "hub.log").read_text()
+
+
+def test_tail_is_plain_when_piped_and_coloured_on_request(config: Path) -> None:
+    store = open_store(load_config(config).store_url)
+    store.accept_uplink(parties().device_id, Message(seq=4, body=Heartbeat(battery=70)),
+                        received_at=1_764_000_000.0)  # fmt: skip
+    store.count_rejection("BadSignature", at=1.0)
+    store.close()
+    plain = hub_cmd(config, "tail", "--once").stdout
+    assert "\x1b[" not in plain
+    assert "heartbeat" in plain
+    assert "battery=70" in plain
+    assert "enroll" in plain
+    assert "reject BadSignature x1" in plain
+    coloured = hub_cmd(config, "tail", "--once", "--colour", "always").stdout
+    assert "\x1b[" in coloured
+
+
+def test_devices_revoke_and_stats(config: Path) -> None:
+    status, out = cli(config, "devices")
+    assert status == 0
+    assert "Ana" in out
+    assert " ok " in out
+    assert cli(config, "revoke", parties().device_id.hex)[0] == 0
+    assert " revoked " in cli(config, "devices")[1]
+    assert "stored uplinks: 0" in cli(config, "stats")[1]
+    assert cli(config, "revoke", "nonsense")[0] == 1
+
+
+def test_audit_verify_detects_edits_and_deletions(config: Path) -> None:
+    for _ in range(3):
+        cli(config, "revoke", parties().device_id.hex)
+    status, out = cli(config, "audit", "verify")
+    assert (status, out) == (0, "audit log: 4 entries, intact\n")
+    db = sqlite3.connect(config.parent / "hub.db")
+    with db:
+        db.execute("UPDATE audit SET actor = 'someone else' WHERE id = 2")
+    status, out = cli(config, "audit", "verify")
+    assert status == 1
+    assert "TAMPERED entry 2: was edited" in out
+    with db:
+        db.execute("DELETE FROM audit WHERE id = 3")
+    status, out = cli(config, "audit", "verify")
+    assert status == 1
+    assert "missing" in out
+    db.close()
