@@ -42,7 +42,7 @@ from device.core import (
 )
 from device.drivers.battery import read_battery
 from device.drivers.gps import Reading
-from device.outbox import Outbox
+from device.outbox import PRIORITY, Entry, Outbox
 from wire.envelope import open_downlink, seal_uplink
 from wire.errors import StorageError, TransportError, VigilError
 from wire.keys import DeviceKeys
@@ -127,6 +127,8 @@ class Daemon:
         )
         self._window = outbox.downlink_window()
         self._transport: Transport | None = None
+        self._unsaved: dict[int, Entry] = {}  # sealed but not on disk (disk full)
+        self._unsaved_retry = 0.0
         self._last_fix: GpsFix | None = None
         self._last_gps_post = -GPS_EVERY
         self._next_battery = 0.0
@@ -197,7 +199,8 @@ class Daemon:
         self._ping_watchdog()
 
     def _wait_time(self, now: float) -> float:
-        times = [t for t in (self.core.next_deadline(), self.outbox.next_retry()) if t]
+        unsaved = self._unsaved_retry if self._unsaved else None
+        times = [t for t in (self.core.next_deadline(), self.outbox.next_retry(), unsaved) if t]
         wait = min([*times, now + MAX_WAIT, self._next_battery]) - now
         return max(0.0, wait)
 
@@ -207,7 +210,7 @@ class Daemon:
                 self._enqueue(action)
             elif isinstance(action, Feedback):
                 self._feedback.play(action.pattern)
-            elif self.outbox.ack(action.seq):
+            elif self.outbox.ack(action.seq) | (self._unsaved.pop(action.seq, None) is not None):
                 _LOG.info("device %s seq=%s stored by the hub", self.cfg.device_id, action.seq)
 
     def _enqueue(self, send: Send) -> None:
@@ -222,9 +225,15 @@ class Daemon:
         )
         try:
             dropped = self.outbox.put(send.seq, message.kind, envelope)
-        except StorageError:
-            _LOG.exception(
-                "device %s seq=%s kind=%s NOT queued", self.cfg.device_id, send.seq, message.kind
+        except StorageError as exc:
+            # Disk full or broken: never lose it, keep sending it from memory until stored.
+            self._unsaved[send.seq] = Entry(send.seq, message.kind, envelope)
+            _LOG.error(
+                "device %s seq=%s kind=%s kept in memory only: %s",
+                self.cfg.device_id,
+                send.seq,
+                message.kind,
+                exc,
             )
             return
         _LOG.info("device %s seq=%s kind=%s queued", self.cfg.device_id, send.seq, message.kind)
@@ -238,7 +247,12 @@ class Daemon:
             return
         now = self._clock()
         topic = up_topic(self.cfg.device_id)
-        for entry in self.outbox.due(now):
+        entries = self.outbox.due(now)
+        if self._unsaved and now >= self._unsaved_retry:
+            self._unsaved_retry = now + self.cfg.outbox.retry_initial
+            memory = sorted(self._unsaved.values(), key=lambda e: (-PRIORITY[e.kind], e.seq))
+            entries = memory + entries
+        for entry in entries:
             try:
                 transport.publish(topic, entry.envelope, qos=1)
             except TransportError as exc:

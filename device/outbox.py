@@ -134,7 +134,21 @@ class Outbox:
             try:
                 return self._put_locked(seq, kind, envelope)
             except sqlite3.Error as exc:
+                self._burn_seq(seq)
                 raise StorageError(f"outbox write failed for seq {seq}: {exc}") from exc
+
+    def _burn_seq(self, seq: int) -> None:
+        """After a failed write (disk full), still try to persist the counter past `seq`.
+
+        Updating one existing row needs no new page, so it often succeeds when
+        an insert cannot; the seq, sent from memory, must never be reused.
+        """
+        try:
+            self._conn.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'", (seq + 1,)
+            )
+        except sqlite3.Error as exc:
+            _LOG.error("outbox: cannot persist the seq counter past %s either: %s", seq, exc)
 
     def _put_locked(self, seq: int, kind: str, envelope: bytes) -> list[int]:
         if seq < self._next_seq_locked():

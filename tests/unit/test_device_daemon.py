@@ -13,6 +13,7 @@ from device.daemon import MEMORY_KEY, Daemon, mqtt_settings
 from device.outbox import Outbox
 from tests.support.device_setup import ProvisionedDevice, make_device
 from wire.envelope import open_uplink, seal_downlink, seal_uplink
+from wire.errors import StorageError
 from wire.keys import HubKeys
 from wire.messages import Alarm, Cancel, ClockSource, Heartbeat, Message, Stored, Trigger
 from wire.topics import down_topic, up_topic
@@ -190,3 +191,61 @@ def test_unreadable_saved_state_starts_idle(dev: ProvisionedDevice) -> None:
         assert daemon.core.mode is Mode.IDLE
     finally:
         outbox.close()
+
+
+class Wire:
+    """The Transport seam, recording what the daemon hands to the broker."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        self.sent.append(payload)
+
+
+def test_disk_full_keeps_the_alarm_in_memory_and_sends_it(dev: ProvisionedDevice) -> None:
+    cfg = load_config(dev.config_path)
+    path = cfg.state_dir / "outbox.sqlite3"
+    outbox = Outbox.open(path)
+    (pages,) = outbox._conn.execute("PRAGMA page_count").fetchone()
+    outbox._conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's "disk full"
+
+    def fill() -> None:
+        for seq in range(200):
+            outbox.put(seq, "heartbeat", bytes(600))
+
+    with pytest.raises(StorageError, match="full"):
+        fill()
+    clock, wire = Clock(), Wire()
+    daemon = Daemon(cfg, keys=dev.device_keys, outbox=outbox, feedback=Recorder(), clock=clock)
+    daemon.attach(wire)
+    first = daemon.core.next_seq
+    hold(daemon, clock)
+    assert first not in outbox.pending()
+    alarm = [p for p in wire.sent if p not in {e.envelope for e in outbox.due(1e9, limit=999)}]
+    assert len(alarm) == 1
+    message = open_uplink(
+        alarm[0],
+        device_id=dev.device_id,
+        hub_keys=dev.hub_keys,
+        lookup=lambda _: dev.device_keys.public().signing,
+    )
+    assert (message.seq, message.kind) == (first, "alarm")
+    clock.now += 100
+    daemon.step()
+    assert wire.sent.count(alarm[0]) == 2  # resent from memory until stored
+    stored = seal_downlink(
+        Message(seq=0, body=Stored(first)),
+        device_id=dev.device_id,
+        hub_keys=dev.hub_keys,
+        device=dev.device_keys.public(),
+    )
+    daemon.on_message(down_topic(dev.device_id), stored)
+    daemon.step()
+    clock.now += 100
+    daemon.step()
+    assert wire.sent.count(alarm[0]) == 2
+    outbox.close()
+    assert Outbox.open(path).next_seq > first  # the seq sent from memory is never reused
