@@ -165,7 +165,8 @@ class Outbox:
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:  # SQLite already rolled back after SQLITE_FULL
+                self._conn.execute("ROLLBACK")
             raise
         for old in dropped:
             self._forget(old)
