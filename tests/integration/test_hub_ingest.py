@@ -4,6 +4,7 @@ a crash between storing and handling is repaired; failed deliveries retry with b
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from hub.daemon import HubService
 from hub.store import open_store
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, write_config
+from tests.support.hubstore import store_url
 from tests.support.parties import parties
 from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
 from wire import Alarm, DeviceId, DeviceKeys, Heartbeat, Message, Trigger, seal_uplink
@@ -24,11 +26,14 @@ from wire.topics import down_topic, up_topic
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[tuple[HubService, FakeClock, WebhookSink]]:
-    with smtp_sink() as smtp, webhook_sink() as hook:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[HubService, FakeClock, WebhookSink]]:
+    with smtp_sink() as smtp, webhook_sink() as hook, store_url(request.param, tmp_path) as url:
         broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")  # no broker: no downlinks
         config = load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook))
+        config = replace(config, store_url=url)
         store = open_store(config.store_url)
         p = parties()
         store.enroll_device(p.device_id, label="Ana", public_keys=p.device.public())
