@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from device.core import (
     Action,
@@ -384,3 +387,46 @@ def test_cancel_and_duress_cancel_bodies_differ_only_in_the_flag() -> None:
 def test_bad_settings_are_refused(change: dict[str, Any], match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         replace(BASE, **change)
+
+
+EVENT_MAKERS: list[Callable[[float], Event]] = [
+    P,
+    R,
+    T,
+    TamperOpened,
+    TamperClosed,
+    lambda t: GpsFix(at=t, lat=1.0, lon=2.0),
+    lambda t: down(t, Stored(0)),
+    lambda t: down(t, Acknowledged(0)),
+    lambda t: down(t, Resolved(0)),
+    lambda t: down(t, Resolved(1)),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 5, allow_nan=False), st.integers(0, len(EVENT_MAKERS) - 1)),
+        max_size=80,
+    )
+)
+def test_invariants_hold_for_any_event_sequence(steps: list[tuple[float, int]]) -> None:
+    """Seqs only grow; silent alarms never give feedback; a tamper alarm is never cancelled."""
+    core = AlarmCore(replace(BASE, heartbeat_interval=7, checkin_interval=20, checkin_reminder=5),
+                     first_seq=0, started_at=0.0)  # fmt: skip
+    now, last_seq, tamper_alarms = 0.0, -1, set()
+    for delta, which in steps:
+        now += delta
+        silent_before = core.mode is Mode.SILENT
+        for action in core.handle(EVENT_MAKERS[which](now)):
+            if isinstance(action, Send):
+                assert action.seq > last_seq
+                last_seq = action.seq
+                if isinstance(action.body, Alarm) and action.body.trigger is Trigger.TAMPER:
+                    tamper_alarms.add(action.seq)
+                if isinstance(action.body, Cancel):
+                    assert action.body.alarm_seq not in tamper_alarms
+            if isinstance(action, Feedback) and silent_before:
+                raise AssertionError(f"feedback {action.pattern} while silent")
+        deadline = core.next_deadline()
+        assert deadline is None or deadline >= now - 5
