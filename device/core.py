@@ -200,7 +200,7 @@ class AlarmCore:
     def next_deadline(self) -> float | None:
         """Return the latest monotonic time by which the shell must send a `Tick`."""
         s, cfg = self._s, self.settings
-        times = [s.next_heartbeat, s.next_position, s.cancellable_until]
+        times = [s.next_heartbeat, s.next_position]  # nothing happens when grace ends
         if s.pressed_at is not None and not s.held:
             times.append(s.pressed_at + cfg.hold_seconds)
         if s.last_release is not None and s.presses:
@@ -272,8 +272,10 @@ class AlarmCore:
 
     def _read_gesture(self, at: float, out: list[Action]) -> None:
         s, cfg = self._s, self.settings
+        ended = s.last_release if s.last_release is not None else at
         gesture, s.presses, s.last_release = s.presses, "", None
-        in_grace = s.cancellable_until is not None and at <= s.cancellable_until
+        # A gesture counts when it was finished in time, even if it is read after the gap.
+        in_grace = s.cancellable_until is not None and ended <= s.cancellable_until
         if s.mode is Mode.ACTIVE and in_grace and gesture in (cfg.cancel, cfg.duress_cancel):
             self._cancel(at, out, duress=gesture == cfg.duress_cancel)
         elif s.mode is Mode.IDLE and gesture == cfg.duress:
@@ -342,8 +344,6 @@ class AlarmCore:
             self._hold(now, out)
         if s.presses and s.last_release is not None and now - s.last_release > cfg.gap_seconds:
             self._read_gesture(now, out)
-        if s.cancellable_until is not None and now > s.cancellable_until:
-            s.cancellable_until = None
         tamper_open = s.tamper_open_at is not None and s.tamper_armed and not s.tamper_fired
         if tamper_open and now - s.tamper_open_at >= cfg.tamper_debounce:  # type: ignore[operator]
             s.tamper_fired = True

@@ -133,6 +133,16 @@ SCENARIOS = [
         mode=Mode.SILENT,
     ),
     Scenario(
+        "cancel finished just inside grace counts though read after it",
+        [
+            *HOLD,
+            *taps(32.0, "..."),
+            (T(33.0), []),
+            (T(33.7), [Send(1, Cancel(0)), Feedback(Pattern.CANCELLED)]),
+        ],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
         "cancel after grace is ignored",
         [*HOLD, *taps(40, "..."), (T(42), [])],
         mode=Mode.ACTIVE,
