@@ -89,9 +89,12 @@ class HubService:
         except ReplayedMessage as exc:
             self._reject("ReplayedMessage", str(exc), device_id.hex, now)
             return
-        stored = self.store.get_uplink(device_id, msg.seq)
-        if stored is not None and not stored.processed:
-            self._run_handler(up, received_at=stored.received_at)
+        if new:
+            self._run_handler(up, received_at=now)
+        else:  # a resend: finish what a crash may have interrupted
+            stored = self.store.get_uplink(device_id, msg.seq)
+            if stored is not None and not stored.processed:
+                self._run_handler(up, received_at=stored.received_at)
         _LOG.info(
             "uplink device=%s seq=%s kind=%s %s", device_id, msg.seq, msg.kind,
             "stored" if new else "duplicate",

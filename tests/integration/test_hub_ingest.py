@@ -132,6 +132,18 @@ def test_stored_but_unhandled_uplink_is_repaired(
     assert service.recover() == 0
 
 
+def test_resend_of_a_stored_but_unhandled_uplink_finishes_it(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, _ = hub
+    alarm = Message(seq=21, body=Alarm(Trigger.BUTTON))
+    assert service.store.accept_uplink(parties().device_id, alarm, received_at=clock.now)
+    service.handle(up_topic(parties().device_id), seal(alarm))  # the wearer's resend
+    (alert,) = service.store.list_alerts()
+    assert alert.alarm_seq == 21
+    assert [(d.kind, d.arg) for d in service.store.pending_downlinks()] == [("stored", 21)]
+
+
 def test_failed_deliveries_retry_with_backoff_and_are_all_stored(
     hub: tuple[HubService, FakeClock, WebhookSink],
 ) -> None:
