@@ -67,6 +67,7 @@ from device.events import (
     LinkChanged,
     Pattern,
     Send,
+    SignalLevel,
     TamperClosed,
     TamperOpened,
     Tick,
@@ -104,6 +105,7 @@ __all__ = [
     "Mode",
     "Pattern",
     "Send",
+    "SignalLevel",
     "TamperClosed",
     "TamperOpened",
     "Tick",
@@ -227,18 +229,26 @@ class AlarmCore:
                 self._s.tamper_open_at, self._s.tamper_armed = None, True
                 if self._s.mode is Mode.IDLE:
                     self._s.tamper_fired = False
-            case GpsFix():
-                self._s.fix = event
-            case BatteryLevel(_, percent):
-                self._s.battery = percent
-            case LinkChanged(_, _, signal):
-                self._s.signal = signal
             case DownlinkReceived(at, message):
                 self._on_downlink(message, at, out)
             case Tick():
                 pass
+            case _:
+                self._on_sensor(event)
         self._tick(event.at, out)
         return out
+
+    def _on_sensor(self, event: GpsFix | BatteryLevel | SignalLevel | LinkChanged) -> None:
+        s = self._s
+        match event:
+            case GpsFix():
+                s.fix = event
+            case BatteryLevel(_, percent):
+                s.battery = percent
+            case SignalLevel(_, percent):
+                s.signal = percent
+            case LinkChanged(_, up, signal):
+                s.signal = None if not up else (signal if signal is not None else s.signal)
 
     # -- button gestures -----------------------------------------------------------------
 

@@ -38,10 +38,12 @@ from device.core import (
     Mode,
     Pattern,
     Send,
+    SignalLevel,
     Tick,
 )
 from device.drivers.battery import read_battery
 from device.drivers.gps import Reading
+from device.drivers.link import WIRELESS, read_link_quality
 from device.outbox import PRIORITY, Entry, Outbox
 from wire.envelope import open_downlink, seal_uplink
 from wire.errors import StorageError, TransportError, VigilError
@@ -117,9 +119,11 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         ntp_flag: Path = NTP_FLAG,
+        wireless: Path = WIRELESS,
     ) -> None:
         self.cfg, self._keys, self.outbox, self._feedback = cfg, keys, outbox, feedback
         self._clock, self._wall, self._ntp_flag = clock, wall, ntp_flag
+        self._wireless = wireless
         self._queue: queue.Queue[Event | _Downlink] = queue.Queue()
         self._memory = _load_memory(outbox)
         self.core = AlarmCore(
@@ -335,12 +339,14 @@ class Daemon:
         )
 
     def _poll_battery(self) -> None:
+        """Read battery and link quality for the heartbeats (every BATTERY_POLL seconds)."""
         now = self._clock()
         if now < self._next_battery:
             return
         self._next_battery = now + BATTERY_POLL
         level = read_battery(self.cfg.battery_path)
         self._carry_out(self.core.handle(BatteryLevel(now, level)))
+        self._carry_out(self.core.handle(SignalLevel(now, read_link_quality(self._wireless))))
 
     def _ping_watchdog(self) -> None:
         now = self._clock()

@@ -110,6 +110,14 @@ class BatteryLevel:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalLevel:
+    """Link quality in percent (None = unknown), reported in heartbeats."""
+
+    at: float
+    percent: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class LinkChanged:
     at: float
     up: bool
@@ -132,6 +140,7 @@ Event = (
     | Tick
     | GpsFix
     | BatteryLevel
+    | SignalLevel
     | LinkChanged
     | DownlinkReceived
 )

@@ -50,8 +50,11 @@ def parts(dev: ProvisionedDevice, tmp_path: Path) -> Iterator[tuple[Daemon, Cloc
     cfg: DeviceConfig = load_config(dev.config_path)
     outbox = Outbox.open(cfg.state_dir / "outbox.sqlite3")
     clock, player = Clock(), Recorder()
+    wireless = tmp_path / "wireless"
+    wireless.write_text("h1\nh2\n wlan0: 0000   35.  -56.  -256  0 0 0 0 26 0\n")
     daemon = Daemon(
         cfg,
+        wireless=wireless,
         keys=dev.device_keys,
         outbox=outbox,
         feedback=player,
@@ -112,6 +115,7 @@ def test_gps_time_then_ntp_time(
     daemon.step()
     beat = [m for m in opened(dev, daemon) if isinstance(m.body, Heartbeat)]
     assert [(m.sent_at, m.clock) for m in beat] == [(1_800_000_000.0, ClockSource.NTP)]
+    assert beat[0].body == Heartbeat(battery=42, fix_age=66.0, signal=50)
 
 
 def test_downlinks_on_other_topics_or_forged_change_nothing(

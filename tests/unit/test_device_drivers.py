@@ -21,6 +21,7 @@ from device.core import (
 )
 from device.drivers.battery import read_battery
 from device.drivers.inputs import PATTERNS, Feedback, Inputs
+from device.drivers.link import read_link_quality
 from tests.support.wait import wait_until
 
 PINS = PinConfig(**default_pins()[0])
@@ -119,3 +120,31 @@ def test_battery_capacity_file(tmp_path: Path, content: bytes, expected: int | N
 def test_battery_absent_is_unknown(tmp_path: Path) -> None:
     assert read_battery(None) is None
     assert read_battery(tmp_path / "nope") is None
+
+
+WIRELESS = """Inter-| sta-|   Quality        |   Discarded packets               | Missed | WE
+ face | tus | link level noise |  nwid  crypt   frag  retry   misc | beacon | 22
+ wlan0: 0000   54.  -56.  -256        0      0      0      0     26        0
+"""
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (WIRELESS, 77),
+        (WIRELESS.replace("54.", "90."), 100),
+        (WIRELESS.replace("54.", "nan"), None),
+        (WIRELESS.replace("54.", "xx"), None),
+        (WIRELESS.splitlines()[0] + "\n" + WIRELESS.splitlines()[1] + "\n", None),
+        ("garbage", None),
+        ("\x00\xff" * 40, None),
+    ],
+)
+def test_link_quality(tmp_path: Path, content: str, expected: int | None) -> None:
+    path = tmp_path / "wireless"
+    path.write_text(content, encoding="latin-1")
+    assert read_link_quality(path) == expected
+
+
+def test_link_quality_without_wireless(tmp_path: Path) -> None:
+    assert read_link_quality(tmp_path / "absent") is None
