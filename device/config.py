@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from device.core import AlarmSettings
-from wire.errors import BadConfigValue, ConfigError, MissingConfigValue
+from wire.errors import BadConfigValue, ConfigError, KeyFileError, MissingConfigValue
 from wire.ids import DeviceId
-from wire.keys import HubPublicKeys, Suite
+from wire.keys import HubPublicKeys, Suite, check_private_file
 
 _LOG = logging.getLogger(__name__)
 
@@ -110,9 +110,14 @@ class DeviceConfig:
         if path is None:
             return None
         try:
+            check_private_file(path)
             return path.read_text().strip()
-        except OSError as exc:
-            raise BadConfigValue(f"mqtt.password_file: cannot read {path}: {exc}") from exc
+        except KeyFileError as exc:
+            raise type(exc)(f"{self.path}: mqtt.password_file: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadConfigValue(
+                f"{self.path}: mqtt.password_file: cannot read {path}: {exc}"
+            ) from exc
 
 
 def default_pins(pinout: Path = PINOUT) -> tuple[dict[str, int], tuple[str, int]]:
@@ -202,6 +207,8 @@ def _mqtt(r: _Reader) -> MqttConfig:
         raise BadConfigValue(f"{r.path}: mqtt.port must be in 1..65535, got {cfg.port}")
     if not 5 <= cfg.keepalive <= 3600:
         raise BadConfigValue(f"{r.path}: mqtt.keepalive must be in 5..3600 s")
+    if cfg.tls_ca is not None and not cfg.tls_ca.is_file():
+        raise BadConfigValue(f"{r.path}: mqtt.tls_ca: no CA file at {cfg.tls_ca}")
     return cfg
 
 

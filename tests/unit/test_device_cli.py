@@ -52,3 +52,25 @@ def test_missing_password_file_is_a_config_error(
     dev = make_device(tmp_path, overrides={"mqtt": {"password_file": str(tmp_path / "nope")}})
     assert main(["run", "--config", str(dev.config_path)]) == EX_CONFIG
     assert "mqtt.password_file" in capsys.readouterr().err
+
+
+def test_password_file_readable_by_others_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    dev = make_device(tmp_path, overrides={"mqtt": {"password_file": str(secret)}})
+    assert main(["run", "--config", str(dev.config_path)]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert "mqtt.password_file" in err
+    assert "chmod 600" in err
+    assert "hunter2" not in err
+
+
+def test_missing_tls_ca_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = make_device(tmp_path, overrides={"mqtt": {"tls_ca": str(tmp_path / "ca.pem")}})
+    assert main(["run", "--config", str(dev.config_path)]) == EX_CONFIG
+    assert "mqtt.tls_ca" in capsys.readouterr().err
