@@ -89,18 +89,20 @@ class HubService:
         except ReplayedMessage as exc:
             self._reject("ReplayedMessage", str(exc), device_id.hex, now)
             return
-        if new:
-            self._run_handler(up, received_at=now)
-        else:  # a resend: finish what a crash may have interrupted
-            stored = self.store.get_uplink(device_id, msg.seq)
-            if stored is not None and not stored.processed:
-                self._run_handler(up, received_at=stored.received_at)
+        # The uplink is on disk; its effects and its receipt commit together.
+        with self.store.atomic():
+            if new:
+                self._run_handler(up, received_at=now)
+            else:  # a resend: finish what a crash may have interrupted
+                stored = self.store.get_uplink(device_id, msg.seq)
+                if stored is not None and not stored.processed:
+                    self._run_handler(up, received_at=stored.received_at)
+            # A duplicate gets a fresh receipt too: the first one may have been lost.
+            self.store.queue_downlink(device_id, Stored.KIND, msg.seq, now=now)
         _LOG.info(
             "uplink device=%s seq=%s kind=%s %s", device_id, msg.seq, msg.kind,
             "stored" if new else "duplicate",
         )  # fmt: skip
-        # A duplicate gets a fresh receipt too: the first one may have been lost.
-        self.store.queue_downlink(device_id, Stored.KIND, msg.seq, now=now)
         self.flush_downlinks()
 
     def _run_handler(self, up: pipeline.Uplink, *, received_at: float) -> None:

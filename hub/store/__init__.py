@@ -12,6 +12,7 @@ versioned migrations in `schema.py`, and one test suite.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from hub.store.records import (
@@ -48,6 +49,7 @@ __all__ = [
 class Store(Protocol):
     """What the hub needs from durable storage. Times are hub Unix seconds, given by callers."""
 
+    def atomic(self) -> AbstractContextManager[object]: ...
     # registry
     def enroll_device(
         self,

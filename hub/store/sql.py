@@ -68,6 +68,10 @@ class SqlStoreBase(ABC):
     def _read(self) -> AbstractContextManager[Cursor]:
         return self._tx()
 
+    def atomic(self) -> AbstractContextManager[object]:
+        """Group several store calls into one transaction (one commit, all or nothing)."""
+        return self._tx()
+
     # -- migrations -------------------------------------------------------------------
 
     def _migrate(self) -> None:

@@ -35,12 +35,17 @@ class SqliteStore(AlertQueries):
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
         self._lock = threading.RLock()
+        self._depth = 0
         self._migrate()
 
     @contextmanager
     def _begin(self, mode: str) -> Iterator[Cursor]:
         with self._lock:
+            if self._depth:  # inside `atomic()`: the outer transaction commits
+                yield from self._nested()
+                return
             cur = self._conn.cursor()
+            self._depth = 1
             try:
                 cur.execute(f"BEGIN {mode}")
                 yield cur
@@ -52,7 +57,19 @@ class SqliteStore(AlertQueries):
                 self._rollback()
                 raise
             finally:
+                self._depth = 0
                 cur.close()
+
+    def _nested(self) -> Iterator[Cursor]:
+        cur = self._conn.cursor()
+        self._depth += 1
+        try:
+            yield cur
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite store {self.path}: {exc}") from exc
+        finally:
+            self._depth -= 1
+            cur.close()
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
