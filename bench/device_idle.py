@@ -54,13 +54,16 @@ def measure(proc: subprocess.Popen[bytes], seconds: float) -> tuple[float, float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--no-gps", action="store_true", help="no NMEA replay (no receiver)")
     args = parser.parse_args(argv)
-    print(f"== device: idle daemon over {args.seconds:.0f} s ==")  # noqa: T201
+    gps = "no GPS" if args.no_gps else "GPS replay at 5 lines/s"
+    print(f"== device: idle daemon over {args.seconds:.0f} s, {gps} ==")  # noqa: T201
     with tempfile.TemporaryDirectory() as tmp, running_mosquitto(Path(tmp) / "broker") as broker:
         dev = make_device(Path(tmp) / "dev", port=broker.port)
         log = (Path(tmp) / "daemon.log").open("wb")
         cmd = [sys.executable, "-m", "device.cli", "simulate", "--config", str(dev.config_path)]
-        cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "5"]
+        if not args.no_gps:
+            cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "5"]
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         daemon = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, cwd=tmp
