@@ -29,6 +29,7 @@ from wire.mqtt import MqttClient, Transport
 from wire.topics import UP_FILTER, down_topic, shared_up_filter
 
 _LOG = logging.getLogger(__name__)
+WATCHDOG_PING = 1.0  # s between WATCHDOG=1 pings (WatchdogSec is several times longer)
 _DOWNLINKS: dict[str, type[Stored] | type[Acknowledged] | type[Resolved]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved)
 }
@@ -222,6 +223,7 @@ def sd_notify(state: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)  # a reader that stalls must never stall the hub
             s.connect(address)
             s.sendall(state.encode())
     except OSError as exc:
@@ -238,6 +240,7 @@ def serve(service: HubService, client: MqttClient, inbox: queue.Queue[tuple[str,
     worker = threading.Thread(target=_deliveries, args=(service, stop, interval), daemon=True)
     worker.start()
     sd_notify("READY=1")
+    pinged = -WATCHDOG_PING
     try:
         while not stop.is_set():
             healthy = True
@@ -254,8 +257,9 @@ def serve(service: HubService, client: MqttClient, inbox: queue.Queue[tuple[str,
             except StorageError:
                 _LOG.exception("store failed during the periodic tick")
                 healthy = False
-            if healthy:
+            if healthy and time.monotonic() - pinged >= WATCHDOG_PING:
                 sd_notify("WATCHDOG=1")
+                pinged = time.monotonic()
     finally:
         sd_notify("STOPPING=1")
         worker.join(timeout=10)

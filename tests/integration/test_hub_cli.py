@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -88,11 +89,22 @@ def test_run_as_a_service_with_operator_commands(
     config: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]
 ) -> None:
     smtp, hook = sinks
+    # Run as systemd would: a shared subscription, and a notify socket to tell us it is up.
+    text = config.read_text().replace(
+        'client_id = "hub-test"', 'client_id = "hub-test"\nshared_group = "hub"'
+    )
+    config.write_text(text)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # closed in `finally`
+    notify.bind(str(config.parent / "notify.sock"))
+    notify.settimeout(20)
     log = (config.parent / "hub.log").open("w")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]),
+           "NOTIFY_SOCKET": str(config.parent / "notify.sock")}  # fmt: skip
     hub = subprocess.Popen([*VIGIL_HUB, "run", "--config", str(config)], stdout=log,
                            stderr=subprocess.STDOUT, env=env)  # fmt: skip
     try:
+        assert notify.recv(100) == b"READY=1"
+        assert notify.recv(100) == b"WATCHDOG=1"
         with wearable(mosquitto) as device:
             # The hub may still be subscribing: resend like the wearable's outbox does.
             def stored() -> bool:
@@ -120,6 +132,7 @@ def test_run_as_a_service_with_operator_commands(
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=20) == 0
         log.close()
+        notify.close()
     assert "Traceback" not in (config.parent / "hub.log").read_text()
 
 

@@ -103,3 +103,11 @@ def test_unreadable_password_file_is_named(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, FULL.replace("[broker]", 'password_file = "pw"\n[broker]')))
     with pytest.raises(BadConfigValue, match="password_file"):
         cfg.mqtt.settings()
+
+
+def test_shipped_example_config_loads() -> None:
+    example = Path(__file__).parents[2] / "hub" / "hub.example.toml"
+    cfg = load_config(example)
+    assert [t.name for t in cfg.escalation.tiers] == ["operators", "partners", "nearby responders"]
+    assert cfg.channels["public"].public
+    assert cfg.channels["operators"].recipients[0].label == "operators #1 (mailtos)"
