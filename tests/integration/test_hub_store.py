@@ -155,8 +155,13 @@ def test_atomic_commits_all_or_nothing(store: Store, enrolled: DeviceId) -> None
         store.queue_downlink(enrolled, "stored", 1, now=1.0)
         store.queue_downlink(enrolled, "stored", 2, now=1.0)
     assert len(store.pending_downlinks()) == 2
-    with pytest.raises(RuntimeError), store.atomic():
-        store.queue_downlink(enrolled, "stored", 3, now=2.0)
-        raise RuntimeError("handler bug")
+
+    def failing_handler() -> None:
+        with store.atomic():
+            store.queue_downlink(enrolled, "stored", 3, now=2.0)
+            raise RuntimeError("handler bug")
+
+    with pytest.raises(RuntimeError):
+        failing_handler()
     assert [d.arg for d in store.pending_downlinks()] == [1, 2]
     assert store.queue_downlink(enrolled, "stored", 4, now=3.0) == 2  # seq 2 was rolled back
