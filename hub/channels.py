@@ -30,6 +30,7 @@ if sys.version_info < (3, 13):  # pragma: no branch
 import apprise
 
 _LOG = logging.getLogger(__name__)
+CLAIM_LEASE = 120.0  # s a hub holds a delivery it is sending; then another may retry it
 
 _TRIGGERS = {
     "button": "panic button held",
@@ -128,6 +129,8 @@ def deliver_due(
     """Try every delivery that is due; store each attempt; return how many were tried."""
     due = store.due_deliveries(now)
     for d in due:
+        if not store.claim_delivery(d.id, now=now, lease=CLAIM_LEASE):
+            continue  # another hub instance took it
         alert = store.get_alert(d.alert_id)
         device = store.get_device(alert.device_id)
         if device is None:  # pragma: no cover - alerts reference enrolled devices

@@ -189,6 +189,16 @@ class AlertQueries(SqlStoreBase):
             )
             return [Delivery(*r) for r in cur.fetchall()]
 
+    def claim_delivery(self, delivery_id: int, *, now: float, lease: float) -> bool:
+        """Take a due delivery for `lease` seconds, so that no other hub sends it too."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE deliveries SET next_at = ? WHERE id = ? AND status = 'pending' "
+                "AND next_at <= ? RETURNING id",
+                (now + lease, delivery_id, now),
+            )
+            return cur.fetchone() is not None
+
     def deliveries(self, alert_id: int) -> list[Delivery]:
         with self._read() as cur:
             cur.execute(

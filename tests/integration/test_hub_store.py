@@ -128,6 +128,8 @@ def test_steps_and_deliveries_never_twice(store: Store, enrolled: DeviceId) -> N
     assert store.fire_step(alert.id, "tier-1", recipients, now=3.0) is False
     assert store.fired_steps(alert.id) == {"tier-1"}
     (delivery,) = store.due_deliveries(2.0)
+    assert store.claim_delivery(delivery.id, now=2.0, lease=60) is True
+    assert store.claim_delivery(delivery.id, now=2.0, lease=60) is False  # a second hub
     store.record_attempt(delivery.id, at=2.0, ok=False, detail="refused", next_at=4.0)
     assert store.due_deliveries(3.0) == []
     store.record_attempt(delivery.id, at=4.0, ok=True, detail="sent", next_at=None)
