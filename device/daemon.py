@@ -58,7 +58,7 @@ _LOG = logging.getLogger(__name__)
 MEMORY_KEY = "alarm-memory"
 NTP_FLAG = Path("/run/systemd/timesync/synchronized")
 BATTERY_POLL = 60.0
-MAX_WAIT = 1.0  # the loop wakes at least this often to ping the watchdog
+MAX_WAIT = 30.0  # idle wake-up without a watchdog; every deadline is in the wait anyway
 GPS_EVERY = 1.0  # hand at most one fix per second to the core
 FIX_GAP = 10.0  # a fix after this long without one is logged as acquired again
 
@@ -205,7 +205,8 @@ class Daemon:
     def _wait_time(self, now: float) -> float:
         unsaved = self._unsaved_retry if self._unsaved else None
         times = [t for t in (self.core.next_deadline(), self.outbox.next_retry(), unsaved) if t]
-        wait = min([*times, now + MAX_WAIT, self._next_battery]) - now
+        ping = self._last_ping + self._watchdog if self._watchdog else now + MAX_WAIT
+        wait = min([*times, ping, now + MAX_WAIT, self._next_battery]) - now
         return max(0.0, wait)
 
     def _carry_out(self, actions: list[Send | Feedback | Delivered]) -> None:
