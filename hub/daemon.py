@@ -29,6 +29,7 @@ from wire.mqtt import MqttClient, Transport
 from wire.topics import UP_FILTER, down_topic, shared_up_filter
 
 _LOG = logging.getLogger(__name__)
+DOWNLINK_LEASE = 10.0  # s a hub holds a downlink it publishes; then another may send it
 WATCHDOG_PING = 1.0  # s between WATCHDOG=1 pings (WatchdogSec is several times longer)
 _DOWNLINKS: dict[str, type[Stored] | type[Acknowledged] | type[Resolved]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved)
@@ -132,8 +133,10 @@ class HubService:
         if self.transport is None or not self.transport.connected:
             return 0
         sent = 0
-        for d in self.store.pending_downlinks():
+        for d in self.store.pending_downlinks(now=self.clock()):
             now = self.clock()
+            if not self.store.claim_downlink(d.id, now=now, lease=DOWNLINK_LEASE):
+                continue  # another hub instance is sending it
             device = self.store.get_device(d.device_id)
             if device is None or device.revoked:
                 self.store.mark_downlink_sent(d.id, at=now)  # nobody to tell any more
@@ -146,6 +149,7 @@ class HubService:
             try:
                 self.transport.publish(down_topic(d.device_id), envelope, qos=1)
             except TransportError as exc:
+                self.store.release_downlink(d.id)
                 _LOG.warning("downlink device=%s seq=%s kind=%s waits: %s",
                              d.device_id, d.seq, d.kind, exc)  # fmt: skip
                 break

@@ -146,6 +146,11 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     ),
 )
 
+MIGRATIONS += (
+    # 2: hubs sharing a store claim a downlink before publishing it.
+    (2, ("ALTER TABLE downlinks ADD COLUMN claimed_until DOUBLE PRECISION",)),
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

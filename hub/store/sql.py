@@ -303,17 +303,37 @@ class SqlStoreBase(ABC):
             )
             return seq
 
-    def pending_downlinks(self, limit: int = 100) -> list[PendingDownlink]:
+    def pending_downlinks(
+        self, limit: int = 100, *, now: float | None = None
+    ) -> list[PendingDownlink]:
+        """Downlinks not yet sent; with `now`, only those no hub has claimed."""
+        unclaimed = "" if now is None else " AND (claimed_until IS NULL OR claimed_until < ?)"
+        params = (limit,) if now is None else (now, limit)
         with self._read() as cur:
             cur.execute(
-                "SELECT id, device_id, seq, kind, arg, created_at FROM downlinks "
-                "WHERE sent_at IS NULL ORDER BY id LIMIT ?",
-                (limit,),
+                "SELECT id, device_id, seq, kind, arg, created_at FROM downlinks "  # noqa: S608
+                f"WHERE sent_at IS NULL{unclaimed} ORDER BY id LIMIT ?",
+                params,
             )
             return [
                 PendingDownlink(r[0], DeviceId.parse(r[1]), r[2], r[3], r[4], r[5])
                 for r in cur.fetchall()
             ]
+
+    def claim_downlink(self, downlink_id: int, *, now: float, lease: float) -> bool:
+        """Take a pending downlink for `lease` seconds, so that no other hub sends it too."""
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE downlinks SET claimed_until = ? WHERE id = ? AND sent_at IS NULL "
+                "AND (claimed_until IS NULL OR claimed_until < ?) RETURNING id",
+                (now + lease, downlink_id, now),
+            )
+            return cur.fetchone() is not None
+
+    def release_downlink(self, downlink_id: int) -> None:
+        """Give a claimed downlink back (the broker was away), to be sent on the next tick."""
+        with self._tx() as cur:
+            cur.execute("UPDATE downlinks SET claimed_until = NULL WHERE id = ?", (downlink_id,))
 
     def mark_downlink_sent(self, downlink_id: int, *, at: float) -> None:
         with self._tx() as cur:

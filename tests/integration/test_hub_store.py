@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hub.store import Alert, AlertKind, AlertState, LastFix, Store, open_store
+from hub.store import Alert, AlertKind, AlertState, LastFix, Store, open_store, schema
 from tests.support.hubstore import store_url
 from tests.support.parties import parties
 from wire import Alarm, DeviceId, DeviceKeys, Heartbeat, Message, Trigger
@@ -44,7 +45,7 @@ def test_enroll_and_get(store: Store, enrolled: DeviceId) -> None:
     assert not record.revoked
     assert record.public_keys.to_text() == parties().device.public().to_text()
     assert store.get_device(DeviceId.generate()) is None
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
 
 
 def test_reenrol_same_keys_updates_other_keys_refused(store: Store, enrolled: DeviceId) -> None:
@@ -167,3 +168,34 @@ def test_atomic_commits_all_or_nothing(store: Store, enrolled: DeviceId) -> None
         failing_handler()
     assert [d.arg for d in store.pending_downlinks()] == [1, 2]
     assert store.queue_downlink(enrolled, "stored", 4, now=3.0) == 2  # seq 2 was rolled back
+
+
+def test_migrates_a_version_1_store_keeping_its_data(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    with conn:
+        for stmt in schema.statements(1, schema.SQLITE):
+            conn.execute(stmt)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        keys = parties().device.public().to_text()
+        conn.execute(
+            "INSERT INTO devices (device_id, label, signing_key, kem_key, enrolled_at, "
+            "window_mask) VALUES (?, 'Old', ?, ?, 0, ?)",
+            (parties().device_id.hex, keys["signing"], keys["kem"], bytes(512)),
+        )
+    conn.close()
+    store = open_store(f"sqlite:///{db}")
+    try:
+        assert store.schema_version() == schema.LATEST == 2
+        record = store.get_device(parties().device_id)
+        assert record is not None
+        assert record.label == "Old"
+        seq = store.queue_downlink(parties().device_id, "stored", 1, now=1.0)
+        (pending,) = store.pending_downlinks(now=1.0)
+        assert store.claim_downlink(pending.id, now=1.0, lease=10) is True
+        assert store.pending_downlinks(now=2.0) == []
+        store.release_downlink(pending.id)
+        assert [d.seq for d in store.pending_downlinks(now=2.0)] == [seq]
+    finally:
+        store.close()

@@ -21,7 +21,7 @@ from tests.support.wait import wait_until
 from wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
 from wire.errors import VigilError
 from wire.mqtt import MqttClient, MqttSettings
-from wire.topics import UP_FILTER, down_topic, up_topic
+from wire.topics import UP_FILTER, down_topic, shared_up_filter, up_topic
 
 T0 = 1_764_000_000.0
 
@@ -140,18 +140,21 @@ class Wearable:
 
 
 @contextmanager
-def running_hub(config_path: Path, clock: FakeClock) -> Iterator[HubService]:
+def running_hub(
+    config_path: Path, clock: FakeClock, *, store_url: str | None = None
+) -> Iterator[HubService]:
     """Serve the hub from `config_path` in a thread, on `clock`, until the block ends."""
     config: HubConfig = load_config(config_path)
-    store = open_store(config.store_url)
+    store = open_store(store_url or config.store_url)
     service = HubService(
         config, store=store, hub_keys=parties().hub, notifier=AppriseNotifier(), clock=clock
     )
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    group = config.mqtt.shared_group
     client = MqttClient(
         config.mqtt.settings(),
         on_message=lambda t, p: _enqueue(inbox, t, p),
-        subscriptions=[UP_FILTER],
+        subscriptions=[shared_up_filter(group) if group else UP_FILTER],
     )
     client.start()
     assert client.wait_connected(10)

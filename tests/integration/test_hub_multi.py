@@ -1,0 +1,62 @@
+"""Two hub instances sharing the work: an MQTT v5 shared subscription and one PostgreSQL store.
+
+Every uplink is stored once, every one gets its receipt, and each responder is
+told once, whichever hub took the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker
+from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
+from tests.support.hubstore import postgres_url
+from tests.support.parties import parties
+from tests.support.sinks import smtp_sink, webhook_sink
+from tests.support.wait import wait_until
+from wire import Alarm, Heartbeat, Message, Trigger
+from wire.topics import UP_FILTER
+
+pytestmark = pytest.mark.integration
+
+
+def hub_config(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "hub.key").write_bytes((tmp_path / "hub.key").read_bytes())
+    (folder / "hub.key").chmod(0o600)
+    path = folder / "hub.toml"
+    path.write_text(text.replace('client_id = "hub-test"',
+                                 f'client_id = "{name}"\nshared_group = "hubs"'))  # fmt: skip
+    return path
+
+
+def test_two_hubs_split_the_load_without_doing_anything_twice(
+    tmp_path: Path, mosquitto: Broker
+) -> None:
+    with smtp_sink() as smtp, webhook_sink() as hook, postgres_url() as url:
+        base = write_config(tmp_path, broker=mosquitto, smtp=smtp, hook=hook).read_text()
+        first, second = hub_config(tmp_path, "hub-a", base), hub_config(tmp_path, "hub-b", base)
+        clock = FakeClock()
+        with running_hub(first, clock, store_url=url) as a, \
+                running_hub(second, clock, store_url=url) as b:  # fmt: skip
+            p = parties()
+            a.store.enroll_device(p.device_id, label="Ana", public_keys=p.device.public())
+            with wearable(mosquitto) as device:
+                for seq in range(1, 21):
+                    device.send(Message(seq=seq, body=Heartbeat(battery=80)))
+                device.send(Message(seq=21, body=Alarm(Trigger.BUTTON, battery=70)))
+                receipts = device.wait_for("stored", 21, timeout=20)
+                assert sorted(m.body.seq for m in receipts) == list(range(1, 22))  # type: ignore[union-attr]
+                wait_until(lambda: [x for x in hook.posts if x.path == "/operators"], 20)
+                wait_until(lambda: smtp.messages, 20)
+            assert a.store.count_uplinks() == 21
+            assert len(a.store.list_alerts()) == 1
+            # Let both delivery threads look again: nobody is told twice.
+            clock.advance(30)
+            wait_until(lambda: all(d.status == "sent" for d in b.store.deliveries(1)), 10)
+            assert len([x for x in hook.posts if x.path == "/operators"]) == 1
+            assert len(smtp.messages) == 1
+            assert UP_FILTER in "$share/hubs/" + UP_FILTER
