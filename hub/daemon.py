@@ -52,6 +52,7 @@ class HubService:
         self.notifier, self.clock = notifier, clock
         self.transport: Transport | None = None
         self.rejected: Counter[str] = Counter()
+        self.accepted = 0  # uplinks this instance stored (not duplicates)
         self._silent: dict[object, float] = {}
         for a in store.list_alerts():
             if a.kind is AlertKind.SILENT:
@@ -91,6 +92,7 @@ class HubService:
         except ReplayedMessage as exc:
             self._reject("ReplayedMessage", str(exc), device_id.hex, now)
             return
+        self.accepted += new
         # The uplink is on disk; its effects and its receipt commit together.
         with self.store.atomic():
             if new:
