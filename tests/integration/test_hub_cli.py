@@ -10,6 +10,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +181,25 @@ def test_audit_verify_detects_edits_and_deletions(config: Path) -> None:
     assert status == 1
     assert "missing" in out
     db.close()
+
+
+def test_tail_follows_live(config: Path) -> None:
+    argv = [*VIGIL_HUB, "tail", "--config", str(config)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[2])  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_until(lambda: any("enroll" in line for line in lines), what="existing events")
+        store = open_store(load_config(config).store_url)
+        store.accept_uplink(parties().device_id, Message(seq=9, body=Alarm(Trigger.TAMPER)),
+                            received_at=1_764_000_000.0)  # fmt: skip
+        store.close()
+        line = wait_until(lambda: [x for x in lines if "alarm" in x], what="live alarm line")[0]
+        assert "trigger=tamper" in line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
+        proc.stdout.close()  # type: ignore[union-attr]
