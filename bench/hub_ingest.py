@@ -11,11 +11,15 @@ ratio shows what Vigil adds on top of the disk.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
 
 from hub.channels import AppriseNotifier
 from hub.config import BrokerConfig, HubConfig, MqttConfig
@@ -24,6 +28,8 @@ from hub.pipeline import Uplink, decode
 from hub.store import open_store
 from wire import DeviceId, DeviceKeys, Heartbeat, HubKeys, Message, seal_uplink
 from wire.topics import up_topic
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 class _NullTransport:
@@ -111,6 +117,46 @@ def main(n: int = 1000) -> None:
         ("baseline: raw INSERT, one commit per message", base),
         ("decode + verify only (no store; CPU cost)", verify_only),
         ("decode + verify + store (replay window)", verify_store),
+        ("full handle: + handler + sealed `stored` receipt", full),
+    ):
+        print(f"{name:<52} {_rate(n, secs)}   ratio {secs / base:5.2f}x")  # noqa: T201
+    _postgres(n, hub, device_id, device, envs)
+
+
+def _postgres(n: int, hub: HubKeys, device_id: DeviceId, device: DeviceKeys,
+              envs: list[bytes]) -> None:  # fmt: skip
+    """The same on the local PostgreSQL (127.0.0.1:5432, db `test`), in a scratch schema."""
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        print(f"(PostgreSQL at {PG_URL} not reachable: skipped)")  # noqa: T201
+        return
+    schema = f"vigil_bench_{os.getpid()}"
+    admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        admin.execute(f"CREATE TABLE {schema}.raw (device TEXT, seq BIGINT, payload BYTEA, "
+                      "PRIMARY KEY (device, seq))")  # fmt: skip
+        start = time.perf_counter()
+        for seq, env in enumerate(envs):
+            admin.execute(f"INSERT INTO {schema}.raw VALUES (%s, %s, %s)", ("d", seq, env))  # noqa: S608
+        base = time.perf_counter() - start
+        store = open_store(f"{PG_URL}?options={quote(f'-csearch_path={schema}')}")
+        store.enroll_device(device_id, label="bench", public_keys=device.public())
+        service = HubService(_config(PG_URL, Path("hub.key")), store=store, hub_keys=hub,
+                             notifier=AppriseNotifier())  # fmt: skip
+        service.transport = _NullTransport()
+        topic = up_topic(device_id)
+        start = time.perf_counter()
+        for env in envs:
+            service.handle(topic, env)
+        full = time.perf_counter() - start
+        store.close()
+    finally:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+    print(f"== hub ingest, {n} heartbeats, PostgreSQL (local, default fsync) ==")  # noqa: T201
+    for name, secs in (
+        ("baseline: raw INSERT, one commit per message", base),
         ("full handle: + handler + sealed `stored` receipt", full),
     ):
         print(f"{name:<52} {_rate(n, secs)}   ratio {secs / base:5.2f}x")  # noqa: T201

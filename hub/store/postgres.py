@@ -42,19 +42,33 @@ class PostgresStore(AlertQueries):
         except psycopg.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL store: {exc}") from exc
         self._lock = threading.RLock()
+        self._depth = 0
         self._migrate()
 
     @contextmanager
-    def _begin(self) -> Iterator[Cursor]:
+    def _begin(self, *, write: bool) -> Iterator[Cursor]:
         with self._lock:
             try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
-                    yield _Cursor(cur)
+                if self._depth or not write:
+                    # Inside `atomic()` the outer transaction commits; a lone read is
+                    # one autocommitted statement (no BEGIN/COMMIT round trips).
+                    with self._conn.cursor() as cur:
+                        yield _Cursor(cur)
+                    return
+                self._depth = 1
+                try:
+                    with self._conn.transaction(), self._conn.cursor() as cur:
+                        yield _Cursor(cur)
+                finally:
+                    self._depth = 0
             except psycopg.Error as exc:
                 raise StorageError(f"PostgreSQL store: {exc}") from exc
 
     def _tx(self) -> AbstractContextManager[Cursor]:
-        return self._begin()
+        return self._begin(write=True)
+
+    def _read(self) -> AbstractContextManager[Cursor]:
+        return self._begin(write=False)
 
     def close(self) -> None:
         with self._lock:
