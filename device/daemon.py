@@ -215,8 +215,20 @@ class Daemon:
                 self._enqueue(action)
             elif isinstance(action, Feedback):
                 self._feedback.play(action.pattern)
-            elif self.outbox.ack(action.seq) | (self._unsaved.pop(action.seq, None) is not None):
-                _LOG.info("device %s seq=%s stored by the hub", self.cfg.device_id, action.seq)
+            else:
+                self._delivered(action.seq)
+
+    def _delivered(self, seq: int) -> None:
+        in_memory = self._unsaved.pop(seq, None) is not None
+        try:
+            on_disk = self.outbox.ack(seq)
+        except StorageError:  # it will be resent and acknowledged again: nothing is lost
+            _LOG.exception(
+                "device %s seq=%s could not be removed from the outbox", self.cfg.device_id, seq
+            )
+            return
+        if in_memory or on_disk:
+            _LOG.info("device %s seq=%s stored by the hub", self.cfg.device_id, seq)
 
     def _enqueue(self, send: Send) -> None:
         sent_at, source = self._time_now()
