@@ -20,7 +20,18 @@ from tests.support.hubrig import FakeClock, write_config
 from tests.support.hubstore import store_url
 from tests.support.parties import parties
 from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
-from wire import Alarm, DeviceId, DeviceKeys, Heartbeat, Message, Trigger, seal_uplink
+from wire import (
+    Alarm,
+    Cancel,
+    DeviceId,
+    DeviceKeys,
+    Fix,
+    Heartbeat,
+    Message,
+    Position,
+    Trigger,
+    seal_uplink,
+)
 from wire.topics import down_topic, up_topic
 
 pytestmark = pytest.mark.integration
@@ -142,6 +153,44 @@ def test_resend_of_a_stored_but_unhandled_uplink_finishes_it(
     (alert,) = service.store.list_alerts()
     assert alert.alarm_seq == 21
     assert [(d.kind, d.arg) for d in service.store.pending_downlinks()] == [("stored", 21)]
+
+
+def test_positions_attach_and_later_tiers_get_the_newest(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, hook = hub
+    topic = up_topic(parties().device_id)
+    first = Fix(lat=17.0, lon=-96.7, fix_time=None, quality=1, satellites=5, hdop=1.0, age=10.0)
+    later = Fix(lat=17.1, lon=-96.8, fix_time=None, quality=1, satellites=6, hdop=1.0, age=1.0)
+    service.handle(topic, seal(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=first))))
+    clock.advance(60)
+    service.handle(topic, seal(Message(seq=2, body=Position(alarm_seq=1, fix=later))))
+    assert [(f.lat, f.lon) for f in service.store.positions(1)] == [(17.1, -96.8)]
+    assert service.store.get_alert(1).last_fix.lat == 17.1  # type: ignore[union-attr]
+    device = service.store.get_device(parties().device_id)
+    assert device is not None
+    assert device.last_fix is not None
+    assert device.last_fix.lat == 17.1
+    clock.advance(61)
+    service.tick()
+    service.deliver()
+    (partners,) = [p.json() for p in hook.posts if p.path == "/partners"]
+    assert "17.100000, -96.800000 (62 s old)" in partners["message"]
+
+
+def test_duress_cancel_that_overtook_its_alarm_still_raises_one(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, _, _ = hub
+    topic = up_topic(parties().device_id)
+    service.handle(topic, seal(Message(seq=31, body=Cancel(alarm_seq=30, duress=True))))
+    (alert,) = service.store.list_alerts()
+    assert alert.duress
+    assert alert.active
+    service.handle(topic, seal(Message(seq=30, body=Alarm(Trigger.BUTTON))))
+    assert len(service.store.list_alerts()) == 1  # the late alarm joins it
+    service.handle(topic, seal(Message(seq=33, body=Cancel(alarm_seq=32))))  # unknown: ignored
+    assert len(service.store.list_alerts()) == 1
 
 
 def test_failed_deliveries_retry_with_backoff_and_are_all_stored(
