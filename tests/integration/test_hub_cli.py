@@ -203,3 +203,10 @@ def test_tail_follows_live(config: Path) -> None:
         proc.wait(timeout=10)
         reader.join(timeout=10)
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+def test_pubkey_prints_what_a_device_config_needs(config: Path) -> None:
+    status, out = cli(config, "pubkey")
+    assert status == 0
+    expected = parties().hub.public().to_text()
+    assert out.splitlines() == ["[hub]", *(f'{k} = "{v}"' for k, v in expected.items())]
