@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 PACKAGES := wire device hub provision
 
-.PHONY: test lint typecheck unit demo bench chaos system-deps venv clean
+.PHONY: test lint typecheck demo bench system-deps venv clean
 
 venv: $(STAMP)
 
@@ -33,9 +33,6 @@ demo: system-deps $(STAMP)
 
 bench: system-deps $(STAMP)
 	$(BIN)/python -m bench
-
-chaos: system-deps $(STAMP)
-	$(BIN)/pytest -m chaos -p no:randomly tests/chaos
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
