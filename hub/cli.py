@@ -169,7 +169,10 @@ def _devices(args: argparse.Namespace, config: HubConfig, store: Store, out: Tex
     for d in store.list_devices():
         state = "revoked" if d.revoked else ("offline" if d.offline_at else "ok")
         battery = "?" if d.battery is None else f"{d.battery}%"
-        fix_age = _age(now, d.last_fix.taken_at if d.last_fix else None)
+        fix_at = d.last_fix.taken_at if d.last_fix else None
+        if d.gps_fix_at is not None:
+            fix_at = max(d.gps_fix_at, fix_at or d.gps_fix_at)
+        fix_age = _age(now, fix_at)
         out.write(f"{d.device_id.hex:<34}{d.label[:23]:<24}{state:<9}"
                   f"{_age(now, d.last_seen):>7}{battery:>6}{fix_age:>9}\n")  # fmt: skip
     return 0

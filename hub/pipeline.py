@@ -132,7 +132,8 @@ def _position(ctx: Context, body: Position) -> str:
 
 
 def _heartbeat(ctx: Context, body: Heartbeat) -> str:
-    ctx.store.note_device_state(ctx.device.device_id, battery=body.battery)
+    fix_at = None if body.fix_age is None else ctx.received_at - body.fix_age
+    ctx.store.note_device_state(ctx.device.device_id, battery=body.battery, gps_fix_at=fix_at)
     return "heartbeat"
 
 

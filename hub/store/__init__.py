@@ -65,7 +65,12 @@ class Store(Protocol):
     def list_devices(self) -> list[DeviceRecord]: ...
     def active_device(self, device_id: DeviceId) -> DeviceRecord: ...
     def note_device_state(
-        self, device_id: DeviceId, *, battery: int | None = None, fix: LastFix | None = None
+        self,
+        device_id: DeviceId,
+        *,
+        battery: int | None = None,
+        fix: LastFix | None = None,
+        gps_fix_at: float | None = None,
     ) -> None: ...
     def note_offline(self, device_id: DeviceId, *, at: float) -> None: ...
     # uplinks and downlinks

@@ -54,6 +54,7 @@ class DeviceRecord:
     last_fix: LastFix | None = None
     down_seq: int = -1
     offline_at: float | None = None  # Will received, not seen since
+    gps_fix_at: float | None = None  # hub time of the device's last GPS fix (heartbeats)
 
     @property
     def revoked(self) -> bool:

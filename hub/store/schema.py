@@ -149,6 +149,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
 MIGRATIONS += (
     # 2: hubs sharing a store claim a downlink before publishing it.
     (2, ("ALTER TABLE downlinks ADD COLUMN claimed_until DOUBLE PRECISION",)),
+    # 3: when the device's GPS last had a fix (hub time), from heartbeats' fix_age.
+    (3, ("ALTER TABLE devices ADD COLUMN gps_fix_at DOUBLE PRECISION",)),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -31,7 +31,7 @@ class Cursor(Protocol):
 
 _DEVICE_COLUMNS = (
     "device_id, label, signing_key, kem_key, contacts, enrolled_at, revoked_at, last_seen, "
-    "battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, down_seq, offline_at"
+    "battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, down_seq, offline_at, gps_fix_at"
 )
 
 
@@ -49,6 +49,7 @@ def _device(row: Sequence[Any]) -> DeviceRecord:
         last_fix=fix,
         down_seq=row[13],
         offline_at=row[14],
+        gps_fix_at=row[15],
     )
 
 
@@ -260,9 +261,15 @@ class SqlStoreBase(ABC):
         *,
         battery: int | None = None,
         fix: LastFix | None = None,
+        gps_fix_at: float | None = None,
     ) -> None:
-        """Remember the latest battery level and position a device reported."""
+        """Remember the latest battery level, position and GPS fix time a device reported."""
         with self._tx() as cur:
+            if gps_fix_at is not None:
+                cur.execute(
+                    "UPDATE devices SET gps_fix_at = ? WHERE device_id = ?",
+                    (gps_fix_at, device_id.hex),
+                )
             if battery is not None:
                 cur.execute(
                     "UPDATE devices SET battery = ? WHERE device_id = ?", (battery, device_id.hex)

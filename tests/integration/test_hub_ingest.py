@@ -234,3 +234,19 @@ def test_delivery_gives_up_after_the_configured_attempts(
     assert hook_delivery.status == "failed"
     assert hook_delivery.attempts == 3
     assert len(service.store.attempts(hook_delivery.id)) == 3
+
+
+def test_heartbeat_records_when_the_devices_gps_last_had_a_fix(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, _ = hub
+    p = parties()
+    service.handle(up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat(battery=80))))
+    record = service.store.get_device(p.device_id)
+    assert record is not None
+    assert (record.battery, record.gps_fix_at) == (80, None)
+    heartbeat = Heartbeat(battery=79, fix_age=30.0, signal=60)
+    service.handle(up_topic(p.device_id), seal(Message(seq=2, body=heartbeat)))
+    record = service.store.get_device(p.device_id)
+    assert record is not None
+    assert (record.battery, record.gps_fix_at) == (79, clock() - 30.0)

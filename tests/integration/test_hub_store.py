@@ -45,7 +45,7 @@ def test_enroll_and_get(store: Store, enrolled: DeviceId) -> None:
     assert not record.revoked
     assert record.public_keys.to_text() == parties().device.public().to_text()
     assert store.get_device(DeviceId.generate()) is None
-    assert store.schema_version() == 2
+    assert store.schema_version() == schema.LATEST
 
 
 def test_reenrol_same_keys_updates_other_keys_refused(store: Store, enrolled: DeviceId) -> None:
@@ -187,7 +187,7 @@ def test_migrates_a_version_1_store_keeping_its_data(tmp_path: Path) -> None:
     conn.close()
     store = open_store(f"sqlite:///{db}")
     try:
-        assert store.schema_version() == schema.LATEST == 2
+        assert store.schema_version() == schema.LATEST == 3
         record = store.get_device(parties().device_id)
         assert record is not None
         assert record.label == "Old"
