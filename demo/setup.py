@@ -38,6 +38,7 @@ def prepare(work: Path, *, broker: Broker, smtp: SmtpSink, hook: WebhookSink) ->
     run([str(BIN / "vigil-hub"), "--config", str(hub_config), "enroll",
          "--device-id", device_id.hex, "--label", label,
          "--signing", public["signing"], "--kem", public["kem"]])  # fmt: skip
+    (device_dir / "capacity").write_text("87\n")  # a battery gauge, as sysfs shows one
     device_config = device_dir / "device.toml"
     device_config.write_text(_device_toml(device_id, device_dir, broker, hub_public))
     return DemoFiles(hub_config, device_config, device_id, label, NMEA)
