@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from wire.keys import DeviceKeys
 from wire.messages import ClockSource, Message
 from wire.mqtt import MqttSettings, Transport, Will
 from wire.replay import Verdict
+from wire.systemd import sd_notify
 from wire.topics import down_topic, up_topic
 
 _LOG = logging.getLogger(__name__)
@@ -71,23 +71,6 @@ class Player(Protocol):
 class _Downlink:
     topic: str
     payload: bytes
-
-
-def sd_notify(state: str) -> bool:
-    """Send `state` to systemd's NOTIFY_SOCKET (no-op outside systemd); return if sent."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        _LOG.warning("sd_notify %s failed: %s", state.partition("=")[0], exc)
-        return False
-    return True
 
 
 def mqtt_settings(cfg: DeviceConfig) -> MqttSettings:

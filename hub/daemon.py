@@ -9,9 +9,7 @@ slow SMTP server never delays an ACK. The clock is injected (tests drive it).
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import socket
 import threading
 import time
 from collections import Counter
@@ -26,6 +24,7 @@ from wire.errors import ReplayedMessage, StorageError, TransportError, VigilErro
 from wire.keys import HubKeys
 from wire.messages import Acknowledged, ClockSource, DownlinkBody, Message, Resolved, Stored
 from wire.mqtt import MqttClient, Transport
+from wire.systemd import sd_notify
 from wire.topics import UP_FILTER, down_topic, shared_up_filter
 
 _LOG = logging.getLogger(__name__)
@@ -218,24 +217,6 @@ def _decode_stored(payload: bytes) -> Message:
 
 
 # -- the process -----------------------------------------------------------------------------
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd our state (READY=1, WATCHDOG=1, STOPPING=1) if it is listening."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.setblocking(False)  # a reader that stalls must never stall the hub
-            s.connect(address)
-            s.sendall(state.encode())
-    except OSError as exc:
-        _LOG.warning("cannot notify systemd: %s", exc)
-        return False
-    return True
 
 
 def serve(service: HubService, client: MqttClient, inbox: queue.Queue[tuple[str, bytes]],

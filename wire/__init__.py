@@ -1,4 +1,4 @@
-"""The Vigil wire format, shared by the wearable and the hub (pure: no I/O but key files).
+"""What the wearable and the hub share: the wire format, its keys, the MQTT and systemd glue.
 
 See docs/protocol.md for the specification this package implements.
 """
