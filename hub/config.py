@@ -24,7 +24,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from wire.errors import BadConfigValue, ConfigError, MissingConfigValue
+from wire.errors import BadConfigValue, ConfigError, KeyFileError, MissingConfigValue
+from wire.keys import check_private_file
 from wire.mqtt import MqttSettings
 
 DEFAULT_MAP_URL = "https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=17/{lat}/{lon}"
@@ -48,7 +49,10 @@ class MqttConfig:
         password = None
         if self.password_file is not None:
             try:
+                check_private_file(self.password_file)  # a secret: 0600 like the keys
                 password = self.password_file.read_text().strip()
+            except KeyFileError as exc:
+                raise type(exc)(f"mqtt.password_file: {exc}") from exc
             except OSError as exc:
                 raise BadConfigValue(
                     f"mqtt.password_file: cannot read {self.password_file}: {exc}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hub.config import load_config
-from wire.errors import BadConfigValue, ConfigError, MissingConfigValue
+from wire.errors import BadConfigValue, ConfigError, InsecureKeyFile, MissingConfigValue
 
 FULL = """
 [hub]
@@ -99,10 +99,20 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
 
 
-def test_unreadable_password_file_is_named(tmp_path: Path) -> None:
+def test_missing_password_file_is_named(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, FULL.replace("[broker]", 'password_file = "pw"\n[broker]')))
-    with pytest.raises(BadConfigValue, match="password_file"):
+    with pytest.raises(ConfigError, match="password_file"):
         cfg.mqtt.settings()
+
+
+def test_password_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL.replace("[broker]", 'password_file = "pw"\n[broker]')))
+    (tmp_path / "pw").write_text("secret\n")
+    (tmp_path / "pw").chmod(0o644)
+    with pytest.raises(InsecureKeyFile, match="chmod 600"):
+        cfg.mqtt.settings()
+    (tmp_path / "pw").chmod(0o600)
+    assert cfg.mqtt.settings().password == "secret"
 
 
 def test_shipped_example_config_loads() -> None:
