@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-PACKAGES := wire device hub provision
 
 .PHONY: test lint typecheck demo bench system-deps venv clean
 
