@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test lint typecheck demo bench system-deps venv clean
+.PHONY: test lint typecheck demo bench chaos system-deps venv clean
 
 venv: $(STAMP)
 
@@ -25,13 +25,16 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: system-deps lint typecheck
-	$(BIN)/pytest -m "not hardware"
+	$(BIN)/pytest -m "not hardware and not chaos"
 
 demo: system-deps $(STAMP)
 	$(BIN)/python -m demo
 
 bench: system-deps $(STAMP)
 	$(BIN)/python -m bench
+
+chaos: system-deps $(STAMP)
+	VIGIL_CHAOS_SECONDS=$${VIGIL_CHAOS_SECONDS:-90} $(BIN)/pytest -m chaos -s tests/chaos
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

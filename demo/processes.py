@@ -61,6 +61,9 @@ class Watched:
                 self.process.kill()
                 self.process.wait()
         self._reader.join(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
         self._log.close()
 
 
