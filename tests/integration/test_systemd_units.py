@@ -1,0 +1,69 @@
+"""The shipped systemd units: `systemd-analyze verify` is clean and the exposure is low."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze"),
+]
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+EXPOSURE_LIMIT = {"vigil-device.service": 2.0, "vigil-hub.service": 2.0}
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["systemd-analyze", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def installable_copy(unit: Path, tmp_path: Path) -> Path:
+    """The unit with its ExecStart binary swapped for one that exists on this machine."""
+    text = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", unit.read_text(), flags=re.M)
+    copy = tmp_path / unit.name
+    copy.write_text(text)
+    return copy
+
+
+@pytest.mark.parametrize("name", sorted(EXPOSURE_LIMIT))
+def test_unit_verifies_cleanly(name: str, tmp_path: Path) -> None:
+    result = analyze("verify", str(installable_copy(UNITS / name, tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert name not in result.stderr, result.stderr  # no warning about our unit at all
+
+
+def test_verify_would_catch_a_typo(tmp_path: Path) -> None:
+    broken = installable_copy(UNITS / "vigil-device.service", tmp_path)
+    broken.write_text(broken.read_text().replace("ProtectSystem=", "ProtectSytem="))
+    assert "Unknown key" in analyze("verify", str(broken)).stderr
+
+
+@pytest.mark.parametrize(("name", "limit"), sorted(EXPOSURE_LIMIT.items()))
+def test_exposure_is_below_the_limit(name: str, limit: float) -> None:
+    result = analyze("security", "--offline=yes", str(UNITS / name))
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert match, result.stdout[-500:] + result.stderr
+    exposure = float(match.group(1))
+    print(f"{name}: exposure {exposure}")  # noqa: T201 - recorded in the test log
+    assert exposure < limit
+
+
+def test_device_unit_keeps_what_the_pi_needs() -> None:
+    text = (UNITS / "vigil-device.service").read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "WorkingDirectory=/run/vigil-device",  # gpiozero's lgpio writes into the cwd
+        "Environment=GPIOZERO_PIN_FACTORY=lgpio",
+        "SupplementaryGroups=gpio dialout i2c",
+        "StateDirectory=vigil-device",
+        "ExecStart=/opt/vigil/venv/bin/vigil-device run --config /etc/vigil/device.toml",
+    ):
+        assert line in text
