@@ -230,12 +230,21 @@ def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool) -> None:
         )
         for k in keys
     )
+    write_atomically(path, pem, mode=0o600)
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+    """Write `data` to `path` via a synced temporary file that has `mode` from the start.
+
+    A secret is never briefly readable by others, and a power cut leaves either
+    the old file or the new one, never half of it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, pem)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -95,3 +95,14 @@ def running_mosquitto(
         yield broker
     finally:
         broker.stop()
+
+
+@contextmanager
+def running_mosquitto_conf(conf: Path, port: int) -> Iterator[Broker]:
+    """Start mosquitto with exactly the config file `conf` (which listens on `port`)."""
+    broker = Broker("127.0.0.1", port, conf)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from provision.toml import render_toml
 from wire.ids import DeviceId
 from wire.keys import DeviceKeys, HubKeys
 
@@ -17,24 +18,6 @@ class ProvisionedDevice:
     hub_keys: HubKeys
     config_path: Path
     state_dir: Path
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_toml(doc: dict[str, dict[str, Any]]) -> str:
-    """Render a two-level TOML document (sections of scalars)."""
-    lines: list[str] = []
-    for section, values in doc.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(v)}" for key, v in values.items() if v is not None]
-        lines.append("")
-    return "\n".join(lines)
 
 
 def make_device(

@@ -1,0 +1,87 @@
+"""Render the locked-down mosquitto config and manage its password file.
+
+Passwords are hashed by mosquitto's own `mosquitto_passwd` (PBKDF2-SHA512),
+so the format is always the one the installed broker reads.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from provision.certs import BrokerCerts
+from wire.errors import ConfigError
+from wire.keys import write_atomically
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "broker"
+HUB_USER = "vigil-hub"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFiles:
+    conf: Path
+    acl: Path
+    passwd: Path
+    hub_password: Path
+
+
+def render_broker_config(
+    out: Path, *, certs: BrokerCerts, port: int = 8883, bind: str = "0.0.0.0",  # noqa: S104
+    hub_user: str = HUB_USER, run_as: str = "mosquitto",
+) -> BrokerFiles:  # fmt: skip
+    """Write mosquitto.conf, the ACL, a password file with the hub user, and its password."""
+    for needed in (certs.ca, certs.server, certs.server_key):
+        if not needed.is_file():
+            raise ConfigError(f"{needed} is missing; run 'vigil-provision broker-certs' first")
+    files = BrokerFiles(
+        out / "mosquitto.conf", out / "acl", out / "passwd", out / "hub-mqtt-password"
+    )
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    conf = (TEMPLATES / "mosquitto.conf.template").read_text().format(
+        passwd=files.passwd.resolve(), acl=files.acl.resolve(), data=(out / "data").resolve(),
+        port=port, bind=bind, user=run_as, ca=certs.ca.resolve(), cert=certs.server.resolve(),
+        key=certs.server_key.resolve(),
+    )  # fmt: skip
+    write_atomically(files.conf, conf.encode(), mode=0o644)
+    acl = (TEMPLATES / "acl.template").read_text().format(hub_user=hub_user)
+    write_atomically(files.acl, acl.encode(), mode=0o644)
+    password = new_password()
+    set_password(files.passwd, hub_user, password)
+    write_atomically(files.hub_password, password.encode() + b"\n", mode=0o600)
+    return files
+
+
+def new_password() -> str:
+    """A random broker password (256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
+def set_password(passwd: Path, user: str, password: str) -> None:
+    """Add or replace `user` in mosquitto's password file (created 0600 if absent)."""
+    if not passwd.exists():
+        write_atomically(passwd, b"", mode=0o600)
+    _mosquitto_passwd("-b", str(passwd), user, password)
+
+
+def remove_user(passwd: Path, user: str) -> bool:
+    """Delete `user` from the password file; return whether it was there."""
+    if not passwd.exists() or not any(
+        line.split(":", 1)[0] == user for line in passwd.read_text().splitlines()
+    ):
+        return False
+    _mosquitto_passwd("-D", str(passwd), user)
+    return True
+
+
+def _mosquitto_passwd(*args: str) -> None:
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        raise ConfigError("mosquitto_passwd is not installed (package mosquitto)")
+    result = subprocess.run(  # noqa: S603 - fixed tool, arguments are ours
+        [tool, *args], capture_output=True, text=True, check=False, timeout=30
+    )
+    if result.returncode != 0:
+        raise ConfigError(f"mosquitto_passwd failed: {result.stderr.strip() or result.stdout}")

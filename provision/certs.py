@@ -1,0 +1,113 @@
+"""A small certificate authority for the broker's TLS: one CA, one server certificate.
+
+For a test or a small deployment; an organisation with its own PKI can use
+that instead (the broker only needs `cafile`, `certfile`, `keyfile`).
+ECDSA P-256 keys and SHA-256 signatures, which every TLS stack on the path
+(mosquitto's OpenSSL, Python's ssl on the Pi) accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from wire.errors import KeyFileError
+from wire.keys import write_atomically
+
+CA_DAYS = 10 * 365
+SERVER_DAYS = 2 * 365
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCerts:
+    """Where the files are: the CA certificate devices trust, and the server's pair."""
+
+    ca: Path
+    ca_key: Path
+    server: Path
+    server_key: Path
+
+    @classmethod
+    def in_dir(cls, folder: Path) -> BrokerCerts:
+        return cls(
+            folder / "ca.pem", folder / "ca.key", folder / "server.pem", folder / "server.key"
+        )
+
+
+def make_broker_certs(
+    folder: Path, *, host: str, now: dt.datetime | None = None, force: bool = False
+) -> BrokerCerts:
+    """Create a CA and a server certificate for `host` (plus 127.0.0.1 and localhost)."""
+    certs = BrokerCerts.in_dir(folder)
+    if certs.ca_key.exists() and not force:
+        raise KeyFileError(f"{certs.ca_key} already exists; pass --force to replace the CA")
+    now = now or dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Vigil broker CA")])
+    ca = (
+        _builder(ca_name, ca_name, ca_key.public_key(), now, CA_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_usage(cert_sign=True), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName(host), x509.DNSName("localhost")]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    server = (
+        _builder(server_name, ca_name, server_key.public_key(), now, SERVER_DAYS)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write_atomically(certs.ca, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomically(certs.server, server.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomically(certs.ca_key, _private_pem(ca_key), mode=0o600)
+    write_atomically(certs.server_key, _private_pem(server_key), mode=0o600)
+    return certs
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey, now: dt.datetime,
+    days: int,
+) -> x509.CertificateBuilder:  # fmt: skip
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def _usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

@@ -1,0 +1,128 @@
+"""Enrol a wearable: keys, opaque id, broker credentials, hub registry entry, device config.
+
+Re-running `provision_device` on the same folder re-uses its keys, id and
+password (and re-enrolling the same keys changes nothing); new keys need
+`force`, which also revokes the old ones at the hub.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hub.config import HubConfig, load_config
+from hub.store import open_store
+from provision.broker import new_password, remove_user, set_password
+from provision.toml import render_toml
+from wire.errors import ConfigError, KeyFileError, UnknownDevice
+from wire.ids import DeviceId
+from wire.keys import DeviceKeys, HubKeys, write_atomically
+
+SUITES = {"x25519", "mlkem768-x25519"}
+# Where the files live on the wearable (the SD-image tool puts them there).
+ON_DEVICE = {
+    "keys": "/var/lib/vigil-device/device.key",
+    "state_dir": "/var/lib/vigil-device",
+    "password_file": "/etc/vigil/mqtt-password",
+    "tls_ca": "/etc/vigil/ca.pem",
+}
+
+
+def provision_device(
+    *, label: str, hub_config: Path, out: Path, contacts: list[str], suite: str, force: bool
+) -> str:
+    """Create or re-use the device in `out`, grant broker access, enrol it; return a summary."""
+    cfg = load_config(hub_config)
+    if cfg.broker is None or cfg.broker.password_file is None or cfg.broker.ca_file is None:
+        raise ConfigError(f"{hub_config}: [broker] needs device_host, ca_file and password_file")
+    device_id = _existing_id(out) or DeviceId.generate()
+    keys = _device_keys(out / "device.key", force=force)
+    password = _password(out / "mqtt-password")
+    set_password(cfg.broker.password_file, device_id.hex, password)
+    shutil.copyfile(cfg.broker.ca_file, out / "ca.pem")
+    _enrol(cfg, device_id, keys, label=label, contacts=contacts, replace=force)
+    hub_public = HubKeys.load(cfg.keys_path).public().to_text()
+    doc: dict[str, dict[str, Any]] = {
+        "device": {"id": device_id.hex, "keys": ON_DEVICE["keys"],
+                   "state_dir": ON_DEVICE["state_dir"]},
+        "hub": {**hub_public, "suite": suite},
+        "mqtt": {"host": cfg.broker.device_host, "port": cfg.broker.device_port,
+                 "tls_ca": ON_DEVICE["tls_ca"], "username": device_id.hex,
+                 "password_file": ON_DEVICE["password_file"]},
+    }  # fmt: skip
+    write_atomically(out / "device.toml", render_toml(doc).encode(), mode=0o644)
+    return f"device {device_id} ({label}) enrolled; files in {out}"
+
+
+def revoke_device(device_id_text: str, *, hub_config: Path) -> str:
+    """Remove the device's broker password and mark it revoked at the hub."""
+    device_id = DeviceId.parse(device_id_text)
+    cfg = load_config(hub_config)
+    removed = False
+    if cfg.broker is not None and cfg.broker.password_file is not None:
+        removed = remove_user(cfg.broker.password_file, device_id.hex)
+    store = open_store(cfg.store_url)
+    try:
+        store.revoke_device(device_id, now=time.time())
+        store.append_audit(at=time.time(), actor="vigil-provision", action="revoke",
+                           subject=f"device {device_id}")  # fmt: skip
+    finally:
+        store.close()
+    broker = "broker password removed" if removed else "no broker password was found"
+    return (
+        f"revoked {device_id}: the hub refuses it; {broker}. Reload mosquitto (SIGHUP) so "
+        "it re-reads the password file; a connection already open stays up until the "
+        "broker restarts, but the hub refuses its messages either way."
+    )
+
+
+def _existing_id(out: Path) -> DeviceId | None:
+    config = out / "device.toml"
+    if not config.exists():
+        return None
+    try:
+        return DeviceId.parse(tomllib.loads(config.read_text())["device"]["id"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{config}: cannot read the device id: {exc}") from exc
+
+
+def _device_keys(path: Path, *, force: bool) -> DeviceKeys:
+    if path.exists() and not force:
+        return DeviceKeys.load(path)
+    keys = DeviceKeys.generate()
+    keys.save(path, force=force)
+    return keys
+
+
+def _password(path: Path) -> str:
+    if path.exists():
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read {path}: {exc}") from exc
+    password = new_password()
+    write_atomically(path, password.encode() + b"\n", mode=0o600)
+    return password
+
+
+def _enrol(
+    cfg: HubConfig, device_id: DeviceId, keys: DeviceKeys, *, label: str, contacts: list[str],
+    replace: bool,
+) -> None:  # fmt: skip
+    store = open_store(cfg.store_url)
+    try:
+        known = store.get_device(device_id)
+        same = known is not None and known.public_keys.to_text() == keys.public().to_text()
+        if known is not None and not same and replace and not known.revoked:
+            store.revoke_device(device_id, now=time.time())  # new keys replace the old ones
+        store.enroll_device(device_id, label=label, public_keys=keys.public(),
+                            contacts=contacts, now=time.time())  # fmt: skip
+        store.append_audit(at=time.time(), actor="vigil-provision", action="enroll",
+                           subject=f"device {device_id}", detail=label)  # fmt: skip
+    except UnknownDevice as exc:  # pragma: no cover - revoke right after get_device
+        raise ConfigError(str(exc)) from exc
+    finally:
+        store.close()

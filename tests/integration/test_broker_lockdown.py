@@ -1,0 +1,112 @@
+"""The shipped broker config, run by a real mosquitto: who may connect, publish, subscribe."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provision.broker import set_password
+from provision.certs import make_broker_certs
+from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
+from tests.support.wait import wait_until
+from wire import DeviceId
+from wire.topics import down_topic, up_topic
+
+pytestmark = pytest.mark.integration
+
+A, B = DeviceId.generate(), DeviceId.generate()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LockedBroker]:
+    with locked_broker(tmp_path) as locked:
+        set_password(locked.files.passwd, A.hex, "password-a")
+        set_password(locked.files.passwd, B.hex, "password-b")
+        locked.broker.restart()  # mosquitto reads the password file at start (or on SIGHUP)
+        yield locked
+
+
+def test_config_has_only_a_tls_listener_and_no_anonymous(broker: LockedBroker) -> None:
+    conf = broker.files.conf.read_text()
+    assert conf.count("\nlistener ") == 1
+    assert "allow_anonymous false" in conf
+    assert "certfile" in conf
+    assert "keyfile" in conf
+
+
+@pytest.mark.parametrize(("user", "password"), [(None, None), (A.hex, "wrong"), ("eve", "x")])
+def test_unknown_or_wrong_credentials_are_refused(
+    broker: LockedBroker, user: str | None, password: str | None
+) -> None:
+    with tls_client(broker, "intruder", user=user, password=password) as (client, seen):
+        wait_until(lambda: seen.refusals, 10, what="a refused CONNACK")
+        assert not client.connected
+        assert "authori" in seen.refusals[0].lower()
+
+
+def test_client_that_does_not_trust_our_ca_fails_tls(broker: LockedBroker, tmp_path: Path) -> None:
+    other = make_broker_certs(tmp_path / "other-ca", host="broker.vigil.test")
+    context = ssl.create_default_context(cafile=str(other.ca))
+    with (
+        socket.create_connection(("127.0.0.1", broker.broker.port), timeout=10) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        context.wrap_socket(raw, server_hostname="127.0.0.1")
+    trusting = ssl.create_default_context(cafile=str(broker.certs.ca))
+    with (
+        socket.create_connection(("127.0.0.1", broker.broker.port), timeout=10) as raw,
+        trusting.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_plaintext_mqtt_gets_no_answer(broker: LockedBroker) -> None:
+    connect = bytes.fromhex("100c00044d5154540402003c0000")  # MQTT 3.1.1 CONNECT, no TLS
+    with socket.create_connection(("127.0.0.1", broker.broker.port), timeout=10) as raw:
+        raw.sendall(connect)
+        try:
+            reply = raw.recv(16)
+        except ConnectionResetError:
+            reply = b""  # the TLS listener hangs up on a plaintext client
+    assert not reply.startswith(b"\x20")  # never a CONNACK
+
+
+def test_device_reaches_only_its_own_topics(broker: LockedBroker) -> None:
+    hub_subs = ("$share/hub/vigil/v1/+/up",)
+    with (
+        tls_client(broker, "hub", user="vigil-hub", password=broker.hub_password,
+                   subscriptions=hub_subs) as (hub, at_hub),
+        tls_client(broker, A.hex, user=A.hex, password="password-a",
+                   subscriptions=(down_topic(B), "#", down_topic(A))) as (dev_a, at_a),
+    ):  # fmt: skip
+        assert hub.wait_connected(10)
+        assert dev_a.wait_connected(10)
+        # A forges B's uplink, then sends its own (the positive control).
+        dev_a.publish(up_topic(B), b"forged")
+        wait_until(lambda: (dev_a.publish(up_topic(A), b"mine"), at_hub.got(up_topic(A)))[1], 10)
+        assert not at_hub.got(up_topic(B))
+        # The hub writes to B's and then A's downlink; A must see only its own.
+        wait_until(lambda: (hub.publish(down_topic(B), b"for b"), hub.publish(down_topic(A), b"a"),
+                            at_a.got(down_topic(A)))[2], 10)  # fmt: skip
+        assert not at_a.got(down_topic(B))
+        assert {t for t, _ in at_a.messages} == {down_topic(A)}
+
+
+def test_device_cannot_write_downlinks_or_read_uplinks(broker: LockedBroker) -> None:
+    with (
+        tls_client(broker, "hub", user="vigil-hub", password=broker.hub_password,
+                   subscriptions=(up_topic(A),)) as (hub, at_hub),
+        tls_client(broker, B.hex, user=B.hex, password="password-b",
+                   subscriptions=(up_topic(A), down_topic(B))) as (dev_b, at_b),
+        tls_client(broker, A.hex, user=A.hex, password="password-a") as (dev_a, _),
+    ):  # fmt: skip
+        for client in (hub, dev_b, dev_a):
+            assert client.wait_connected(10)
+        dev_b.publish(down_topic(A), b"fake receipt")
+        wait_until(lambda: (dev_a.publish(up_topic(A), b"x"), at_hub.got(up_topic(A)))[1], 10)
+        wait_until(lambda: (hub.publish(down_topic(B), b"y"), at_b.got(down_topic(B)))[1], 10)
+        assert not at_b.got(up_topic(A))
