@@ -17,7 +17,8 @@ EPILOG = """examples:
   vigil-provision broker-certs --out /etc/vigil/broker --host broker.example.org
   vigil-provision broker-config --out /etc/mosquitto/vigil --certs /etc/vigil/broker
   vigil-provision device --label "A. (Oaxaca)" --hub-config /etc/vigil/hub.toml --out wearable-01
-  vigil-provision revoke 3f2a...e9 --hub-config /etc/vigil/hub.toml
+  vigil-provision revoke 3f2a...e9 --hub-config /etc/vigil/hub.toml \\
+      --broker-pid-file /run/mosquitto/mosquitto.pid
 
 Full walk-through: docs/technician.md"""
 
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("revoke", help="remove a device's broker access; the hub refuses it")
     r.add_argument("device_id")
     r.add_argument("--hub-config", type=Path, required=True)
+    r.add_argument(
+        "--broker-pid-file", type=Path, help="mosquitto's pid file: reload it, dropping the device"
+    )
     return p
 
 
@@ -74,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 contacts=args.contact, suite=args.suite, force=args.force,
             ))  # fmt: skip
         else:
-            print(enrol.revoke_device(args.device_id, hub_config=args.hub_config))  # noqa: T201
+            print(enrol.revoke_device(  # noqa: T201
+                args.device_id, hub_config=args.hub_config, broker_pid_file=args.broker_pid_file
+            ))  # fmt: skip
     except VigilError as exc:
         sys.stderr.write(f"vigil-provision: {exc}\n")
         return 1

@@ -7,7 +7,9 @@ password (and re-enrolling the same keys changes nothing); new keys need
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 import tomllib
 from pathlib import Path
@@ -57,8 +59,12 @@ def provision_device(
     return f"device {device_id} ({label}) enrolled; files in {out}"
 
 
-def revoke_device(device_id_text: str, *, hub_config: Path) -> str:
-    """Remove the device's broker password and mark it revoked at the hub."""
+def revoke_device(device_id_text: str, *, hub_config: Path, broker_pid_file: Path | None) -> str:
+    """Remove the device's broker password, reload the broker, mark it revoked at the hub.
+
+    On reload (SIGHUP) mosquitto 2 re-reads the password file and disconnects a
+    connected client that no longer authenticates (checked in the tests).
+    """
     device_id = DeviceId.parse(device_id_text)
     cfg = load_config(hub_config)
     removed = False
@@ -72,11 +78,21 @@ def revoke_device(device_id_text: str, *, hub_config: Path) -> str:
     finally:
         store.close()
     broker = "broker password removed" if removed else "no broker password was found"
-    return (
-        f"revoked {device_id}: the hub refuses it; {broker}. Reload mosquitto (SIGHUP) so "
-        "it re-reads the password file; a connection already open stays up until the "
-        "broker restarts, but the hub refuses its messages either way."
-    )
+    if broker_pid_file is None:
+        return (
+            f"revoked {device_id}: the hub refuses it; {broker}. Reload mosquitto "
+            "(systemctl reload mosquitto, or SIGHUP) to drop an open connection."
+        )
+    _reload_broker(broker_pid_file)
+    return f"revoked {device_id}: the hub refuses it; {broker}; broker reloaded."
+
+
+def _reload_broker(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reload the broker from {pid_file}: {exc}") from exc
 
 
 def _existing_id(out: Path) -> DeviceId | None:

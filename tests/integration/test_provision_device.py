@@ -1,0 +1,152 @@
+"""`vigil-provision device` and `revoke` against a real hub store and a locked-down broker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device.config import load_config as load_device_config
+from hub.store import open_store
+from provision.cli import main
+from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
+from tests.support.wait import wait_until
+from wire import DeviceId, DeviceKeys, HubKeys
+from wire.topics import up_topic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Path, LockedBroker]]:
+    with locked_broker(tmp_path / "broker") as locked:
+        HubKeys.generate().save(tmp_path / "hub.key")
+        hub_toml = tmp_path / "hub.toml"
+        hub_toml.write_text(f"""
+[hub]
+keys = "hub.key"
+[store]
+url = "sqlite:///hub.db"
+[mqtt]
+host = "127.0.0.1"
+[broker]
+device_host = "127.0.0.1"
+device_port = {locked.broker.port}
+ca_file = "{locked.certs.ca}"
+password_file = "{locked.files.passwd}"
+""")
+        yield hub_toml, locked
+
+
+def provision(hub_toml: Path, out: Path, *extra: str) -> int:
+    return main(["device", "--label", "Ana (Oaxaca)", "--hub-config", str(hub_toml),
+                 "--out", str(out), *extra])  # fmt: skip
+
+
+def on_this_machine(out: Path) -> Path:
+    """The device config with its on-device paths pointed into the provisioning folder."""
+    text = (out / "device.toml").read_text()
+    text = text.replace("/var/lib/vigil-device/device.key", str(out / "device.key"))
+    text = text.replace("/var/lib/vigil-device", str(out / "state"))
+    text = text.replace("/etc/vigil/mqtt-password", str(out / "mqtt-password"))
+    text = text.replace("/etc/vigil/ca.pem", str(out / "ca.pem"))
+    local = out / "local.toml"
+    local.write_text(text)
+    return local
+
+
+def test_provisioned_device_is_enrolled_configured_and_can_connect(
+    setup: tuple[Path, LockedBroker], tmp_path: Path
+) -> None:
+    hub_toml, locked = setup
+    out = tmp_path / "wearable-01"
+    assert provision(hub_toml, out) == 0
+    for secret in ("device.key", "mqtt-password"):
+        assert (out / secret).stat().st_mode & 0o777 == 0o600
+    cfg = load_device_config(on_this_machine(out))
+    keys = DeviceKeys.load(out / "device.key")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    record = store.get_device(cfg.device_id)
+    store.close()
+    assert record is not None
+    assert record.label == "Ana (Oaxaca)"
+    assert record.public_keys.to_text() == keys.public().to_text()
+    assert cfg.hub.to_text() == HubKeys.load(tmp_path / "hub.key").public().to_text()
+    assert cfg.mqtt.username == cfg.device_id.hex
+    locked.broker.restart()  # pick up the new password entry
+    with (
+        tls_client(locked, "hub", user="vigil-hub", password=locked.hub_password,
+                   subscriptions=("vigil/v1/+/up",)) as (_, at_hub),
+        tls_client(locked, cfg.device_id.hex, user=cfg.device_id.hex,
+                   password=cfg.mqtt_password(), ca=out / "ca.pem") as (device, _),
+    ):  # fmt: skip
+        assert device.wait_connected(10)
+        topic = up_topic(cfg.device_id)
+        wait_until(lambda: (device.publish(topic, b"hello"), at_hub.got(topic))[1], 10)
+
+
+def test_rerun_is_idempotent_and_new_keys_need_force(
+    setup: tuple[Path, LockedBroker], tmp_path: Path
+) -> None:
+    hub_toml, _ = setup
+    out = tmp_path / "wearable-02"
+    assert provision(hub_toml, out) == 0
+    first_id = (out / "device.toml").read_text()
+    first_key = (out / "device.key").read_bytes()
+    assert provision(hub_toml, out) == 0
+    assert (out / "device.toml").read_text() == first_id
+    assert (out / "device.key").read_bytes() == first_key
+    assert provision(hub_toml, out, "--force") == 0
+    assert (out / "device.key").read_bytes() != first_key
+    device_id = DeviceId.parse(re.findall(r'id = "([0-9a-f]{32})"', first_id)[0])
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    record = store.get_device(device_id)
+    store.close()
+    assert record is not None
+    assert not record.revoked
+    assert record.public_keys.to_text() == DeviceKeys.load(out / "device.key").public().to_text()
+
+
+def test_revoke_removes_broker_access_and_hub_acceptance(
+    setup: tuple[Path, LockedBroker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_toml, locked = setup
+    out = tmp_path / "wearable-03"
+    assert provision(hub_toml, out) == 0
+    cfg = load_device_config(on_this_machine(out))
+    assert cfg.device_id.hex in locked.files.passwd.read_text()
+    locked.broker.restart()
+    pid_file = tmp_path / "mosquitto.pid"
+    assert locked.broker.process is not None
+    pid_file.write_text(f"{locked.broker.process.pid}\n")
+    password = cfg.mqtt_password()
+    with tls_client(locked, cfg.device_id.hex, user=cfg.device_id.hex, password=password,
+                    ca=out / "ca.pem") as (device, seen):  # fmt: skip
+        assert device.wait_connected(10)
+        argv = ["revoke", cfg.device_id.hex, "--hub-config", str(hub_toml),
+                "--broker-pid-file", str(pid_file)]  # fmt: skip
+        assert main(argv) == 0
+        # mosquitto re-reads the password file on reload and drops the open connection
+        wait_until(lambda: not device.connected, 10, what="the revoked device to be dropped")
+        wait_until(lambda: seen.refusals, 10, what="its reconnection to be refused")
+    assert "broker reloaded" in capsys.readouterr().out
+    assert cfg.device_id.hex not in locked.files.passwd.read_text()
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    record = store.get_device(cfg.device_id)
+    store.close()
+    assert record is not None
+    assert record.revoked
+
+
+def test_hub_config_without_broker_section_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    HubKeys.generate().save(tmp_path / "hub.key")
+    hub_toml = tmp_path / "hub.toml"
+    hub_toml.write_text('[hub]\nkeys = "hub.key"\n[store]\nurl = "sqlite:///h.db"\n'
+                        '[mqtt]\nhost = "127.0.0.1"\n')  # fmt: skip
+    assert provision(hub_toml, tmp_path / "out") == 1
+    assert "[broker]" in capsys.readouterr().err
+    assert main(["revoke", "not-an-id", "--hub-config", str(hub_toml)]) == 1
