@@ -1,0 +1,52 @@
+"""The hardware docs, the boot fragment and the device's config defaults agree with pinout.toml."""
+
+from __future__ import annotations
+
+import csv
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from device.config import BUILTIN_PINS, BUILTIN_UART, default_pins
+
+HARDWARE = Path(__file__).resolve().parents[2] / "hardware"
+PINOUT = tomllib.loads((HARDWARE / "pinout.toml").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(PINOUT["pins"]))
+def test_wiring_table_has_every_pin_with_its_numbers(name: str) -> None:
+    pin = PINOUT["pins"][name]
+    rows = [r for r in (HARDWARE / "WIRING.md").read_text().splitlines() if r.startswith("|")]
+    wanted = re.compile(rf"\|\s*GPIO {pin['gpio']}\s*\|\s*{pin['header']}\s*\|")
+    assert any(wanted.search(row) for row in rows), f"{name}: GPIO {pin['gpio']} [{pin['header']}]"
+
+
+def test_wiring_table_names_no_pin_that_pinout_lacks() -> None:
+    text = (HARDWARE / "WIRING.md").read_text()
+    in_doc = {int(g) for g in re.findall(r"\|\s*GPIO (\d+)\s*\|", text)}
+    assert in_doc == {p["gpio"] for p in PINOUT["pins"].values()}
+
+
+def test_device_defaults_come_from_the_pinout() -> None:
+    pins, uart = default_pins(HARDWARE / "pinout.toml")
+    for name, gpio in pins.items():
+        assert PINOUT["pins"][name]["gpio"] == gpio
+    assert uart == (PINOUT["uart"]["device"], PINOUT["uart"]["baud"])
+    assert (pins, uart) == (BUILTIN_PINS, BUILTIN_UART)
+
+
+def test_boot_fragment_enables_what_the_pins_need() -> None:
+    lines = set((HARDWARE / "config.txt").read_text().splitlines())
+    assert {"enable_uart=1", "dtoverlay=disable-bt", "dtparam=i2c_arm=on"} <= lines
+
+
+def test_bom_is_well_formed_and_priced() -> None:
+    with (HARDWARE / "bom.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"part", "qty", "rough_price_eur"} <= set(rows[0])
+    assert all(int(r["qty"]) > 0 and float(r["rough_price_eur"]) >= 0 for r in rows)
+    parts = " ".join(r["part"].lower() for r in rows)
+    for needed in ("zero 2 w", "gps", "button", "tamper", "vibration", "diode", "lipo"):
+        assert needed in parts
