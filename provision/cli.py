@@ -10,13 +10,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from provision import broker, certs, enrol
-from wire.errors import VigilError
+from provision import broker, certs, enrol, sdimage
+from wire.errors import ConfigError, VigilError
 
 EPILOG = """examples:
   vigil-provision broker-certs --out /etc/vigil/broker --host broker.example.org
   vigil-provision broker-config --out /etc/mosquitto/vigil --certs /etc/vigil/broker
   vigil-provision device --label "A. (Oaxaca)" --hub-config /etc/vigil/hub.toml --out wearable-01
+  vigil-provision sd-image --image 2025-11-24-raspios-trixie-arm64-lite.img \\
+      --device wearable-01 --wheels wheels/ --wifi-ssid Office --wifi-psk-file psk.txt
   vigil-provision revoke 3f2a...e9 --hub-config /etc/vigil/hub.toml \\
       --broker-pid-file /run/mosquitto/mosquitto.pid
 
@@ -51,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--contact", action="append", default=[], help="Apprise URL (repeatable)")
     d.add_argument("--suite", choices=sorted(enrol.SUITES), default="x25519")
     d.add_argument("--force", action="store_true", help="replace existing keys with new ones")
+    i = sub.add_parser("sd-image", help="prepare a stock Raspberry Pi OS image for a device")
+    i.add_argument("--image", type=Path, required=True, help="raspios .img (uncompressed)")
+    i.add_argument("--device", type=Path, required=True, help="folder made by 'device'")
+    i.add_argument("--wheels", type=Path, required=True, help="aarch64 wheels of vigil and deps")
+    i.add_argument("--os", choices=["bookworm", "trixie"], help="default: detected")
+    i.add_argument("--user", default="vigil-admin", help="admin login (no password; SSH key)")
+    i.add_argument("--ssh-key-file", type=Path, help="public key for the admin login")
+    i.add_argument("--wifi-ssid")
+    i.add_argument("--wifi-psk-file", type=Path, help="file holding the Wi-Fi passphrase")
+    i.add_argument("--wifi-country", default="GB", help="two-letter regulatory domain")
     r = sub.add_parser("revoke", help="remove a device's broker access; the hub refuses it")
     r.add_argument("device_id")
     r.add_argument("--hub-config", type=Path, required=True)
@@ -77,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label=args.label, hub_config=args.hub_config, out=args.out,
                 contacts=args.contact, suite=args.suite, force=args.force,
             ))  # fmt: skip
+        elif args.command == "sd-image":
+            print(sdimage.write_sd_image(  # noqa: T201
+                args.image, device=args.device, wheels=args.wheels, release=args.os,
+                first_boot=_first_boot(args),
+            ))  # fmt: skip
         else:
             print(enrol.revoke_device(  # noqa: T201
                 args.device_id, hub_config=args.hub_config, broker_pid_file=args.broker_pid_file
@@ -85,6 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"vigil-provision: {exc}\n")
         return 1
     return 0
+
+
+def _first_boot(args: argparse.Namespace) -> sdimage.FirstBoot:
+    try:
+        key = args.ssh_key_file.read_text().strip() if args.ssh_key_file else None
+        psk = args.wifi_psk_file.read_text().strip() if args.wifi_psk_file else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return sdimage.FirstBoot(user=args.user, ssh_key=key, wifi_ssid=args.wifi_ssid,
+                             wifi_psk=psk, wifi_country=args.wifi_country)  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover

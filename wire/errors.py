@@ -140,3 +140,7 @@ class NoSuchAlert(VigilError, LookupError):
 
 class BadTransition(VigilError, ValueError):
     """The alert is not in a state that allows this action; check `vigil-hub alerts`."""
+
+
+class BadImage(ConfigError, ValueError):
+    """The file is not a Raspberry Pi OS image with a FAT boot partition; check the path."""

@@ -1,0 +1,36 @@
+#!/bin/sh
+# Vigil first boot: install the daemon from the wheels on the boot partition, move the
+# secrets off the FAT partition (which has no file permissions) to 0600 files owned by
+# the service user, enable the service. Runs once, as root, from firstrun.sh (Bookworm)
+# or cloud-init's runcmd (Trixie). Needs no network.
+set -eu
+BOOT=/boot/firmware
+[ -d "$BOOT/vigil" ] || BOOT=/boot
+SRC="$BOOT/vigil"
+exec >>/var/log/vigil-firstboot.log 2>&1
+echo "vigil first boot: $(date)"
+
+id vigil >/dev/null 2>&1 || useradd --system --home-dir /var/lib/vigil-device \
+    --shell /usr/sbin/nologin vigil
+for g in gpio dialout i2c; do getent group "$g" >/dev/null && usermod -aG "$g" vigil; done
+
+python3 -m venv /opt/vigil/venv
+/opt/vigil/venv/bin/pip install --no-index --find-links "$SRC/wheels" 'vigil[device,pi]'
+
+install -d -m 0700 -o vigil -g vigil /var/lib/vigil-device
+install -d -m 0755 /etc/vigil
+install -m 0600 -o vigil -g vigil "$SRC/device.key" /var/lib/vigil-device/device.key
+install -m 0600 -o vigil -g vigil "$SRC/mqtt-password" /etc/vigil/mqtt-password
+install -m 0644 "$SRC/ca.pem" /etc/vigil/ca.pem
+install -m 0644 "$SRC/device.toml" /etc/vigil/device.toml
+install -m 0644 "$SRC/vigil-device.service" /etc/systemd/system/vigil-device.service
+install -d /etc/systemd/system.conf.d
+printf '[Manager]\nRuntimeWatchdogSec=10s\n' > /etc/systemd/system.conf.d/vigil-watchdog.conf
+
+# The secrets must not stay on the FAT partition, readable by anyone with the card.
+for f in device.key mqtt-password; do
+    shred -u "$SRC/$f" 2>/dev/null || rm -f "$SRC/$f"
+done
+systemctl daemon-reload
+systemctl enable vigil-device.service
+echo "vigil first boot: done"
