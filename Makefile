@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test lint typecheck demo bench chaos system-deps venv clean
+.PHONY: test lint typecheck demo bench chaos wheels-pi system-deps venv clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,22 @@ bench: system-deps $(STAMP)
 
 chaos: system-deps $(STAMP)
 	VIGIL_CHAOS_SECONDS=$${VIGIL_CHAOS_SECONDS:-90} $(BIN)/pytest -m chaos -s tests/chaos
+
+# Wheels for the wearable's first boot (no network needed there): Vigil and its device
+# dependencies for 64-bit Raspberry Pi OS. PI_PYTHON=3.11 for Bookworm, 3.13 for Trixie.
+# The Pi-only GPIO backend is named explicitly: pip evaluates the `pi` extra's markers
+# for this machine, not for the target.
+PI_PYTHON ?= 3.11
+PI_WHEELS ?= dist/pi-wheels
+wheels-pi: $(STAMP)
+	rm -rf $(PI_WHEELS) && mkdir -p $(PI_WHEELS)
+	$(BIN)/pip wheel --quiet --no-deps -w $(PI_WHEELS) .
+	$(BIN)/pip download --quiet -d $(PI_WHEELS) --only-binary=:all: --implementation cp \
+	  --python-version $(PI_PYTHON) --platform manylinux_2_34_aarch64 \
+	  --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
+	  --platform manylinux2014_aarch64 \
+	  "$$(ls $(PI_WHEELS)/vigil-*.whl)[device]" 'lgpio>=0.2' 'rpi-lgpio>=0.6'
+	@ls $(PI_WHEELS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
