@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.wait import wait_until
 
 
 def free_port() -> int:
@@ -26,14 +27,14 @@ def mosquitto_binary() -> str:
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait until something accepts TCP connections on host:port."""
+
+    def listening() -> bool:
         with socket.socket() as s:
             s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.02)  # polling a port that is not open yet
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+            return s.connect_ex((host, port)) == 0
+
+    wait_until(listening, timeout, what=f"a listener on {host}:{port}")
 
 
 @dataclass
