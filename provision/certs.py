@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from wire.errors import KeyFileError
+from wire.errors import BadConfigValue, KeyFileError
 from wire.keys import write_atomically
 
 CA_DAYS = 10 * 365
+_HOST_RE = re.compile(
+    r"(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 SERVER_DAYS = 2 * 365
 
 
@@ -45,6 +49,10 @@ def make_broker_certs(
     folder: Path, *, host: str, now: dt.datetime | None = None, force: bool = False
 ) -> BrokerCerts:
     """Create a CA and a server certificate for `host` (plus 127.0.0.1 and localhost)."""
+    if not _HOST_RE.fullmatch(host):
+        raise BadConfigValue(
+            f"--host must be a DNS name (letters, digits, '-', '.'), got {host!r}"
+        )
     certs = BrokerCerts.in_dir(folder)
     if certs.ca_key.exists() and not force:
         raise KeyFileError(f"{certs.ca_key} already exists; pass --force to replace the CA")

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="folder for mosquitto.conf, acl, passwd"
     )
     b.add_argument("--certs", type=Path, required=True, help="folder made by broker-certs")
-    b.add_argument("--port", type=int, default=8883, help="TLS port (default 8883)")
+    b.add_argument("--port", type=_port, default=8883, help="TLS port (default 8883)")
     b.add_argument("--bind", default="0.0.0.0", help="listen address (default all)")  # noqa: S104
     b.add_argument("--hub-user", default=broker.HUB_USER, help="the hub's MQTT username")
     b.add_argument("--run-as", default="mosquitto", help="user mosquitto runs as (reads files)")
@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         "--broker-pid-file", type=Path, help="mosquitto's pid file: reload it, dropping the device"
     )
     return p
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from hub.config import HubConfig, load_config
 from hub.store import open_store
 from provision.broker import new_password, remove_user, set_password
 from provision.toml import render_toml
-from wire.errors import ConfigError, KeyFileError, UnknownDevice
+from wire.errors import BadConfigValue, ConfigError, KeyFileError, UnknownDevice
 from wire.ids import DeviceId
 from wire.keys import DeviceKeys, HubKeys, write_atomically
 
@@ -37,6 +37,8 @@ def provision_device(
     *, label: str, hub_config: Path, out: Path, contacts: list[str], suite: str, force: bool
 ) -> str:
     """Create or re-use the device in `out`, grant broker access, enrol it; return a summary."""
+    if not label.strip() or len(label) > 100 or not label.isprintable():
+        raise BadConfigValue(f"--label must be 1..100 printable characters, got {label!r:.40}")
     cfg = load_config(hub_config)
     if cfg.broker is None or cfg.broker.password_file is None or cfg.broker.ca_file is None:
         raise ConfigError(f"{hub_config}: [broker] needs device_host, ca_file and password_file")

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from hub.store import schema
 from hub.store.records import DeviceRecord, LastFix, PendingDownlink, StoredUplink
-from wire.errors import AlreadyEnrolled, RevokedDevice, StorageError, UnknownDevice
+from wire.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, StorageError, UnknownDevice
 from wire.ids import DeviceId
 from wire.keys import DevicePublicKeys
 from wire.messages import Message, encode_payload
@@ -108,7 +108,7 @@ class SqlStoreBase(ABC):
     ) -> None:
         """Add a device; re-enrolling the same keys updates label and contacts."""
         if not label.strip():
-            raise ValueError("a device needs an owner label")
+            raise BadConfigValue("a device needs an owner label (--label)")
         keys = public_keys.to_text()
         contacts_json = json.dumps(list(contacts))
         with self._tx() as cur:
