@@ -160,8 +160,21 @@ class HubConfig:
 class _Section:
     """A TOML table with typed getters whose errors name the key and the file."""
 
-    def __init__(self, doc: Mapping[str, Any], where: str, path: Path) -> None:
+    def __init__(
+        self, doc: Mapping[str, Any], where: str, path: Path, parent: _Section | None = None
+    ) -> None:
         self.doc, self.where, self.path = doc, where, path
+        self.seen: set[str] = set()
+        self.children: list[_Section] = []
+        if parent is not None:
+            parent.children.append(self)
+
+    def unknown_keys(self) -> list[str]:
+        """Keys in the file that nothing read: typos, which must not pass silently."""
+        found = [self.key(k) for k in self.doc if k not in self.seen]
+        for child in self.children:
+            found += child.unknown_keys()
+        return found
 
     def key(self, name: str) -> str:
         return f"{self.where}.{name}" if self.where else name
@@ -170,6 +183,7 @@ class _Section:
         return BadConfigValue(f"{self.path}: {self.key(name)}: {problem}")
 
     def raw(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.seen.add(name)
         if name not in self.doc:
             if default is _REQUIRED:
                 raise MissingConfigValue(f"{self.path}: {self.key(name)} is required")
@@ -207,7 +221,7 @@ class _Section:
 
     def table(self, name: str, *, required: bool = False) -> _Section:
         value = self.raw(name, dict, _REQUIRED if required else {})
-        return _Section(value, self.key(name), self.path)
+        return _Section(value, self.key(name), self.path, self)
 
 
 _REQUIRED = object()
@@ -234,7 +248,7 @@ def load_config(path: Path) -> HubConfig:
     silent_after = hub.number("silent_after", 600.0)
     if not silent_after > 0:
         raise hub.fail("silent_after", "must be > 0 seconds")
-    return HubConfig(
+    config = HubConfig(
         path=path,
         keys_path=hub.path_("keys", _REQUIRED),
         store_url=_store_url(top.table("store", required=True)),
@@ -245,6 +259,10 @@ def load_config(path: Path) -> HubConfig:
         silent_after=silent_after,
         map_url=map_url,
     )
+    unknown = top.unknown_keys()
+    if unknown:
+        raise BadConfigValue(f"{path}: unknown key {unknown[0]} (a typo?)")
+    return config
 
 
 def _store_url(s: _Section) -> str:
@@ -296,7 +314,7 @@ def _channels(s: _Section) -> dict[str, Channel]:
         ]
         for i, item in enumerate(c.raw("recipients", list, [])):
             r = _Section(
-                item if isinstance(item, dict) else {}, f"{c.key('recipients')}[{i}]", s.path
+                item if isinstance(item, dict) else {}, f"{c.key('recipients')}[{i}]", s.path, c
             )
             try:
                 recipients.append(
@@ -328,7 +346,7 @@ def _strings(s: _Section, name: str) -> list[str]:
 def _escalation(s: _Section, channels: Mapping[str, Channel]) -> EscalationConfig:
     tiers = []
     for i, item in enumerate(s.raw("tiers", list, [])):
-        t = _Section(item if isinstance(item, dict) else {}, f"{s.key('tiers')}[{i}]", s.path)
+        t = _Section(item if isinstance(item, dict) else {}, f"{s.key('tiers')}[{i}]", s.path, s)
         names = t.raw("channels", list, _REQUIRED)
         for n in names:
             if n == "contacts" and n not in channels:

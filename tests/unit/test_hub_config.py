@@ -121,3 +121,24 @@ def test_shipped_example_config_loads() -> None:
     assert [t.name for t in cfg.escalation.tiers] == ["operators", "partners", "nearby responders"]
     assert cfg.channels["public"].public
     assert cfg.channels["operators"].recipients[0].label == "operators #1 (mailtos)"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("[escalation]", "[escalaton]", "escalaton"),  # escalation silently off: never
+        ("[broker]", "hots = 'x'\n[broker]", "hots"),
+    ],
+)
+def test_unknown_keys_are_typos_named_with_their_place(
+    tmp_path: Path, old: str, new: str, key: str
+) -> None:
+    assert old in FULL
+    with pytest.raises(BadConfigValue, match=f"unknown key .*{key}"):
+        load_config(write(tmp_path, FULL.replace(old, new, 1)))
+
+
+def test_unknown_key_inside_a_tier_is_named(tmp_path: Path) -> None:
+    text = FULL.replace("[[escalation.tiers]]", "[[escalation.tiers]]\ndealy = 5", 1)
+    with pytest.raises(BadConfigValue, match=r"escalation\.tiers\[0\]\.dealy"):
+        load_config(write(tmp_path, text))
