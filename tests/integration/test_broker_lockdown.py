@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +112,26 @@ def test_device_cannot_write_downlinks_or_read_uplinks(broker: LockedBroker) -> 
         wait_until(lambda: (dev_a.publish(up_topic(A), b"x"), at_hub.got(up_topic(A)))[1], 10)
         wait_until(lambda: (hub.publish(down_topic(B), b"y"), at_b.got(down_topic(B)))[1], 10)
         assert not at_b.got(up_topic(A))
+
+
+def mosquitto_pub(broker: LockedBroker, user: str, password: str, topic: str) -> str:
+    """Publish once at QoS 1 over MQTT 5 with mosquitto's own client; return its stderr."""
+    result = subprocess.run(
+        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.broker.port), "-V", "5",
+         "--cafile", str(broker.certs.ca), "-u", user, "-P", password, "-i", f"pub-{user}",
+         "-q", "1", "-t", topic, "-m", "x"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return result.stderr
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="needs mosquitto-clients")
+def test_forged_publish_is_refused_in_the_puback(broker: LockedBroker) -> None:
+    # mosquitto 2.0 answers a publish the ACL forbids with PUBACK reason 0x87 (not authorized);
+    # a forbidden subscription, by contrast, is granted and then receives nothing (above).
+    assert "Not authorized" in mosquitto_pub(broker, A.hex, "password-a", up_topic(B))
+    assert "Not authorized" in mosquitto_pub(broker, A.hex, "password-a", down_topic(A))
+    assert mosquitto_pub(broker, A.hex, "password-a", up_topic(A)) == ""  # the control
+    hub = broker.hub_password
+    assert "Not authorized" in mosquitto_pub(broker, "vigil-hub", hub, up_topic(A))
+    assert mosquitto_pub(broker, "vigil-hub", hub, down_topic(A)) == ""
