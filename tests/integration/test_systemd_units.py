@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -15,7 +16,9 @@ pytestmark = [
 ]
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
-EXPOSURE_LIMIT = {"vigil-device.service": 2.0, "vigil-hub.service": 2.0}
+# Measured (systemd 252): device 1.3, hub 1.1. The device needs its GPIO/UART/I2C devices
+# and supplementary groups, so it cannot reach the hub's score.
+EXPOSURE_LIMIT = {"vigil-device.service": 2.0, "vigil-hub.service": 1.5}
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,6 +56,26 @@ def test_exposure_is_below_the_limit(name: str, limit: float) -> None:
     exposure = float(match.group(1))
     print(f"{name}: exposure {exposure}")  # noqa: T201 - recorded in the test log
     assert exposure < limit
+
+
+def test_device_unit_leaves_gpiozero_the_board_revision() -> None:
+    """ProcSubset=pid would hide the files gpiozero reads before it opens any pin."""
+    gpiozero_local = pytest.importorskip("gpiozero.pins.local")
+    source = inspect.getsource(gpiozero_local.get_pi_revision)
+    assert "/proc/device-tree" in source or "/proc/cpuinfo" in source
+    assert "ProcSubset=pid" not in directives(UNITS / "vigil-device.service")
+
+
+def test_device_does_not_wait_for_the_network_to_arm_the_button() -> None:
+    unit = directives(UNITS / "vigil-device.service")
+    ordering = [line for line in unit if line.startswith(("After=", "Wants="))]
+    assert ordering
+    assert not any("network-online" in line for line in ordering)
+
+
+def directives(unit: Path) -> list[str]:
+    """The unit's non-comment lines."""
+    return [ln.strip() for ln in unit.read_text().splitlines() if ln.strip()[:1] not in ("#", "")]
 
 
 def test_device_unit_keeps_what_the_pi_needs() -> None:
