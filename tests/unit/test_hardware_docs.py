@@ -50,3 +50,34 @@ def test_bom_is_well_formed_and_priced() -> None:
     parts = " ".join(r["part"].lower() for r in rows)
     for needed in ("zero 2 w", "gps", "button", "tamper", "vibration", "diode", "lipo"):
         assert needed in parts
+
+
+def test_fuel_gauge_address_agrees_everywhere() -> None:
+    i2c = PINOUT["i2c"]
+    assert PINOUT["pins"]["i2c_sda"]["gpio"] == 2  # I2C-1 is fixed to GPIO 2/3 on the Pi
+    unit = (HARDWARE.parent / "systemd" / "vigil-fuel-gauge.service").read_text()
+    binding = f"echo max17048 {i2c['fuel_gauge']:#04x} > /sys/bus/i2c/devices/i2c-{i2c['bus']}/"
+    assert binding in unit
+    assert f"/sys/bus/i2c/devices/{i2c['bus']}-{i2c['fuel_gauge']:04x}" in unit
+    wiring = (HARDWARE / "WIRING.md").read_text()
+    assert binding in wiring
+    assert i2c["capacity_path"] in wiring
+    assert i2c["capacity_path"] in unit
+
+
+def test_power_budget_arithmetic_holds() -> None:
+    text = (HARDWARE / "POWER.md").read_text()
+    rows = [r.split("|")[1:-1] for r in text.splitlines() if r.startswith("| ") and " mA" in r]
+    loads = [float(re.findall(r"([\d.]+) mA", r[-1])[0]) for r in rows if "total" not in r[0]]
+    total = re.search(r"\*\*~(\d+) mA = ([\d.]+) W\*\*", text)
+    assert total, "POWER.md states the total as **~N mA = W W**"
+    assert abs(sum(loads) - int(total.group(1))) <= 2
+    assert abs(int(total.group(1)) * 5 / 1000 - float(total.group(2))) <= 0.01
+    life = re.search(r"([\d.]+) Wh / ([\d.]+) W ≈ \*\*(\d+) hours\*\*", text)
+    assert life
+    assert abs(float(life.group(1)) / float(life.group(2)) - int(life.group(3))) < 1
+    stated = r"3\.7 V (\d+) mAh.*?about (\d+) %.*?about \*\*([\d.]+) Wh\*\*"
+    battery = re.search(stated, text, re.S)
+    assert battery
+    mah, efficiency, usable = int(battery[1]), int(battery[2]), float(battery[3])
+    assert abs(3.7 * mah / 1000 * efficiency / 100 - usable) < 0.05
