@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -58,6 +59,12 @@ class FatPartition:
             tmp = Path(folder) / Path(name).name
             tmp.write_bytes(data)
             self._mtools("mcopy", "-o", "-i", self._target, str(tmp), f"::/{name}")
+
+    def free_bytes(self) -> int | None:
+        """Free space on the partition, or None if mtools does not say."""
+        listing = self._mtools("mdir", "::/", check=False).stdout.decode(errors="replace")
+        found = re.search(r"([\d ]+) bytes free", listing)
+        return int(found.group(1).replace(" ", "")) if found else None
 
     def mkdir(self, name: str) -> None:
         if self._mtools("mdir", "-b", "-i", self._target, f"::/{name}", check=False).returncode:

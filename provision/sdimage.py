@@ -11,12 +11,13 @@ the service. Everything is written through mtools: no root, no loop mounts.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from provision.fat import FatPartition, boot_partition_offset
-from wire.errors import ConfigError
+from wire.errors import BadConfigValue, BadImage, ConfigError
 from wire.keys import check_private_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,10 @@ SYSTEMD_RUN = (
     " systemd.unit=kernel-command-line.target"
 )
 DEVICE_FILES = ("device.toml", "device.key", "mqtt-password", "ca.pem")
+UNITS = ("vigil-device.service", "vigil-fuel-gauge.service")
+SLACK = 1 << 20  # leave the boot partition a MiB to breathe (FAT clusters, directories)
+_LOGIN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SSH_KEY = re.compile(r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/=]+( [ -~]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,31 @@ class FirstBoot:
     wifi_psk: str | None = None
     wifi_country: str = "GB"
 
+    def __post_init__(self) -> None:
+        # These end up in a shell file, a NetworkManager keyfile and cloud-init YAML:
+        # a newline or a stray character would break out of its line there.
+        if not _LOGIN.fullmatch(self.user) or self.user in ("root", "vigil"):
+            raise BadConfigValue(f"--user {self.user!r}: a login name is [a-z_][a-z0-9_-]*")
+        if self.ssh_key is not None and not _SSH_KEY.fullmatch(self.ssh_key):
+            raise BadConfigValue("--ssh-key-file must hold one OpenSSH public key line")
+        if self.wifi_ssid is not None:
+            _check_wifi(self.wifi_ssid, self.wifi_psk)
+        elif self.wifi_psk is not None:
+            raise BadConfigValue("--wifi-psk-file needs --wifi-ssid")
+        if not re.fullmatch(r"[A-Z]{2}", self.wifi_country):
+            raise BadConfigValue(f"--wifi-country {self.wifi_country!r}: two capital letters")
+
+
+def _check_wifi(ssid: str, psk: str | None) -> None:
+    if not 1 <= len(ssid.encode()) <= 32 or not ssid.isprintable():
+        raise BadConfigValue("--wifi-ssid: 1 to 32 bytes of printable text")
+    if psk is None:
+        return  # an open network
+    if not (8 <= len(psk) <= 63 and psk.isascii() and psk.isprintable()) and not re.fullmatch(
+        r"[0-9a-fA-F]{64}", psk
+    ):
+        raise BadConfigValue("--wifi-psk-file: a WPA passphrase is 8 to 63 printable ASCII")
+
 
 def write_sd_image(
     image: Path, *, device: Path, wheels: Path, first_boot: FirstBoot, release: str | None = None
@@ -50,6 +80,7 @@ def write_sd_image(
     if config is None or cmdline is None:
         raise ConfigError(f"{image}: the boot partition has no config.txt/cmdline.txt")
     release = release or ("trixie" if fat.read("meta-data") is not None else "bookworm")
+    _check_room(fat, image, device, wheels)
     _copy_vigil(fat, device, wheels)
     fat.write("config.txt", _with_vigil_config(config.decode()).encode())
     line = _without_serial_console(cmdline.decode())
@@ -81,9 +112,23 @@ def _copy_vigil(fat: FatPartition, device: Path, wheels: Path) -> None:
     for name in DEVICE_FILES:
         fat.write(f"vigil/{name}", b"", source=device / name)
     fat.write("vigil/install.sh", b"", source=FIRSTBOOT / "install.sh")
-    fat.write("vigil/vigil-device.service", b"", source=ROOT / "systemd" / "vigil-device.service")
+    for unit in UNITS:
+        fat.write(f"vigil/{unit}", b"", source=ROOT / "systemd" / unit)
     for wheel in sorted(wheels.glob("*.whl")):
         fat.write(f"vigil/wheels/{wheel.name}", b"", source=wheel)
+
+
+def _check_room(fat: FatPartition, image: Path, device: Path, wheels: Path) -> None:
+    """Refuse before writing anything when the files cannot fit: no half-written card."""
+    files = [device / n for n in DEVICE_FILES] + [ROOT / "systemd" / u for u in UNITS]
+    files += [FIRSTBOOT / "install.sh", FIRSTBOOT / "firstrun.sh", *wheels.glob("*.whl")]
+    needed = sum(f.stat().st_size for f in files) + SLACK
+    free = fat.free_bytes()
+    if free is not None and needed > free:
+        raise BadImage(
+            f"{image}: the boot partition has {free // 1024} KiB free, "
+            f"Vigil needs {needed // 1024} KiB (fewer or smaller wheels?)"
+        )
 
 
 def _with_vigil_config(config: str) -> str:

@@ -2,11 +2,13 @@
 # Vigil first boot: install the daemon from the wheels on the boot partition, move the
 # secrets off the FAT partition (which has no file permissions) to 0600 files owned by
 # the service user, enable the service. Runs once, as root, from firstrun.sh (Bookworm)
-# or cloud-init's runcmd (Trixie). Needs no network.
+# or cloud-init's runcmd (Trixie, with --start: the system is up, start it now).
+# Needs no network.
 set -eu
 BOOT=/boot/firmware
 [ -d "$BOOT/vigil" ] || BOOT=/boot
 SRC="$BOOT/vigil"
+VENV=/opt/vigil/venv
 exec >>/var/log/vigil-firstboot.log 2>&1
 echo "vigil first boot: $(date)"
 
@@ -14,8 +16,20 @@ id vigil >/dev/null 2>&1 || useradd --system --home-dir /var/lib/vigil-device \
     --shell /usr/sbin/nologin vigil
 for g in gpio dialout i2c; do getent group "$g" >/dev/null && usermod -aG "$g" vigil; done
 
-python3 -m venv /opt/vigil/venv
-/opt/vigil/venv/bin/pip install --no-index --find-links "$SRC/wheels" 'vigil[device,pi]'
+# Debian keeps ensurepip in python3-venv, which a Lite image may lack: then make the venv
+# without pip and run pip from its shipped wheel (or the system's pip, pointed at it).
+if python3 -m venv --clear "$VENV"; then
+    PIP="$VENV/bin/python -m pip"
+else
+    python3 -m venv --clear --without-pip "$VENV"
+    PIP_WHEEL=$(ls "$SRC"/wheels/pip-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -n "$PIP_WHEEL" ]; then
+        PIP="$VENV/bin/python $PIP_WHEEL/pip"
+    else
+        PIP="python3 -m pip --python $VENV/bin/python"
+    fi
+fi
+$PIP install --no-index --find-links "$SRC/wheels" 'vigil[device,pi]'
 
 install -d -m 0700 -o vigil -g vigil /var/lib/vigil-device
 install -d -m 0755 /etc/vigil
@@ -24,6 +38,7 @@ install -m 0600 -o vigil -g vigil "$SRC/mqtt-password" /etc/vigil/mqtt-password
 install -m 0644 "$SRC/ca.pem" /etc/vigil/ca.pem
 install -m 0644 "$SRC/device.toml" /etc/vigil/device.toml
 install -m 0644 "$SRC/vigil-device.service" /etc/systemd/system/vigil-device.service
+install -m 0644 "$SRC/vigil-fuel-gauge.service" /etc/systemd/system/vigil-fuel-gauge.service
 install -d /etc/systemd/system.conf.d
 printf '[Manager]\nRuntimeWatchdogSec=10s\n' > /etc/systemd/system.conf.d/vigil-watchdog.conf
 
@@ -32,5 +47,8 @@ for f in device.key mqtt-password; do
     shred -u "$SRC/$f" 2>/dev/null || rm -f "$SRC/$f"
 done
 systemctl daemon-reload
-systemctl enable vigil-device.service
+systemctl enable vigil-fuel-gauge.service vigil-device.service
+if [ "${1:-}" = "--start" ]; then
+    systemctl start --no-block vigil-fuel-gauge.service vigil-device.service
+fi
 echo "vigil first boot: done"

@@ -1,0 +1,140 @@
+"""`vigil-provision sd-image` with hostile or impossible inputs: a clear error, and the
+image is left exactly as it was. Also every file first boot needs is read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from provision.fat import FatPartition
+from provision.sdimage import FirstBoot
+from tests.integration.test_sdimage import (
+    BOOT_START,
+    build_image,
+    device_folder,
+    pytestmark,  # noqa: F401 - the same markers and tool check
+    read,
+    sd_image,
+    wheels,
+)
+from wire.errors import BadConfigValue
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_file_first_boot_needs_reads_back_intact(tmp_path: Path) -> None:
+    image, device = build_image(tmp_path, trixie=True), device_folder(tmp_path)
+    psk = tmp_path / "psk"
+    psk.write_text("correct horse battery\n")
+    assert sd_image(image, device, wheels(tmp_path), "--wifi-ssid", 'Caf\u00e9 "5G"',
+                    "--wifi-psk-file", str(psk), "--wifi-country", "MX") == 0  # fmt: skip
+    for name in ("device.toml", "device.key", "mqtt-password", "ca.pem"):
+        assert read(image, f"vigil/{name}") == (device / name).read_text()
+    for unit in ("vigil-device.service", "vigil-fuel-gauge.service"):
+        assert read(image, f"vigil/{unit}") == (ROOT / "systemd" / unit).read_text()
+    assert read(image, "vigil/install.sh") == (ROOT / "provision/firstboot/install.sh").read_text()
+    network = json.loads(read(image, "network-config"))["network"]  # JSON is valid YAML
+    wlan = network["wifis"]["wlan0"]
+    assert wlan["access-points"] == {'Caf\u00e9 "5G"': {"password": "correct horse battery"}}
+    assert wlan["regulatory-domain"] == "MX"
+    user_data = json.loads(read(image, "user-data").removeprefix("#cloud-config\n"))
+    assert user_data["users"][0]["lock_passwd"] is True
+    assert user_data["runcmd"] == [["sh", "/boot/firmware/vigil/install.sh"]]
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--wifi-ssid", "Office\n[wifi-security]"], "--wifi-ssid"),
+        (["--wifi-ssid", "x" * 33], "--wifi-ssid"),
+        (["--wifi-ssid", "Office", "--wifi-psk-file", "PSK:short"], "--wifi-psk-file"),
+        (["--wifi-ssid", "Office", "--wifi-psk-file", "PSK:pass\nphrase1"], "--wifi-psk-file"),
+        (["--wifi-psk-file", "PSK:no ssid given"], "needs --wifi-ssid"),
+        (["--wifi-country", "mx"], "--wifi-country"),
+        (["--user", "root"], "--user"),
+        (["--user", "admin; reboot"], "--user"),
+        (["--ssh-key-file", "KEY:ssh-ed25519 AAAA a\nssh-rsa BBBB b"], "--ssh-key-file"),
+        (["--ssh-key-file", "KEY:-----BEGIN OPENSSH PRIVATE KEY-----"], "--ssh-key-file"),
+    ],
+)
+def test_hostile_first_boot_values_are_refused_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], complaint: str
+) -> None:
+    image, device = build_image(tmp_path, trixie=False), device_folder(tmp_path)
+    args = []
+    for flag in flags:  # PSK:/KEY: values go through a file, as the technician's would
+        holder = tmp_path / flag[:3].lower()
+        if flag.startswith(("PSK:", "KEY:")):
+            holder.write_text(flag[4:])
+        args.append(str(holder) if flag.startswith(("PSK:", "KEY:")) else flag)
+    before = image.read_bytes()
+    assert sd_image(image, device, wheels(tmp_path), *args) == 1
+    assert complaint in capsys.readouterr().err
+    assert image.read_bytes() == before
+
+
+def test_first_boot_values_are_checked_wherever_they_come_from() -> None:
+    with pytest.raises(BadConfigValue):
+        FirstBoot(wifi_ssid="ok", wifi_psk="x" * 64)  # 64 characters must be hex
+    assert FirstBoot(wifi_ssid="ok", wifi_psk="ab" * 32).wifi_psk == "ab" * 32
+    assert FirstBoot(wifi_ssid="open cafe").wifi_psk is None
+
+
+def test_wheels_that_do_not_fit_are_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, device, wheel_dir = (
+        build_image(tmp_path, trixie=False),
+        device_folder(tmp_path),
+        wheels(tmp_path),
+    )
+    with (wheel_dir / "huge-1.0-py3-none-any.whl").open("wb") as f:
+        f.truncate(80 << 20)  # sparse: bigger than the 64 MiB partition, costs no disk
+    before = image.read_bytes()
+    assert sd_image(image, device, wheel_dir) == 1
+    assert "KiB free" in capsys.readouterr().err
+    assert image.read_bytes() == before
+
+
+def test_an_image_without_a_fat_partition_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "linux-only.img"
+    with image.open("wb") as f:
+        f.truncate(16 << 20)
+    table = "label: dos\nstart=2048, type=83\n"
+    subprocess.run(["sfdisk", "--quiet", str(image)], input=table, text=True, check=True)
+    assert sd_image(image, device_folder(tmp_path), wheels(tmp_path)) == 1
+    assert "no FAT boot partition" in capsys.readouterr().err
+
+
+def test_a_fat_partition_entry_without_a_file_system_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "unformatted.img"
+    with image.open("wb") as f:
+        f.truncate((BOOT_START + 65536) * 512)
+    table = f"label: dos\nstart={BOOT_START}, type=c\n"
+    subprocess.run(["sfdisk", "--quiet", str(image)], input=table, text=True, check=True)
+    before = image.read_bytes()
+    assert sd_image(image, device_folder(tmp_path), wheels(tmp_path)) == 1
+    assert "mdir failed" in capsys.readouterr().err
+    assert image.read_bytes() == before
+
+
+def test_a_truncated_image_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = build_image(tmp_path, trixie=False)
+    with image.open("r+b") as f:
+        f.truncate(BOOT_START * 512)  # the card copy stopped before the boot partition
+    assert sd_image(image, device_folder(tmp_path), wheels(tmp_path)) == 1
+    assert "past the end" in capsys.readouterr().err
+
+
+def test_free_space_is_read_from_the_partition(tmp_path: Path) -> None:
+    image = build_image(tmp_path, trixie=False)
+    free = FatPartition(image, BOOT_START * 512).free_bytes()
+    assert free is not None
+    assert 50 << 20 < free < 64 << 20
