@@ -172,9 +172,11 @@ def _user_data(fb: FirstBoot) -> str:
     }
     if fb.ssh_key:
         user["ssh_authorized_keys"] = [fb.ssh_key]
+        user["sudo"] = "ALL=(ALL) NOPASSWD:ALL"  # a key-only login has no password for sudo
     doc = {
         "users": [user],
-        "enable_ssh": bool(fb.ssh_key),
+        "enable_ssh": bool(fb.ssh_key),  # Raspberry Pi OS's key, as Imager writes it
+        "ssh_pwauth": False,
         "runcmd": [["sh", "/boot/firmware/vigil/install.sh"]],
     }
     return "#cloud-config\n" + json.dumps(doc, indent=2) + "\n"  # JSON is valid YAML

@@ -42,6 +42,7 @@ def test_every_file_first_boot_needs_reads_back_intact(tmp_path: Path) -> None:
     assert wlan["regulatory-domain"] == "MX"
     user_data = json.loads(read(image, "user-data").removeprefix("#cloud-config\n"))
     assert user_data["users"][0]["lock_passwd"] is True
+    assert user_data["ssh_pwauth"] is False
     assert user_data["runcmd"] == [["sh", "/boot/firmware/vigil/install.sh"]]
 
 
