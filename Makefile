@@ -40,6 +40,7 @@ chaos: system-deps $(STAMP)
 # dependencies for 64-bit Raspberry Pi OS. PI_PYTHON=3.11 for Bookworm, 3.13 for Trixie.
 # The Pi-only GPIO backend is named explicitly: pip evaluates the `pi` extra's markers
 # for this machine, not for the target.
+# pip itself too: a Lite image without python3-venv gets a venv without pip.
 PI_PYTHON ?= 3.11
 PI_WHEELS ?= dist/pi-wheels
 wheels-pi: $(STAMP)
@@ -49,7 +50,7 @@ wheels-pi: $(STAMP)
 	  --python-version $(PI_PYTHON) --platform manylinux_2_34_aarch64 \
 	  --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
 	  --platform manylinux2014_aarch64 \
-	  "$$(ls $(PI_WHEELS)/vigil-*.whl)[device]" 'lgpio>=0.2' 'rpi-lgpio>=0.6'
+	  "$$(ls $(PI_WHEELS)/vigil-*.whl)[device]" 'lgpio>=0.2' 'rpi-lgpio>=0.6' pip
 	@ls $(PI_WHEELS)
 
 clean:

@@ -2,7 +2,10 @@
 
 Bookworm runs `firstrun.sh` from `cmdline.txt` (`systemd.run=`), as Raspberry Pi
 Imager does; Trixie configures first boot with cloud-init files (`user-data`,
-`network-config`, `meta-data`) on the boot partition. Both end in the same
+`network-config`, `meta-data`) on the boot partition, and Imager also names the
+NoCloud instance on the command line (`ds=nocloud;i=...`) so cloud-init need not
+rediscover it at every boot. An image that ships `meta-data` on its boot
+partition has cloud-init; one without gets `firstrun.sh`. Both end in the same
 `vigil/install.sh`, which installs Vigil from the shipped wheels (no network
 needed), moves the keys off the FAT partition into 0600 files, and enables
 the service. Everything is written through mtools: no root, no loop mounts.
@@ -10,6 +13,7 @@ the service. Everything is written through mtools: no root, no loop mounts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -91,7 +95,12 @@ def write_sd_image(
     else:
         fat.write("user-data", _user_data(first_boot).encode())
         fat.write("network-config", _network_config(first_boot).encode())
-        fat.write("meta-data", f"instance-id: vigil-{_device_id(device)}\n".encode())
+        instance = f"vigil-{_device_id(device)}"
+        fat.write("meta-data", f"instance-id: {instance}\n".encode())
+        line = (
+            " ".join(w for w in line.split() if not w.startswith("ds="))
+            + f" ds=nocloud;i={instance}"
+        )
     fat.write("cmdline.txt", (line + "\n").encode())
     return f"{image}: {release} first boot prepared for device {_device_id(device)}"
 
@@ -157,40 +166,51 @@ def _env(fb: FirstBoot) -> str:
         "VIGIL_USER": fb.user,
         "VIGIL_SSH_KEY": fb.ssh_key or "",
         "VIGIL_WIFI_SSID": fb.wifi_ssid or "",
-        "VIGIL_WIFI_PSK": fb.wifi_psk or "",
+        "VIGIL_WIFI_PSK": _wpa_key(fb),
         "VIGIL_WIFI_COUNTRY": fb.wifi_country,
     }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
+def _wpa_key(fb: FirstBoot) -> str:
+    """The 64-hex-digit WPA key, so the passphrase (often reused) never lands on the card."""
+    if not fb.wifi_ssid or not fb.wifi_psk or len(fb.wifi_psk) == 64:
+        return fb.wifi_psk or ""
+    # IEEE 802.11i PSK = PBKDF2-HMAC-SHA1(passphrase, SSID, 4096, 32): the Wi-Fi format, as
+    # Raspberry Pi Imager writes it; NetworkManager and netplan take it in place of the text.
+    key = hashlib.pbkdf2_hmac("sha1", fb.wifi_psk.encode(), fb.wifi_ssid.encode(), 4096, 32)
+    return key.hex()
+
+
 def _user_data(fb: FirstBoot) -> str:
-    user: dict[str, object] = {
-        "name": fb.user,
-        "groups": "sudo,gpio,dialout,i2c",
-        "shell": "/bin/bash",
-        "lock_passwd": True,
-    }
+    # As Raspberry Pi Imager writes it: singular `user` renames the image's default user and
+    # keeps its groups (a `users` list without `default` makes a group-less account);
+    # cloud-init's ssh module never enables sshd on Raspberry Pi OS, so runcmd does.
+    user: dict[str, object] = {"name": fb.user, "shell": "/bin/bash", "lock_passwd": True}
+    runcmd: list[list[str]] = []
     if fb.ssh_key:
         user["ssh_authorized_keys"] = [fb.ssh_key]
         user["sudo"] = "ALL=(ALL) NOPASSWD:ALL"  # a key-only login has no password for sudo
-    doc = {
-        "users": [user],
-        "enable_ssh": bool(fb.ssh_key),  # Raspberry Pi OS's key, as Imager writes it
-        "ssh_pwauth": False,
-        "runcmd": [["sh", "/boot/firmware/vigil/install.sh"]],
-    }
+        runcmd.append(["systemctl", "enable", "--now", "ssh"])
+    else:
+        user["sudo"] = None  # no way to log in, and no inherited sudo rule either
+    runcmd.append(["sh", "/boot/firmware/vigil/install.sh", "--start"])
+    doc = {"manage_resolv_conf": False, "user": user, "ssh_pwauth": False, "runcmd": runcmd}
     return "#cloud-config\n" + json.dumps(doc, indent=2) + "\n"  # JSON is valid YAML
 
 
 def _network_config(fb: FirstBoot) -> str:
     if not fb.wifi_ssid:
         return "network:\n  version: 2\n"
+    point: dict[str, object] = (
+        {"password": _wpa_key(fb)} if fb.wifi_psk else {"auth": {"key-management": "none"}}
+    )
     wifi = {
         "wlan0": {
             "dhcp4": True,
             "optional": True,
             "regulatory-domain": fb.wifi_country,
-            "access-points": {fb.wifi_ssid: {"password": fb.wifi_psk or ""}},
+            "access-points": {fb.wifi_ssid: point},
         }
     }
     return json.dumps({"network": {"version": 2, "wifis": wifi}}, indent=2) + "\n"

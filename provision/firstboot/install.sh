@@ -16,6 +16,22 @@ id vigil >/dev/null 2>&1 || useradd --system --home-dir /var/lib/vigil-device \
     --shell /usr/sbin/nologin vigil
 for g in gpio dialout i2c; do getent group "$g" >/dev/null && usermod -aG "$g" vigil; done
 
+# The secrets first, before the slow and fallible install: they must not stay on the FAT
+# partition, readable by anyone with the card, whatever happens next.
+install -d -m 0700 -o vigil -g vigil /var/lib/vigil-device
+install -d -m 0755 /etc/vigil
+install -m 0600 -o vigil -g vigil "$SRC/device.key" /var/lib/vigil-device/device.key
+install -m 0600 -o vigil -g vigil "$SRC/mqtt-password" /etc/vigil/mqtt-password
+for f in device.key mqtt-password; do
+    shred -u "$SRC/$f" 2>/dev/null || rm -f "$SRC/$f"
+done
+install -m 0644 "$SRC/ca.pem" /etc/vigil/ca.pem
+install -m 0644 "$SRC/device.toml" /etc/vigil/device.toml
+install -m 0644 "$SRC/vigil-device.service" /etc/systemd/system/vigil-device.service
+install -m 0644 "$SRC/vigil-fuel-gauge.service" /etc/systemd/system/vigil-fuel-gauge.service
+install -d /etc/systemd/system.conf.d
+printf '[Manager]\nRuntimeWatchdogSec=10s\n' > /etc/systemd/system.conf.d/vigil-watchdog.conf
+
 # Debian keeps ensurepip in python3-venv, which a Lite image may lack: then make the venv
 # without pip and run pip from its shipped wheel (or the system's pip, pointed at it).
 if python3 -m venv --clear "$VENV"; then
@@ -31,21 +47,6 @@ else
 fi
 $PIP install --no-index --find-links "$SRC/wheels" 'vigil[device,pi]'
 
-install -d -m 0700 -o vigil -g vigil /var/lib/vigil-device
-install -d -m 0755 /etc/vigil
-install -m 0600 -o vigil -g vigil "$SRC/device.key" /var/lib/vigil-device/device.key
-install -m 0600 -o vigil -g vigil "$SRC/mqtt-password" /etc/vigil/mqtt-password
-install -m 0644 "$SRC/ca.pem" /etc/vigil/ca.pem
-install -m 0644 "$SRC/device.toml" /etc/vigil/device.toml
-install -m 0644 "$SRC/vigil-device.service" /etc/systemd/system/vigil-device.service
-install -m 0644 "$SRC/vigil-fuel-gauge.service" /etc/systemd/system/vigil-fuel-gauge.service
-install -d /etc/systemd/system.conf.d
-printf '[Manager]\nRuntimeWatchdogSec=10s\n' > /etc/systemd/system.conf.d/vigil-watchdog.conf
-
-# The secrets must not stay on the FAT partition, readable by anyone with the card.
-for f in device.key mqtt-password; do
-    shred -u "$SRC/$f" 2>/dev/null || rm -f "$SRC/$f"
-done
 systemctl daemon-reload
 systemctl enable vigil-fuel-gauge.service vigil-device.service
 if [ "${1:-}" = "--start" ]; then

@@ -3,6 +3,7 @@ image is left exactly as it was. Also every file first boot needs is read back."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -38,12 +39,49 @@ def test_every_file_first_boot_needs_reads_back_intact(tmp_path: Path) -> None:
     assert read(image, "vigil/install.sh") == (ROOT / "provision/firstboot/install.sh").read_text()
     network = json.loads(read(image, "network-config"))["network"]  # JSON is valid YAML
     wlan = network["wifis"]["wlan0"]
-    assert wlan["access-points"] == {'Caf\u00e9 "5G"': {"password": "correct horse battery"}}
+    wpa_key = hashlib.pbkdf2_hmac("sha1", b"correct horse battery", 'Caf\u00e9 "5G"'.encode(),
+                                  4096, 32).hex()  # fmt: skip
+    assert wlan["access-points"] == {'Caf\u00e9 "5G"': {"password": wpa_key}}
     assert wlan["regulatory-domain"] == "MX"
+    assert b"correct horse" not in image.read_bytes()  # only the derived key is on the card
     user_data = json.loads(read(image, "user-data").removeprefix("#cloud-config\n"))
-    assert user_data["users"][0]["lock_passwd"] is True
+    assert user_data["user"]["lock_passwd"] is True
+    assert user_data["user"]["sudo"] is None  # no login, so no sudo rule
     assert user_data["ssh_pwauth"] is False
-    assert user_data["runcmd"] == [["sh", "/boot/firmware/vigil/install.sh"]]
+    assert user_data["runcmd"] == [["sh", "/boot/firmware/vigil/install.sh", "--start"]]
+    assert read(image, "cmdline.txt").split()[-1] == f"ds=nocloud;i={instance(image)}"
+
+
+def instance(image: Path) -> str:
+    return read(image, "meta-data").removeprefix("instance-id: ").strip()
+
+
+def test_wpa_key_is_the_ieee_802_11i_derivation(tmp_path: Path) -> None:
+    image, device = build_image(tmp_path, trixie=False), device_folder(tmp_path)
+    psk = tmp_path / "psk"
+    psk.write_text("password\n")
+    assert sd_image(image, device, wheels(tmp_path), "--wifi-ssid", "IEEE",
+                    "--wifi-psk-file", str(psk)) == 0  # fmt: skip
+    # The test vector of IEEE 802.11i annex H.4 (passphrase "password", SSID "IEEE").
+    key = "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"
+    assert f"VIGIL_WIFI_PSK={key}\n" in read(image, "vigil/firstboot.env")
+
+
+def test_open_network_and_ssh_key_on_cloud_init(tmp_path: Path) -> None:
+    image, device = build_image(tmp_path, trixie=True), device_folder(tmp_path)
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3Nza tech@laptop\n")
+    assert sd_image(image, device, wheels(tmp_path), "--wifi-ssid", "Cafe",
+                    "--ssh-key-file", str(key)) == 0  # fmt: skip
+    point = json.loads(read(image, "network-config"))["network"]["wifis"]["wlan0"]
+    assert point["access-points"] == {"Cafe": {"auth": {"key-management": "none"}}}
+    user_data = json.loads(read(image, "user-data").removeprefix("#cloud-config\n"))
+    assert user_data["user"]["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3Nza tech@laptop"]
+    assert user_data["user"]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    assert user_data["runcmd"][0] == ["systemctl", "enable", "--now", "ssh"]
+    assert "enable_ssh" not in user_data  # not a cloud-init key: Imager dropped it
+    assert sd_image(image, device, wheels(tmp_path)) == 0  # again: still one ds= word
+    assert read(image, "cmdline.txt").count("ds=nocloud") == 1
 
 
 @pytest.mark.parametrize(
@@ -139,3 +177,12 @@ def test_free_space_is_read_from_the_partition(tmp_path: Path) -> None:
     free = FatPartition(image, BOOT_START * 512).free_bytes()
     assert free is not None
     assert 50 << 20 < free < 64 << 20
+
+
+@pytest.mark.parametrize(("shell", "script"), [("bash", "firstrun.sh"), ("sh", "install.sh")])
+def test_first_boot_scripts_parse(shell: str, script: str) -> None:
+    path = ROOT / "provision/firstboot" / script
+    result = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    text = path.read_text()
+    assert "shred -u" in text  # secrets (and the Wi-Fi key) are wiped from the FAT partition
