@@ -31,6 +31,7 @@ ON_DEVICE = {
     "password_file": "/etc/vigil/mqtt-password",
     "tls_ca": "/etc/vigil/ca.pem",
 }
+PINOUT = Path(__file__).resolve().parents[1] / "hardware" / "pinout.toml"
 
 
 def provision_device(
@@ -56,6 +57,7 @@ def provision_device(
         "mqtt": {"host": cfg.broker.device_host, "port": cfg.broker.device_port,
                  "tls_ca": ON_DEVICE["tls_ca"], "username": device_id.hex,
                  "password_file": ON_DEVICE["password_file"]},
+        "battery": {"capacity_path": _capacity_path()},
     }  # fmt: skip
     write_atomically(out / "device.toml", render_toml(doc).encode(), mode=0o644)
     return f"device {device_id} ({label}) enrolled; files in {out}"
@@ -95,6 +97,14 @@ def _reload_broker(pid_file: Path) -> None:
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot reload the broker from {pid_file}: {exc}") from exc
+
+
+def _capacity_path() -> str:
+    """Where the fuel gauge's driver shows the charge on the wearable (hardware/pinout.toml)."""
+    try:
+        return str(tomllib.loads(PINOUT.read_text())["i2c"]["capacity_path"])
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+        raise ConfigError(f"{PINOUT}: no [i2c] capacity_path: {exc}") from exc
 
 
 def _existing_id(out: Path) -> DeviceId | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from wire import DeviceId, DeviceKeys, HubKeys
 from wire.topics import up_topic
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -75,6 +77,8 @@ def test_provisioned_device_is_enrolled_configured_and_can_connect(
     assert record.public_keys.to_text() == keys.public().to_text()
     assert cfg.hub.to_text() == HubKeys.load(tmp_path / "hub.key").public().to_text()
     assert cfg.mqtt.username == cfg.device_id.hex
+    pinout = tomllib.loads((ROOT / "hardware" / "pinout.toml").read_text())
+    assert cfg.battery_path == Path(pinout["i2c"]["capacity_path"])  # the fuel gauge's driver
     locked.broker.restart()  # pick up the new password entry
     with (
         tls_client(locked, "hub", user="vigil-hub", password=locked.hub_password,
