@@ -46,6 +46,7 @@ else
     fi
 fi
 $PIP install --no-index --find-links "$SRC/wheels" 'vigil[device,pi]'
+rm -rf "$SRC/wheels"  # installed: give the boot partition its space back
 
 systemctl daemon-reload
 systemctl enable vigil-fuel-gauge.service vigil-device.service
