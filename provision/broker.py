@@ -18,6 +18,7 @@ from wire.keys import write_atomically
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "broker"
 HUB_USER = "vigil-hub"
+PID_FILE = Path("/run/mosquitto/mosquitto.pid")  # where Debian's mosquitto.service keeps it
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,26 +27,33 @@ class BrokerFiles:
     acl: Path
     passwd: Path
     hub_password: Path
+    dropin: Path
 
 
 def render_broker_config(
     out: Path, *, certs: BrokerCerts, port: int = 8883, bind: str = "0.0.0.0",  # noqa: S104
-    hub_user: str = HUB_USER, run_as: str = "mosquitto",
+    hub_user: str = HUB_USER, run_as: str = "mosquitto", pid_file: Path = PID_FILE,
 ) -> BrokerFiles:  # fmt: skip
-    """Write mosquitto.conf, the ACL, a password file with the hub user, and its password."""
+    """Write mosquitto.conf, the ACL, a password file with the hub user, and its password.
+
+    Also a systemd drop-in that points the packaged mosquitto.service at this config.
+    """
     for needed in (certs.ca, certs.server, certs.server_key):
         if not needed.is_file():
             raise ConfigError(f"{needed} is missing; run 'vigil-provision broker-certs' first")
     files = BrokerFiles(
-        out / "mosquitto.conf", out / "acl", out / "passwd", out / "hub-mqtt-password"
-    )
+        out / "mosquitto.conf", out / "acl", out / "passwd", out / "hub-mqtt-password",
+        out / "mosquitto.service.d-vigil.conf",
+    )  # fmt: skip
     (out / "data").mkdir(parents=True, exist_ok=True)
     conf = (TEMPLATES / "mosquitto.conf.template").read_text().format(
         passwd=files.passwd.resolve(), acl=files.acl.resolve(), data=(out / "data").resolve(),
         port=port, bind=bind, user=run_as, ca=certs.ca.resolve(), cert=certs.server.resolve(),
-        key=certs.server_key.resolve(),
+        key=certs.server_key.resolve(), pid_file=pid_file,
     )  # fmt: skip
     write_atomically(files.conf, conf.encode(), mode=0o644)
+    dropin = (TEMPLATES / "mosquitto-dropin.conf.template").read_text()
+    write_atomically(files.dropin, dropin.format(conf=files.conf.resolve()).encode(), mode=0o644)
     acl = (TEMPLATES / "acl.template").read_text().format(hub_user=hub_user)
     write_atomically(files.acl, acl.encode(), mode=0o644)
     password = new_password()

@@ -38,6 +38,10 @@ def test_config_has_only_a_tls_listener_and_no_anonymous(broker: LockedBroker) -
     assert "allow_anonymous false" in conf
     assert "certfile" in conf
     assert "keyfile" in conf
+    dropin = broker.files.dropin.read_text()  # the packaged service runs this config only
+    assert (
+        f"ExecStart=\nExecStart=/usr/sbin/mosquitto -c {broker.files.conf.resolve()}\n" in dropin
+    )
 
 
 @pytest.mark.parametrize(("user", "password"), [(None, None), (A.hex, "wrong"), ("eve", "x")])

@@ -122,9 +122,9 @@ def test_revoke_removes_broker_access_and_hub_acceptance(
     cfg = load_device_config(on_this_machine(out))
     assert cfg.device_id.hex in locked.files.passwd.read_text()
     locked.broker.restart()
-    pid_file = tmp_path / "mosquitto.pid"
+    pid_file = locked.files.conf.parent / "mosquitto.pid"  # written by mosquitto itself
     assert locked.broker.process is not None
-    pid_file.write_text(f"{locked.broker.process.pid}\n")
+    assert pid_file.read_text().strip() == str(locked.broker.process.pid)
     password = cfg.mqtt_password()
     with tls_client(locked, cfg.device_id.hex, user=cfg.device_id.hex, password=password,
                     ca=out / "ca.pem") as (device, seen):  # fmt: skip

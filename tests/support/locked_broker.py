@@ -53,8 +53,9 @@ def locked_broker(tmp_path: Path) -> Iterator[LockedBroker]:
     certs = make_broker_certs(tmp_path / "certs", host="broker.vigil.test")
     port = free_port()
     files = render_broker_config(
-        tmp_path / "conf", certs=certs, port=port, bind="127.0.0.1", run_as=getpass.getuser()
-    )
+        tmp_path / "conf", certs=certs, port=port, bind="127.0.0.1", run_as=getpass.getuser(),
+        pid_file=tmp_path / "conf" / "mosquitto.pid",
+    )  # fmt: skip
     with running_mosquitto_conf(files.conf, port) as broker:
         yield LockedBroker(broker, certs, files)
 
