@@ -62,15 +62,22 @@ def register_broker_config(sub: argparse._SubParsersAction[argparse.ArgumentPars
     b.add_argument("--bind", default="0.0.0.0", help="listen address (default all)")  # noqa: S104
     b.add_argument("--hub-user", default=broker.HUB_USER, help="the hub's MQTT username")
     b.add_argument("--run-as", default="mosquitto", help="user mosquitto runs as (reads files)")
+    b.add_argument(
+        "--pid-file", type=Path, default=broker.PID_FILE,
+        help=f"mosquitto's pid file, for 'revoke --broker-pid-file' (default {broker.PID_FILE})",
+    )  # fmt: skip
     b.set_defaults(run=_run_broker_config)
 
 
 def _run_broker_config(args: argparse.Namespace) -> str:
     files = broker.render_broker_config(
         args.out, certs=certs.BrokerCerts.in_dir(args.certs), port=args.port,
-        bind=args.bind, hub_user=args.hub_user, run_as=args.run_as,
+        bind=args.bind, hub_user=args.hub_user, run_as=args.run_as, pid_file=args.pid_file,
     )  # fmt: skip
-    return f"mosquitto -c {files.conf}; hub password in {files.hub_password}"
+    return (
+        f"mosquitto -c {files.conf}; systemd drop-in {files.dropin}; "
+        f"hub password in {files.hub_password}"
+    )
 
 
 def register_device(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
