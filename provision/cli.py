@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VigilError as exc:
         sys.stderr.write(f"vigil-provision: {exc}\n")
         return 1
+    except OSError as exc:  # a folder we may not write (not root?), a full disk
+        sys.stderr.write(f"vigil-provision: {exc.filename or ''}: {exc.strerror or exc}\n")
+        return 1
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Re-running `provision_device` on the same folder re-uses its keys, id and
 password (and re-enrolling the same keys changes nothing); new keys need
-`force`, which also revokes the old ones at the hub.
+`force`, which also revokes the old ones at the hub and renews the broker
+password. A revoked device comes back only with `force`: its old keys and
+password may be in other hands.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from hub.config import HubConfig, load_config
 from hub.store import open_store
 from provision.broker import new_password, remove_user, set_password
 from provision.toml import render_toml
-from wire.errors import BadConfigValue, ConfigError, KeyFileError, UnknownDevice
+from wire.errors import (
+    AlreadyEnrolled,
+    BadConfigValue,
+    ConfigError,
+    KeyFileError,
+    UnknownDevice,
+)
 from wire.ids import DeviceId
 from wire.keys import DeviceKeys, HubKeys, write_atomically
 
@@ -37,7 +45,12 @@ PINOUT = Path(__file__).resolve().parents[1] / "hardware" / "pinout.toml"
 def provision_device(
     *, label: str, hub_config: Path, out: Path, contacts: list[str], suite: str, force: bool
 ) -> str:
-    """Create or re-use the device in `out`, grant broker access, enrol it; return a summary."""
+    """Create or re-use the device in `out`, enrol it, grant broker access; return a summary.
+
+    Everything local (id, keys, password, CA, device.toml) is written first, so a
+    rerun after a failure at the hub or the broker re-uses the same device id.
+    The hub enrols before the broker lets the device in.
+    """
     if not label.strip() or len(label) > 100 or not label.isprintable():
         raise BadConfigValue(f"--label must be 1..100 printable characters, got {label!r:.40}")
     cfg = load_config(hub_config)
@@ -45,10 +58,9 @@ def provision_device(
         raise ConfigError(f"{hub_config}: [broker] needs device_host, ca_file and password_file")
     device_id = _existing_id(out) or DeviceId.generate()
     keys = _device_keys(out / "device.key", force=force)
-    password = _password(out / "mqtt-password")
-    set_password(cfg.broker.password_file, device_id.hex, password)
+    # New keys mean the old ones are not trusted: the broker password goes with them.
+    password = _password(out / "mqtt-password", renew=force)
     shutil.copyfile(cfg.broker.ca_file, out / "ca.pem")
-    _enrol(cfg, device_id, keys, label=label, contacts=contacts, replace=force)
     hub_public = HubKeys.load(cfg.keys_path).public().to_text()
     doc: dict[str, dict[str, Any]] = {
         "device": {"id": device_id.hex, "keys": ON_DEVICE["keys"],
@@ -60,6 +72,8 @@ def provision_device(
         "battery": {"capacity_path": _capacity_path()},
     }  # fmt: skip
     write_atomically(out / "device.toml", render_toml(doc).encode(), mode=0o644)
+    _enrol(cfg, device_id, keys, label=label, contacts=contacts, replace=force)
+    set_password(cfg.broker.password_file, device_id.hex, password)
     return f"device {device_id} ({label}) enrolled; files in {out}"
 
 
@@ -125,8 +139,8 @@ def _device_keys(path: Path, *, force: bool) -> DeviceKeys:
     return keys
 
 
-def _password(path: Path) -> str:
-    if path.exists():
+def _password(path: Path, *, renew: bool) -> str:
+    if path.exists() and not renew:
         try:
             return path.read_text().strip()
         except OSError as exc:
@@ -144,7 +158,18 @@ def _enrol(
     try:
         known = store.get_device(device_id)
         same = known is not None and known.public_keys.to_text() == keys.public().to_text()
-        if known is not None and not same and replace and not known.revoked:
+        if known is not None and known.revoked and same:
+            # The store would quietly revive it; a revoked device's keys may be in other hands.
+            raise AlreadyEnrolled(
+                f"device {device_id} was revoked and these are its old keys; "
+                "pass --force to give it new keys and a new broker password"
+            )
+        if known is not None and not same and not replace:
+            raise AlreadyEnrolled(
+                f"device {device_id} is enrolled at the hub with other keys than this "
+                "folder's device.key; pass --force to replace them"
+            )
+        if known is not None and not same and not known.revoked:
             store.revoke_device(device_id, now=time.time())  # new keys replace the old ones
         store.enroll_device(device_id, label=label, public_keys=keys.public(),
                             contacts=contacts, now=time.time())  # fmt: skip

@@ -11,6 +11,7 @@ import pytest
 
 from device.config import load_config as load_device_config
 from hub.store import open_store
+from hub.store.records import DeviceRecord
 from provision.cli import main
 from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
 from tests.support.wait import wait_until
@@ -154,3 +155,70 @@ def test_hub_config_without_broker_section_is_a_clear_error(
     assert provision(hub_toml, tmp_path / "out") == 1
     assert "[broker]" in capsys.readouterr().err
     assert main(["revoke", "not-an-id", "--hub-config", str(hub_toml)]) == 1
+
+
+def hub_record(tmp_path: Path, device_id: DeviceId) -> DeviceRecord:
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        record = store.get_device(device_id)
+    finally:
+        store.close()
+    assert record is not None
+    return record
+
+
+def connects(locked: LockedBroker, device_id: DeviceId, password: str, ca: Path) -> bool:
+    """Whether the broker accepts `password` for the device (it either connects or refuses)."""
+    with tls_client(locked, device_id.hex, user=device_id.hex, password=password, ca=ca) as (
+        device,
+        seen,
+    ):
+        wait_until(lambda: device.connected or seen.refusals, 10, what="a CONNACK")
+        return device.connected
+
+
+def test_revoked_device_comes_back_only_with_new_keys_and_password(
+    setup: tuple[Path, LockedBroker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_toml, locked = setup
+    out = tmp_path / "wearable-04"
+    assert provision(hub_toml, out) == 0
+    cfg = load_device_config(on_this_machine(out))
+    old_key, old_password = (out / "device.key").read_bytes(), cfg.mqtt_password()
+    assert main(["revoke", cfg.device_id.hex, "--hub-config", str(hub_toml)]) == 0
+    capsys.readouterr()
+    # The same folder again (a mistake, or the seized wearable's own files): refused.
+    assert provision(hub_toml, out) == 1
+    assert "--force" in capsys.readouterr().err
+    assert hub_record(tmp_path, cfg.device_id).revoked
+    assert cfg.device_id.hex not in locked.files.passwd.read_text()
+    assert provision(hub_toml, out, "--force") == 0
+    record = hub_record(tmp_path, cfg.device_id)
+    assert not record.revoked
+    new_keys = DeviceKeys.load(out / "device.key")
+    assert record.public_keys.to_text() == new_keys.public().to_text()
+    assert (out / "device.key").read_bytes() != old_key
+    new_password = (out / "mqtt-password").read_text().strip()
+    assert new_password != old_password
+    locked.broker.restart()
+    assert not connects(locked, cfg.device_id, old_password, out / "ca.pem")
+    assert connects(locked, cfg.device_id, new_password, out / "ca.pem")
+
+
+def test_a_failed_run_is_finished_by_a_rerun_with_the_same_id(
+    setup: tuple[Path, LockedBroker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_toml, locked = setup
+    good = hub_toml.read_text()
+    # The broker's password file cannot be written (here: it is a folder).
+    hub_toml.write_text(good.replace(str(locked.files.passwd), str(tmp_path)))
+    out = tmp_path / "wearable-05"
+    assert provision(hub_toml, out) == 1
+    assert "mosquitto_passwd" in capsys.readouterr().err
+    first = load_device_config(on_this_machine(out))
+    hub_toml.write_text(good)
+    assert provision(hub_toml, out) == 0
+    again = load_device_config(on_this_machine(out))
+    assert again.device_id == first.device_id
+    assert hub_record(tmp_path, first.device_id).label == "Ana (Oaxaca)"
+    assert first.device_id.hex in locked.files.passwd.read_text()
