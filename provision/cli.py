@@ -23,7 +23,7 @@ EPILOG = """examples:
   vigil-provision broker-config --out /etc/mosquitto/vigil --certs /etc/vigil/broker
   vigil-provision device --label "A. (Oaxaca)" --hub-config /etc/vigil/hub.toml --out wearable-01
   vigil-provision sd-image --image 2025-11-24-raspios-trixie-arm64-lite.img \\
-      --device wearable-01 --wheels wheels/ --wifi-ssid Office --wifi-psk-file psk.txt
+      --device wearable-01 --wheels dist/pi-wheels --wifi-ssid Office --wifi-psk-file psk.txt
   vigil-provision revoke 3f2a...e9 --hub-config /etc/vigil/hub.toml \\
       --broker-pid-file /run/mosquitto/mosquitto.pid
 
