@@ -8,18 +8,21 @@ from a stolen password file stays out of reach regardless.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.certs import BrokerCerts
-from wire.errors import ConfigError
+from provision.certs import HOST_RE, BrokerCerts
+from wire.errors import BadConfigValue, ConfigError
 from wire.keys import write_atomically
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "broker"
 HUB_USER = "vigil-hub"
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # MQTT user / login: no space, '+', '#', '/'
 PID_FILE = Path("/run/mosquitto/mosquitto.pid")  # where Debian's mosquitto.service keeps it
 
 
@@ -40,6 +43,7 @@ def render_broker_config(
 
     Also a systemd drop-in that points the packaged mosquitto.service at this config.
     """
+    _check_options(out=out, bind=bind, hub_user=hub_user, run_as=run_as, pid_file=pid_file)
     for needed in (certs.ca, certs.server, certs.server_key):
         if not needed.is_file():
             raise ConfigError(f"{needed} is missing; run 'vigil-provision broker-certs' first")
@@ -58,10 +62,41 @@ def render_broker_config(
     write_atomically(files.dropin, dropin.format(conf=files.conf.resolve()).encode(), mode=0o644)
     acl = (TEMPLATES / "acl.template").read_text().format(hub_user=hub_user)
     write_atomically(files.acl, acl.encode(), mode=0o644)
-    password = new_password()
+    # A rerun keeps the hub's password: the running hub would otherwise be locked out.
+    password = _read_secret(files.hub_password) or new_password()
     set_password(files.passwd, hub_user, password)
     write_atomically(files.hub_password, password.encode() + b"\n", mode=0o600)
     return files
+
+
+def _check_options(*, out: Path, bind: str, hub_user: str, run_as: str, pid_file: Path) -> None:
+    """Refuse values that would break out of their line in mosquitto.conf or the ACL."""
+    if not _NAME.fullmatch(hub_user):
+        raise BadConfigValue(
+            f"--hub-user must be letters, digits, '.', '_', '-'; got {hub_user!r}"
+        )
+    if not _NAME.fullmatch(run_as):
+        raise BadConfigValue(f"--run-as must be a login name, got {run_as!r}")
+    if not (HOST_RE.fullmatch(bind) or _is_ip(bind)):
+        raise BadConfigValue(f"--bind must be an IP address or host name, got {bind!r}")
+    for option, path in (("--out", out), ("--pid-file", pid_file)):
+        if not str(path).isprintable():
+            raise BadConfigValue(f"{option} must be a printable path on one line")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def new_password() -> str:

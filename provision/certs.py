@@ -23,7 +23,7 @@ from wire.errors import BadConfigValue, KeyFileError
 from wire.keys import write_atomically
 
 CA_DAYS = 10 * 365
-_HOST_RE = re.compile(
+HOST_RE = re.compile(
     r"(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
 SERVER_DAYS = 2 * 365
@@ -49,7 +49,7 @@ def make_broker_certs(
     folder: Path, *, host: str, now: dt.datetime | None = None, force: bool = False
 ) -> BrokerCerts:
     """Create a CA and a server certificate for `host` (plus 127.0.0.1 and localhost)."""
-    if not _HOST_RE.fullmatch(host):
+    if not HOST_RE.fullmatch(host):
         raise BadConfigValue(
             f"--host must be a DNS name (letters, digits, '-', '.'), got {host!r}"
         )
