@@ -1,0 +1,130 @@
+"""The technician's guide, run as written (docs/technician.md): the installed commands, in
+order, from nothing to a locked-down broker, an enrolled wearable and its SD image; then the
+wearable's files as they sit on the card connect to that broker, and revocation cuts it off."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from provision.broker import BrokerFiles
+from provision.certs import BrokerCerts
+from provision.fat import FatPartition, boot_partition_offset
+from tests.integration.test_sdimage import build_image, wheels
+from tests.support.broker import Broker, free_port, running_mosquitto_conf
+from tests.support.locked_broker import LockedBroker, tls_client
+from tests.support.wait import wait_until
+from wire import DeviceId
+from wire.topics import up_topic
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def run(tool: str, *args: str | Path) -> str:
+    """Run an installed console script, as the technician would; its stdout."""
+    result = subprocess.run(
+        [str(BIN / tool), *map(str, args)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{tool} {args}: {result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[Path, Broker]]:
+    """Sections 1-2 of the guide: broker certificates and config, hub keys and config."""
+    port = free_port()
+    run("vigil-provision", "broker-certs", "--out", tmp_path / "broker", "--host", "localhost")
+    run("vigil-provision", "broker-config", "--out", tmp_path / "mosquitto",
+        "--certs", tmp_path / "broker", "--port", str(port), "--bind", "127.0.0.1",
+        "--run-as", getpass.getuser(), "--pid-file", tmp_path / "mosquitto" / "pid")  # fmt: skip
+    run("vigil-hub", "keygen", "--out", tmp_path / "hub.key")
+    (tmp_path / "hub.toml").write_text(f"""
+[hub]
+keys = "hub.key"
+[store]
+url = "sqlite:///{tmp_path / "hub.db"}"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+tls_ca = "broker/ca.pem"
+username = "vigil-hub"
+password_file = "mosquitto/hub-mqtt-password"
+[broker]
+device_host = "localhost"
+device_port = {port}
+ca_file = "broker/ca.pem"
+password_file = "mosquitto/passwd"
+""")
+    with running_mosquitto_conf(tmp_path / "mosquitto" / "mosquitto.conf", port) as broker:
+        yield tmp_path, broker
+
+
+def test_guide_from_nothing_to_an_enrolled_wearable_on_a_card(
+    deployment: tuple[Path, Broker], tmp_path: Path
+) -> None:
+    root, broker = deployment
+    hub_toml = root / "hub.toml"
+    # Section 3: one wearable; then reload mosquitto so it reads the new password.
+    run("vigil-provision", "device", "--label", "A. (Oaxaca)", "--hub-config", hub_toml,
+        "--out", root / "wearable-01")  # fmt: skip
+    config = tomllib.loads((root / "wearable-01" / "device.toml").read_text())
+    device_id = config["device"]["id"]
+    assert device_id in run("vigil-hub", "--config", hub_toml, "devices")
+    pid = int((root / "mosquitto" / "pid").read_text())
+    os.kill(pid, signal.SIGHUP)  # what `systemctl reload mosquitto` does
+    # Section 4: the SD card.
+    image = build_image(tmp_path, trixie=True)
+    psk = root / "psk.txt"
+    psk.write_text("correct horse battery\n")
+    run("vigil-provision", "sd-image", "--image", image, "--device", root / "wearable-01",
+        "--wheels", wheels(tmp_path), "--wifi-ssid", "Office", "--wifi-psk-file", psk,
+        "--wifi-country", "MX")  # fmt: skip
+    card = on_the_card(image, tmp_path / "card")
+    assert (card / "device.toml").read_text() == (root / "wearable-01" / "device.toml").read_text()
+    # The wearable's credentials, as first boot will install them, reach the broker.
+    mosq = root / "mosquitto"
+    locked = LockedBroker(
+        broker,
+        BrokerCerts(card / "ca.pem", root / "broker" / "ca.key", mosq / "n/a", mosq / "n/a"),
+        BrokerFiles(mosq / "mosquitto.conf", mosq / "acl", mosq / "passwd",
+                    mosq / "hub-mqtt-password", mosq / "mosquitto.service.d-vigil.conf"),
+    )  # fmt: skip
+    password = (card / "mqtt-password").read_text().strip()
+    with (
+        tls_client(locked, "hub", user="vigil-hub", password=locked.hub_password,
+                   subscriptions=("vigil/v1/+/up",)) as (hub, at_hub),
+        tls_client(locked, device_id, user=device_id, password=password,
+                   ca=card / "ca.pem") as (device, seen),
+    ):  # fmt: skip
+        assert hub.wait_connected(10)
+        assert device.wait_connected(10)
+        topic = up_topic(DeviceId.parse(device_id))
+        wait_until(lambda: (device.publish(topic, b"hello"), at_hub.got(topic))[1], 10)
+        # Revocation, as the guide says: the open connection is dropped, reconnects refused.
+        run("vigil-provision", "revoke", device_id, "--hub-config", hub_toml,
+            "--broker-pid-file", root / "mosquitto" / "pid")  # fmt: skip
+        refused = lambda: any("authori" in r.lower() for r in seen.refusals)  # noqa: E731
+        wait_until(refused, 15, what="the revoked wearable's reconnection to be refused")
+        assert not device.connected
+    assert "revoked" in run("vigil-hub", "--config", hub_toml, "devices")
+
+
+def on_the_card(image: Path, folder: Path) -> Path:
+    """Copy the wearable's files off the image's boot partition."""
+    fat = FatPartition(image, boot_partition_offset(image))
+    folder.mkdir()
+    for name in ("device.toml", "mqtt-password", "ca.pem", "device.key"):
+        data = fat.read(f"vigil/{name}")
+        assert data is not None, name
+        (folder / name).write_bytes(data)
+    return folder
