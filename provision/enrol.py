@@ -80,28 +80,32 @@ def provision_device(
 def revoke_device(device_id_text: str, *, hub_config: Path, broker_pid_file: Path | None) -> str:
     """Remove the device's broker password, reload the broker, mark it revoked at the hub.
 
-    On reload (SIGHUP) mosquitto 2 re-reads the password file and disconnects a
-    connected client that no longer authenticates (checked in the tests).
+    The broker goes first: if the hub's store then fails, the device is already
+    cut off. On reload (SIGHUP) mosquitto 2 re-reads the password file and
+    disconnects a connected client that no longer authenticates (see the tests).
     """
     device_id = DeviceId.parse(device_id_text)
     cfg = load_config(hub_config)
     removed = False
     if cfg.broker is not None and cfg.broker.password_file is not None:
         removed = remove_user(cfg.broker.password_file, device_id.hex)
+    if broker_pid_file is not None:
+        _reload_broker(broker_pid_file)
+    broker = "broker password removed" if removed else "no broker password was found"
     store = open_store(cfg.store_url)
     try:
         store.revoke_device(device_id, now=time.time())
         store.append_audit(at=time.time(), actor="vigil-provision", action="revoke",
                            subject=f"device {device_id}")  # fmt: skip
+    except UnknownDevice as exc:
+        raise UnknownDevice(f"{exc} at this hub (but {broker})") from exc
     finally:
         store.close()
-    broker = "broker password removed" if removed else "no broker password was found"
     if broker_pid_file is None:
         return (
             f"revoked {device_id}: the hub refuses it; {broker}. Reload mosquitto "
             "(systemctl reload mosquitto, or SIGHUP) to drop an open connection."
         )
-    _reload_broker(broker_pid_file)
     return f"revoked {device_id}: the hub refuses it; {broker}; broker reloaded."
 
 

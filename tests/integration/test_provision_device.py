@@ -12,6 +12,7 @@ import pytest
 from device.config import load_config as load_device_config
 from hub.store import open_store
 from hub.store.records import DeviceRecord
+from provision.broker import set_password
 from provision.cli import main
 from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
 from tests.support.wait import wait_until
@@ -222,3 +223,21 @@ def test_a_failed_run_is_finished_by_a_rerun_with_the_same_id(
     assert again.device_id == first.device_id
     assert hub_record(tmp_path, first.device_id).label == "Ana (Oaxaca)"
     assert first.device_id.hex in locked.files.passwd.read_text()
+
+
+def test_revoke_cuts_broker_access_even_when_the_hub_does_not_know_the_device(
+    setup: tuple[Path, LockedBroker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_toml, locked = setup
+    stray = DeviceId.generate()  # has a broker password, but no hub record (another hub's?)
+    set_password(locked.files.passwd, stray.hex, "stray-password")
+    locked.broker.restart()
+    pid_file = locked.files.conf.parent / "mosquitto.pid"
+    with tls_client(locked, stray.hex, user=stray.hex, password="stray-password") as (dev, _):
+        assert dev.wait_connected(10)
+        argv = ["revoke", stray.hex, "--hub-config", str(hub_toml),
+                "--broker-pid-file", str(pid_file)]  # fmt: skip
+        assert main(argv) == 1
+        assert "not enrolled at this hub (but broker password removed)" in capsys.readouterr().err
+        wait_until(lambda: not dev.connected, 10, what="the stray device to be dropped")
+    assert stray.hex not in locked.files.passwd.read_text()
