@@ -5,12 +5,14 @@ wearable's files as they sit on the card connect to that broker, and revocation 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
 import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from provision.broker import BrokerFiles
 from provision.certs import BrokerCerts
 from provision.fat import FatPartition, boot_partition_offset
+from tests.conftest import NMEA_CORPUS
 from tests.integration.test_sdimage import build_image, wheels
 from tests.support.broker import Broker, free_port, running_mosquitto_conf
 from tests.support.locked_broker import LockedBroker, tls_client
@@ -128,3 +131,74 @@ def on_the_card(image: Path, folder: Path) -> Path:
         assert data is not None, name
         (folder / name).write_bytes(data)
     return folder
+
+
+@contextmanager
+def process(argv: list[str | Path], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running command with stdin for commands and its log in a file."""
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(
+            [str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=sink, cwd=log.parent,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
+
+
+def on_this_machine(card: Path, state: Path) -> Path:
+    """The card's device config with its on-device paths pointed at the copied files."""
+    text = (card / "device.toml").read_text()
+    for on_device, here in (
+        ("/var/lib/vigil-device/device.key", card / "device.key"),
+        ("/var/lib/vigil-device", state),
+        ("/etc/vigil/mqtt-password", card / "mqtt-password"),
+        ("/etc/vigil/ca.pem", card / "ca.pem"),
+    ):
+        text = text.replace(f'"{on_device}"', json.dumps(str(here)))
+    (card / "mqtt-password").chmod(0o600)
+    (card / "device.key").chmod(0o600)
+    local = card / "local.toml"
+    local.write_text(text)
+    return local
+
+
+def test_an_alarm_crosses_the_deployed_system(
+    deployment: tuple[Path, Broker], tmp_path: Path
+) -> None:
+    """The real hub and the real wearable daemon, each with the config provisioning made,
+    over the locked-down broker: the alarm is stored and the wearer gets the receipt."""
+    root, _ = deployment
+    hub_toml = root / "hub.toml"
+    run("vigil-provision", "device", "--label", "B. (Chiapas)", "--hub-config", hub_toml,
+        "--out", root / "wearable-02")  # fmt: skip
+    os.kill(int((root / "mosquitto" / "pid").read_text()), signal.SIGHUP)
+    image = build_image(tmp_path, trixie=False)
+    run("vigil-provision", "sd-image", "--image", image, "--device", root / "wearable-02",
+        "--wheels", wheels(tmp_path))  # fmt: skip
+    card = on_the_card(image, tmp_path / "card")
+    device_toml = on_this_machine(card, tmp_path / "state")
+    device_log, hub_log = tmp_path / "device.log", tmp_path / "hub.log"
+    with (
+        process([BIN / "vigil-hub", "run", "--config", hub_toml], hub_log),
+        process([BIN / "vigil-device", "simulate", "--config", device_toml,
+                 "--nmea", NMEA_CORPUS / "gpsd-mt3339.log", "--nmea-rate", "50"],
+                device_log) as device,
+    ):  # fmt: skip
+        text = lambda: device_log.read_text(errors="replace")  # noqa: E731
+        wait_until(lambda: "ready, next seq" in text(), 30, what="the wearable ready")
+        assert device.stdin is not None
+        device.stdin.write(b"hold\n")
+        device.stdin.flush()
+        wait_until(lambda: "kind=alarm queued" in text(), 15, what="the alarm committed")
+        wait_until(lambda: "stored by the hub" in text(), 30, what="the hub's receipt")
+    alerts = run("vigil-hub", "--config", hub_toml, "alerts")
+    assert "B. (Chiapas)" in alerts, alerts + hub_log.read_text(errors="replace")[-2000:]
