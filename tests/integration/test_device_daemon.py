@@ -121,13 +121,13 @@ def test_power_cut_after_hold_delivers_the_alarm_exactly_once(
 
         second = DaemonProcess(dev, tmp_path / "daemon2.log")
         daemons.append(second)
-        alarms = wait_until(lambda: hub.unique("alarm"), 20, what="the alarm at the hub")
+        alarms = wait_until(lambda: hub.unique("alarm"), 60, what="the alarm at the hub")
         assert len(alarms) == 1
         (seq, message) = next(iter(alarms.items()))
         assert isinstance(message.body, Alarm)
         assert message.body.trigger is Trigger.BUTTON
         # the alarm is still active after the restart: follow-up positions name it
-        positions = wait_until(lambda: hub.unique("position"), 20, what="a follow-up position")
+        positions = wait_until(lambda: hub.unique("position"), 60, what="a follow-up position")
         assert {m.body.alarm_seq for m in positions.values()} == {seq}  # type: ignore[union-attr]
         # the restarted daemon resends until the hub stores it; then it stops
         wait_until(lambda: len(hub.copies("alarm")) >= 2, 20, what="a resend")
