@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,23 +34,32 @@ class BrokerFiles:
     passwd: Path
     hub_password: Path
     dropin: Path
+    more_hub_passwords: tuple[Path, ...] = ()
 
 
 def render_broker_config(
     out: Path, *, certs: BrokerCerts, port: int = 8883, bind: str = "0.0.0.0",  # noqa: S104
     hub_user: str = HUB_USER, run_as: str = "mosquitto", pid_file: Path = PID_FILE,
+    more_hub_users: Sequence[str] = (),
 ) -> BrokerFiles:  # fmt: skip
     """Write mosquitto.conf, the ACL, a password file with the hub user, and its password.
 
     Also a systemd drop-in that points the packaged mosquitto.service at this config.
+    The broker makes each client id its username, so every running hub instance needs
+    its own user: `more_hub_users` (passwords in `hub-mqtt-password.<user>`).
     """
-    _check_options(out=out, bind=bind, hub_user=hub_user, run_as=run_as, pid_file=pid_file)
+    hub_users = [hub_user, *more_hub_users]
+    if len(set(hub_users)) != len(hub_users):
+        raise BadConfigValue(f"each hub instance needs its own user, got {hub_users}")
+    for user in hub_users:
+        _check_options(out=out, bind=bind, hub_user=user, run_as=run_as, pid_file=pid_file)
     for needed in (certs.ca, certs.server, certs.server_key):
         if not needed.is_file():
             raise ConfigError(f"{needed} is missing; run 'vigil-provision broker-certs' first")
     files = BrokerFiles(
         out / "mosquitto.conf", out / "acl", out / "passwd", out / "hub-mqtt-password",
         out / "mosquitto.service.d-vigil.conf",
+        tuple(out / f"hub-mqtt-password.{user}" for user in more_hub_users),
     )  # fmt: skip
     (out / "data").mkdir(parents=True, exist_ok=True)
     conf = (TEMPLATES / "mosquitto.conf.template").read_text().format(
@@ -60,12 +70,18 @@ def render_broker_config(
     write_atomically(files.conf, conf.encode(), mode=0o644)
     dropin = (TEMPLATES / "mosquitto-dropin.conf.template").read_text()
     write_atomically(files.dropin, dropin.format(conf=files.conf.resolve()).encode(), mode=0o644)
-    acl = (TEMPLATES / "acl.template").read_text().format(hub_user=hub_user)
+    template = (TEMPLATES / "acl.template").read_text()
+    hub_block = template[template.index("user {hub_user}") :]
+    acl = template.format(hub_user=hub_user)
+    acl += "".join("\n" + hub_block.format(hub_user=user) for user in more_hub_users)
     write_atomically(files.acl, acl.encode(), mode=0o644)
-    # A rerun keeps the hub's password: the running hub would otherwise be locked out.
-    password = _read_secret(files.hub_password) or new_password()
-    set_password(files.passwd, hub_user, password)
-    write_atomically(files.hub_password, password.encode() + b"\n", mode=0o600)
+    for user, secret in zip(
+        hub_users, (files.hub_password, *files.more_hub_passwords), strict=True
+    ):
+        # A rerun keeps a hub's password: the running hub would otherwise be locked out.
+        password = _read_secret(secret) or new_password()
+        set_password(files.passwd, user, password)
+        write_atomically(secret, password.encode() + b"\n", mode=0o600)
     return files
 
 

@@ -61,6 +61,11 @@ def register_broker_config(sub: argparse._SubParsersAction[argparse.ArgumentPars
     b.add_argument("--port", type=_port, default=8883, help="TLS port (default 8883)")
     b.add_argument("--bind", default="0.0.0.0", help="listen address (default all)")  # noqa: S104
     b.add_argument("--hub-user", default=broker.HUB_USER, help="the hub's MQTT username")
+    b.add_argument(
+        "--more-hub-user", action="append", default=[], metavar="USER",
+        help="a further hub instance's username (repeatable): the broker makes each client "
+        "id its username, so two hubs cannot share one",
+    )  # fmt: skip
     b.add_argument("--run-as", default="mosquitto", help="user mosquitto runs as (reads files)")
     b.add_argument(
         "--pid-file", type=Path, default=broker.PID_FILE,
@@ -73,6 +78,7 @@ def _run_broker_config(args: argparse.Namespace) -> str:
     files = broker.render_broker_config(
         args.out, certs=certs.BrokerCerts.in_dir(args.certs), port=args.port,
         bind=args.bind, hub_user=args.hub_user, run_as=args.run_as, pid_file=args.pid_file,
+        more_hub_users=args.more_hub_user,
     )  # fmt: skip
     return (
         f"mosquitto -c {files.conf}; systemd drop-in {files.dropin}; "

@@ -139,3 +139,48 @@ def test_forged_publish_is_refused_in_the_puback(broker: LockedBroker) -> None:
     hub = broker.hub_password
     assert "Not authorized" in mosquitto_pub(broker, "vigil-hub", hub, up_topic(A))
     assert mosquitto_pub(broker, "vigil-hub", hub, down_topic(A)) == ""
+
+
+def test_a_device_cannot_take_over_another_devices_client_id(broker: LockedBroker) -> None:
+    # MQTT drops the older connection of a client id when a new one logs in with it; A
+    # must not be able to knock B off the broker (or into B's session) that way.
+    with (
+        tls_client(broker, "hub", user="vigil-hub", password=broker.hub_password) as (hub, _),
+        tls_client(broker, B.hex, user=B.hex, password="password-b",
+                   subscriptions=(down_topic(B),)) as (dev_b, at_b),
+    ):  # fmt: skip
+        assert hub.wait_connected(10)
+        assert dev_b.wait_connected(10)
+        with tls_client(broker, B.hex, user=A.hex, password="password-a") as (dev_a, _):
+            assert dev_a.wait_connected(10)
+            wait_until(lambda: (hub.publish(down_topic(B), b"b"), at_b.got(down_topic(B)))[1], 10)
+            assert dev_a.connected
+        assert not at_b.refusals  # B was never disconnected
+        assert dev_b.connected
+
+
+def test_two_hub_instances_share_the_uplinks_under_their_own_users(tmp_path: Path) -> None:
+    with locked_broker(tmp_path, more_hub_users=("vigil-hub-2",)) as locked:
+        set_password(locked.files.passwd, A.hex, "password-a")
+        locked.broker.restart()
+        second = locked.files.more_hub_passwords[0].read_text().strip()
+        assert locked.files.more_hub_passwords[0].stat().st_mode & 0o777 == 0o600
+        shared = ("$share/hub/vigil/v1/+/up",)
+        with (
+            tls_client(locked, "hub-1", user="vigil-hub", password=locked.hub_password,
+                       subscriptions=shared) as (hub1, at1),
+            tls_client(locked, "hub-2", user="vigil-hub-2", password=second,
+                       subscriptions=shared) as (hub2, at2),
+            tls_client(locked, A.hex, user=A.hex, password="password-a",
+                       subscriptions=(down_topic(A),)) as (dev_a, at_a),
+        ):  # fmt: skip
+            for client in (hub1, hub2, dev_a):
+                assert client.wait_connected(10)
+            topic = up_topic(A)
+            wait_until(lambda: (dev_a.publish(topic, b"up"), at1.got(topic) and at2.got(topic))[1],
+                       10, what="both hubs to get a share of the uplinks")  # fmt: skip
+            wait_until(lambda: (hub2.publish(down_topic(A), b"d"), at_a.got(down_topic(A)))[1], 10)
+            assert hub1.connected
+            assert hub2.connected
+            assert not at1.refusals
+            assert not at2.refusals

@@ -49,12 +49,14 @@ class Listener:
 
 
 @contextmanager
-def locked_broker(tmp_path: Path) -> Iterator[LockedBroker]:
+def locked_broker(
+    tmp_path: Path, *, more_hub_users: tuple[str, ...] = ()
+) -> Iterator[LockedBroker]:
     certs = make_broker_certs(tmp_path / "certs", host="broker.vigil.test")
     port = free_port()
     files = render_broker_config(
         tmp_path / "conf", certs=certs, port=port, bind="127.0.0.1", run_as=getpass.getuser(),
-        pid_file=tmp_path / "conf" / "mosquitto.pid",
+        pid_file=tmp_path / "conf" / "mosquitto.pid", more_hub_users=more_hub_users,
     )  # fmt: skip
     with running_mosquitto_conf(files.conf, port) as broker:
         yield LockedBroker(broker, certs, files)

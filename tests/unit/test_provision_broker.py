@@ -38,6 +38,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> BrokerCerts:
         ("bind", "0.0.0.0\nlistener 1883"),
         ("bind", "-x"),
         ("pid_file", Path("/run/m.pid\nallow_anonymous true")),
+        ("more_hub_users", ("hub two",)),
+        ("more_hub_users", ("vigil-hub",)),  # two hubs under one user would evict each other
     ],
 )
 def test_a_value_that_would_break_out_of_its_line_is_refused(
