@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,13 @@ def make_broker_certs(
     folder: Path, *, host: str, now: dt.datetime | None = None, force: bool = False
 ) -> BrokerCerts:
     """Create a CA and a server certificate for `host` (plus 127.0.0.1 and localhost)."""
-    if not HOST_RE.fullmatch(host):
-        raise BadConfigValue(
-            f"--host must be a DNS name (letters, digits, '-', '.'), got {host!r}"
-        )
+    _check_host(host)
     certs = BrokerCerts.in_dir(folder)
     if certs.ca_key.exists() and not force:
-        raise KeyFileError(f"{certs.ca_key} already exists; pass --force to replace the CA")
+        raise KeyFileError(
+            f"{certs.ca_key} already exists; pass --renew-server for a new server certificate "
+            "from this CA, or --force to replace the CA (every device must then get the new one)"
+        )
     now = now or dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Vigil broker CA")])
@@ -65,23 +66,63 @@ def make_broker_certs(
         .add_extension(_usage(cert_sign=True), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
+    write_atomically(certs.ca, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomically(certs.ca_key, _private_pem(ca_key), mode=0o600)
+    _issue_server(certs, ca, ca_key, host=host, now=now)
+    return certs
+
+
+def renew_server_cert(folder: Path, *, host: str, now: dt.datetime | None = None) -> BrokerCerts:
+    """Issue a new server certificate (and key) from the existing CA; devices keep trusting it."""
+    _check_host(host)
+    certs = BrokerCerts.in_dir(folder)
+    try:
+        ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+        ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot load the CA in {folder}: {exc}") from exc
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise KeyFileError(f"{certs.ca_key} is not the EC key broker-certs makes")
+    _issue_server(certs, ca, ca_key, host=host, now=now or dt.datetime.now(dt.UTC))
+    return certs
+
+
+def _check_host(host: str) -> None:
+    if not HOST_RE.fullmatch(host):
+        raise BadConfigValue(
+            f"--host must be a DNS name (letters, digits, '-', '.'), got {host!r}"
+        )
+
+
+def _issue_server(
+    certs: BrokerCerts, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, *, host: str,
+    now: dt.datetime,
+) -> None:  # fmt: skip
     server_key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName(host), x509.DNSName("localhost")]
     names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     server = (
-        _builder(server_name, ca_name, server_key.public_key(), now, SERVER_DAYS)
+        _builder(server_name, ca.subject, server_key.public_key(), now, SERVER_DAYS)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    write_atomically(certs.ca, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    write_atomically(certs.server, server.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    write_atomically(certs.ca_key, _private_pem(ca_key), mode=0o600)
+    owner = _owner(certs.server_key)
     write_atomically(certs.server_key, _private_pem(server_key), mode=0o600)
-    return certs
+    write_atomically(certs.server, server.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    if owner is not None and os.geteuid() == 0:
+        os.chown(certs.server_key, *owner)  # the broker's user, as the technician set it
+
+
+def _owner(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_uid, st.st_gid
 
 
 def _builder(

@@ -42,11 +42,21 @@ def register_broker_certs(sub: argparse._SubParsersAction[argparse.ArgumentParse
     c = sub.add_parser("broker-certs", help="make a CA and the broker's TLS certificate")
     c.add_argument("--out", type=Path, required=True, help="folder for ca.pem, server.pem, keys")
     c.add_argument("--host", required=True, help="the broker's host name, as devices dial it")
-    c.add_argument("--force", action="store_true", help="replace an existing CA")
+    once = c.add_mutually_exclusive_group()
+    once.add_argument(
+        "--renew-server", action="store_true",
+        help="new server certificate from the existing CA (devices keep working)",
+    )  # fmt: skip
+    once.add_argument(
+        "--force", action="store_true", help="replace the CA (every device needs the new one)"
+    )
     c.set_defaults(run=_run_broker_certs)
 
 
 def _run_broker_certs(args: argparse.Namespace) -> str:
+    if args.renew_server:
+        made = certs.renew_server_cert(args.out, host=args.host)
+        return f"server {made.server} renewed from CA {made.ca}; reload mosquitto"
     made = certs.make_broker_certs(args.out, host=args.host, force=args.force)
     return f"CA {made.ca} (give it to devices), server {made.server}"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from provision.broker import set_password
-from provision.certs import make_broker_certs
+from provision.certs import make_broker_certs, renew_server_cert
 from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
 from tests.support.wait import wait_until
 from wire import DeviceId
@@ -184,3 +184,14 @@ def test_two_hub_instances_share_the_uplinks_under_their_own_users(tmp_path: Pat
             assert hub2.connected
             assert not at1.refusals
             assert not at2.refusals
+
+
+def test_a_renewed_server_certificate_is_trusted_by_devices_as_they_are(
+    broker: LockedBroker,
+) -> None:
+    before = broker.certs.server.read_bytes()
+    renew_server_cert(broker.certs.ca.parent, host="broker.vigil.test")
+    assert broker.certs.server.read_bytes() != before
+    broker.broker.restart()
+    with tls_client(broker, A.hex, user=A.hex, password="password-a") as (dev_a, _):
+        assert dev_a.wait_connected(10)  # with the ca.pem it was provisioned with

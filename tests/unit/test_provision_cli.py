@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +75,26 @@ def test_any_argument_soup_exits_cleanly(argv: list[str]) -> None:
     except SystemExit as exit_:  # argparse's usage errors
         status = exit_.code  # type: ignore[assignment]
     assert status in (0, 1, 2)
+
+
+def test_renewing_the_server_certificate_keeps_the_ca(tmp_path: Path) -> None:
+    assert main(["broker-certs", "--out", str(tmp_path), "--host", "broker.test"]) == 0
+    ca_pem, ca_key = (tmp_path / "ca.pem").read_bytes(), (tmp_path / "ca.key").read_bytes()
+    old_server = (tmp_path / "server.pem").read_bytes()
+    argv = ["broker-certs", "--out", str(tmp_path), "--host", "mqtt.test", "--renew-server"]
+    assert main(argv) == 0
+    assert (tmp_path / "ca.pem").read_bytes() == ca_pem
+    assert (tmp_path / "ca.key").read_bytes() == ca_key
+    server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    assert server.public_bytes(serialization.Encoding.PEM) != old_server
+    server.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "mqtt.test" in names.get_values_for_type(x509.DNSName)
+    assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_renewing_without_a_ca_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["broker-certs", "--out", str(tmp_path), "--host", "mqtt.test", "--renew-server"]
+    assert main(argv) == 1
+    assert "cannot load the CA" in capsys.readouterr().err
+    assert not (tmp_path / "server.pem").exists()
