@@ -94,7 +94,9 @@ def write_sd_image(
         line = line.replace(SYSTEMD_RUN, "") + SYSTEMD_RUN
     else:
         fat.write("user-data", _user_data(first_boot).encode())
-        fat.write("network-config", _network_config(first_boot).encode())
+        if first_boot.wifi_ssid:  # as Imager: without Wi-Fi the image's own file stays
+            network = _network_config(first_boot, first_boot.wifi_ssid)
+            fat.write("network-config", network.encode())
         instance = f"vigil-{_device_id(device)}"
         fat.write("meta-data", f"instance-id: {instance}\n".encode())
         line = (
@@ -199,9 +201,7 @@ def _user_data(fb: FirstBoot) -> str:
     return "#cloud-config\n" + json.dumps(doc, indent=2) + "\n"  # JSON is valid YAML
 
 
-def _network_config(fb: FirstBoot) -> str:
-    if not fb.wifi_ssid:
-        return "network:\n  version: 2\n"
+def _network_config(fb: FirstBoot, ssid: str) -> str:
     point: dict[str, object] = (
         {"password": _wpa_key(fb)} if fb.wifi_psk else {"auth": {"key-management": "none"}}
     )
@@ -210,7 +210,7 @@ def _network_config(fb: FirstBoot) -> str:
             "dhcp4": True,
             "optional": True,
             "regulatory-domain": fb.wifi_country,
-            "access-points": {fb.wifi_ssid: point},
+            "access-points": {ssid: point},
         }
     }
     return json.dumps({"network": {"version": 2, "wifis": wifi}}, indent=2) + "\n"

@@ -110,6 +110,7 @@ def test_trixie_image_gets_cloud_init_files(tmp_path: Path) -> None:
     assert "ssh-ed25519 AAAA tech@laptop" in user_data
     assert "/boot/firmware/vigil/install.sh" in user_data
     assert read(image, "meta-data").startswith("instance-id: vigil-")
+    assert read(image, "network-config") == "# stock cloud-init file\n"  # no Wi-Fi: untouched
     assert "systemd.run" not in read(image, "cmdline.txt")
     assert "console=serial0" not in read(image, "cmdline.txt")
 
