@@ -105,6 +105,9 @@ def register_device(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     d.add_argument("--contact", action="append", default=[], help="Apprise URL (repeatable)")
     d.add_argument("--suite", choices=sorted(enrol.SUITES), default="x25519")
     d.add_argument("--force", action="store_true", help="replace existing keys with new ones")
+    d.add_argument(
+        "--broker-pid-file", type=Path, help="mosquitto's pid file: reload it to admit the device"
+    )
     d.set_defaults(run=_run_device)
 
 
@@ -112,6 +115,7 @@ def _run_device(args: argparse.Namespace) -> str:
     return enrol.provision_device(
         label=args.label, hub_config=args.hub_config, out=args.out,
         contacts=args.contact, suite=args.suite, force=args.force,
+        broker_pid_file=args.broker_pid_file,
     )  # fmt: skip
 
 

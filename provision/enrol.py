@@ -43,8 +43,9 @@ PINOUT = Path(__file__).resolve().parents[1] / "hardware" / "pinout.toml"
 
 
 def provision_device(
-    *, label: str, hub_config: Path, out: Path, contacts: list[str], suite: str, force: bool
-) -> str:
+    *, label: str, hub_config: Path, out: Path, contacts: list[str], suite: str, force: bool,
+    broker_pid_file: Path | None = None,
+) -> str:  # fmt: skip
     """Create or re-use the device in `out`, enrol it, grant broker access; return a summary.
 
     Everything local (id, keys, password, CA, device.toml) is written first, so a
@@ -74,7 +75,13 @@ def provision_device(
     write_atomically(out / "device.toml", render_toml(doc).encode(), mode=0o644)
     _enrol(cfg, device_id, keys, label=label, contacts=contacts, replace=force)
     set_password(cfg.broker.password_file, device_id.hex, password)
-    return f"device {device_id} ({label}) enrolled; files in {out}"
+    if broker_pid_file is None:
+        return (
+            f"device {device_id} ({label}) enrolled; files in {out}. Reload mosquitto "
+            "(systemctl reload mosquitto) so it accepts the device's password."
+        )
+    _reload_broker(broker_pid_file)
+    return f"device {device_id} ({label}) enrolled; files in {out}; broker reloaded."
 
 
 def revoke_device(device_id_text: str, *, hub_config: Path, broker_pid_file: Path | None) -> str:
