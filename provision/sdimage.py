@@ -27,6 +27,9 @@ from wire.keys import check_private_file
 ROOT = Path(__file__).resolve().parents[1]
 FIRSTBOOT = Path(__file__).resolve().parent / "firstboot"
 MARKER = "# Vigil: append"
+# Imager writes `systemd.run=/boot/firstrun.sh`, and Bookworm's initramfs (raspberrypi-sys-mods
+# `imager_fixup`) rewrites that to /boot/firmware, where the FAT partition is mounted, and
+# replaces the script's last lines. Naming /boot/firmware directly needs no fixup.
 SYSTEMD_RUN = (
     " systemd.run=/boot/firmware/firstrun.sh systemd.run_success_action=reboot"
     " systemd.unit=kernel-command-line.target"
