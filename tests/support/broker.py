@@ -26,15 +26,16 @@ def mosquitto_binary() -> str:
     raise RuntimeError("mosquitto is not installed; run 'make system-deps'")
 
 
+def listening(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     """Wait until something accepts TCP connections on host:port."""
-
-    def listening() -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            return s.connect_ex((host, port)) == 0
-
-    wait_until(listening, timeout, what=f"a listener on {host}:{port}")
+    wait_until(lambda: listening(host, port), timeout, what=f"a listener on {host}:{port}")
 
 
 @dataclass
@@ -49,7 +50,11 @@ class Broker:
             self.process = subprocess.Popen(
                 [mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
             )
-        wait_for_port(self.host, self.port)
+        process = self.process
+        wait_until(lambda: process.poll() is not None or listening(self.host, self.port), 10,
+                   what=f"mosquitto to listen on {self.host}:{self.port}")  # fmt: skip
+        if process.poll() is not None:  # a config it refused: say why, not "timed out"
+            raise RuntimeError(f"mosquitto exited ({process.returncode}):\n{self.log()[-2000:]}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
