@@ -6,6 +6,7 @@
 set +e
 BOOT=/boot/firmware
 [ -f "$BOOT/cmdline.txt" ] || BOOT=/boot
+# shellcheck source=/dev/null  # written by vigil-provision sd-image
 . "$BOOT/vigil/firstboot.env"
 USERCONF=/usr/lib/userconf-pi/userconf
 CUSTOM=/usr/lib/raspberrypi-sys-mods/imager_custom

@@ -38,7 +38,8 @@ if python3 -m venv --clear "$VENV"; then
     PIP="$VENV/bin/python -m pip"
 else
     python3 -m venv --clear --without-pip "$VENV"
-    PIP_WHEEL=$(ls "$SRC"/wheels/pip-*.whl 2>/dev/null | head -n 1 || true)
+    PIP_WHEEL=""
+    for wheel in "$SRC"/wheels/pip-*.whl; do if [ -e "$wheel" ]; then PIP_WHEEL=$wheel; fi; done
     if [ -n "$PIP_WHEEL" ]; then
         PIP="$VENV/bin/python $PIP_WHEEL/pip"
     else
