@@ -29,6 +29,9 @@ install -m 0644 "$SRC/ca.pem" /etc/vigil/ca.pem
 install -m 0644 "$SRC/device.toml" /etc/vigil/device.toml
 install -m 0644 "$SRC/vigil-device.service" /etc/systemd/system/vigil-device.service
 install -m 0644 "$SRC/vigil-fuel-gauge.service" /etc/systemd/system/vigil-fuel-gauge.service
+# dtoverlay=disable-bt gives the PL011 UART to the GPS; the service that would attach the
+# Bluetooth modem to that UART must not start (Raspberry Pi's UART documentation).
+systemctl disable hciuart.service 2>/dev/null || true
 install -d /etc/systemd/system.conf.d
 printf '[Manager]\nRuntimeWatchdogSec=10s\n' > /etc/systemd/system.conf.d/vigil-watchdog.conf
 
