@@ -95,6 +95,11 @@ def compose(
     return Notice(title, "\n".join(lines))
 
 
+def accepts_url(url: str) -> bool:
+    """Whether Apprise can notify `url` at all (a contact it refuses would reach nobody)."""
+    return bool(apprise.Apprise().add(url))
+
+
 class Notifier(Protocol):
     """Sends one notice to one URL; returns (delivered?, detail)."""
 

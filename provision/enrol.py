@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from hub.channels import accepts_url
 from hub.config import HubConfig, load_config
 from hub.store import open_store
 from provision.broker import new_password, remove_user, set_password
@@ -54,6 +55,8 @@ def provision_device(
     """
     if not label.strip() or len(label) > 100 or not label.isprintable():
         raise BadConfigValue(f"--label must be 1..100 printable characters, got {label!r:.40}")
+    for url in contacts:
+        _check_contact(url)
     cfg = load_config(hub_config)
     if cfg.broker is None or cfg.broker.password_file is None or cfg.broker.ca_file is None:
         raise ConfigError(f"{hub_config}: [broker] needs device_host, ca_file and password_file")
@@ -122,6 +125,15 @@ def _reload_broker(pid_file: Path) -> None:
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot reload the broker from {pid_file}: {exc}") from exc
+
+
+def _check_contact(url: str) -> None:
+    """Refuse a contact the hub could not notify: its alarms would reach nobody there."""
+    if len(url) > 2000 or not url.isprintable() or not accepts_url(url):
+        raise BadConfigValue(
+            f"--contact {url!r:.60} is not a notification URL the hub can use "
+            "(an Apprise URL such as mailtos://user:password@example.org)"
+        )
 
 
 def _capacity_path() -> str:

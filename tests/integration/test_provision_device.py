@@ -67,7 +67,8 @@ def test_provisioned_device_is_enrolled_configured_and_can_connect(
     hub_toml, locked = setup
     out = tmp_path / "wearable-01"
     pid_file = locked.files.conf.parent / "mosquitto.pid"
-    assert provision(hub_toml, out, "--broker-pid-file", str(pid_file)) == 0
+    contact = "mailtos://ana:secret@example.org"
+    assert provision(hub_toml, out, "--broker-pid-file", str(pid_file), "--contact", contact) == 0
     for secret in ("device.key", "mqtt-password"):
         assert (out / secret).stat().st_mode & 0o777 == 0o600
     cfg = load_device_config(on_this_machine(out))
@@ -77,6 +78,7 @@ def test_provisioned_device_is_enrolled_configured_and_can_connect(
     store.close()
     assert record is not None
     assert record.label == "Ana (Oaxaca)"
+    assert list(record.contacts) == [contact]
     assert record.public_keys.to_text() == keys.public().to_text()
     assert cfg.hub.to_text() == HubKeys.load(tmp_path / "hub.key").public().to_text()
     assert cfg.mqtt.username == cfg.device_id.hex

@@ -98,3 +98,17 @@ def test_renewing_without_a_ca_says_so(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(argv) == 1
     assert "cannot load the CA" in capsys.readouterr().err
     assert not (tmp_path / "server.pem").exists()
+
+
+@pytest.mark.parametrize(
+    "contact", ["notaurl", "http://x", "", "mailto://", "json://127.0.0.1/\nbcc", "x" * 3000]
+)
+def test_device_refuses_a_contact_the_hub_could_not_notify(
+    tmp_path: Path, contact: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["device", "--label", "Ana", "--hub-config", str(tmp_path / "hub.toml"),
+            "--out", str(tmp_path / "out"), "--contact", "json://127.0.0.1:9/",
+            "--contact", contact]  # fmt: skip
+    assert main(argv) == 1
+    assert "--contact" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
