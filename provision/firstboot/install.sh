@@ -9,8 +9,21 @@ BOOT=/boot/firmware
 [ -d "$BOOT/vigil" ] || BOOT=/boot
 SRC="$BOOT/vigil"
 VENV=/opt/vigil/venv
-exec >>/var/log/vigil-firstboot.log 2>&1
+LOG=/var/log/vigil-firstboot.log
+exec >>"$LOG" 2>&1
 echo "vigil first boot: $(date)"
+
+# A wearable that failed to install looks like any other: put the log where the technician
+# sees it, on the FAT partition that every card reader shows.
+report() {
+    status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "vigil first boot: FAILED ($status)"
+        cp "$LOG" "$BOOT/vigil-firstboot-FAILED.txt" 2>/dev/null || true
+    fi
+}
+trap report EXIT
+rm -f "$BOOT/vigil-firstboot-FAILED.txt"
 
 id vigil >/dev/null 2>&1 || useradd --system --home-dir /var/lib/vigil-device \
     --shell /usr/sbin/nologin vigil
