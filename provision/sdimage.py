@@ -201,7 +201,7 @@ def _user_data(fb: FirstBoot) -> str:
         user["sudo"] = None  # no way to log in, and no inherited sudo rule either
     runcmd.append(["sh", "/boot/firmware/vigil/install.sh", "--start"])
     doc = {"manage_resolv_conf": False, "user": user, "ssh_pwauth": False, "runcmd": runcmd}
-    return "#cloud-config\n" + json.dumps(doc, indent=2) + "\n"  # JSON is valid YAML
+    return "#cloud-config\n" + _yaml(doc)
 
 
 def _network_config(fb: FirstBoot, ssid: str) -> str:
@@ -216,4 +216,10 @@ def _network_config(fb: FirstBoot, ssid: str) -> str:
             "access-points": {ssid: point},
         }
     }
-    return json.dumps({"network": {"version": 2, "wifis": wifi}}, indent=2) + "\n"
+    return _yaml({"network": {"version": 2, "wifis": wifi}})
+
+
+def _yaml(doc: dict[str, object]) -> str:
+    """JSON, which is valid YAML, in UTF-8: cloud-init's YAML reader turns JSON's escaped
+    surrogate pairs (an emoji in an SSID) into two broken characters, so none are escaped."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"

@@ -189,3 +189,21 @@ def test_first_boot_scripts_pass_shellcheck(shell: str, script: str) -> None:
                             text=True, check=False, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stdout
     assert "shred -u" in path.read_text()  # secrets and the Wi-Fi key leave the FAT partition
+
+
+HOSTILE_SSIDS = ["caf\u00e9 \U0001f600", 'a "quoted": #not-a-comment', "- *alias &anchor !tag",
+                 "back\\slash %40 @x", "{flow: [seq]}", "  spaced  "]  # fmt: skip
+
+
+def test_ssids_survive_cloud_inits_yaml_reader(tmp_path: Path) -> None:
+    yaml = pytest.importorskip("yaml")  # PyYAML, what cloud-init parses network-config with
+    image, device = build_image(tmp_path, trixie=True), device_folder(tmp_path)
+    psk = tmp_path / "psk"
+    psk.write_text("correct horse battery\n")
+    for ssid in HOSTILE_SSIDS:
+        assert sd_image(image, device, wheels(tmp_path), "--wifi-ssid", ssid,
+                        "--wifi-psk-file", str(psk)) == 0  # fmt: skip
+        network = yaml.safe_load(read(image, "network-config"))["network"]
+        assert list(network["wifis"]["wlan0"]["access-points"]) == [ssid]
+        user_data = yaml.safe_load(read(image, "user-data"))
+        assert user_data["runcmd"][-1][-1] == "--start"
