@@ -118,12 +118,15 @@ def test_device_cannot_write_downlinks_or_read_uplinks(broker: LockedBroker) -> 
         assert not at_b.got(up_topic(A))
 
 
-def mosquitto_pub(broker: LockedBroker, user: str, password: str, topic: str) -> str:
+def mosquitto_pub(
+    broker: LockedBroker, user: str, password: str, topic: str, *, message: str = "x",
+    retain: bool = False,
+) -> str:  # fmt: skip
     """Publish once at QoS 1 over MQTT 5 with mosquitto's own client; return its stderr."""
     result = subprocess.run(
         ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.broker.port), "-V", "5",
          "--cafile", str(broker.certs.ca), "-u", user, "-P", password, "-i", f"pub-{user}",
-         "-q", "1", "-t", topic, "-m", "x"],
+         "-q", "1", "-t", topic, "-m", message, *(["-r"] if retain else [])],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     return result.stderr
@@ -195,3 +198,19 @@ def test_a_renewed_server_certificate_is_trusted_by_devices_as_they_are(
     broker.broker.restart()
     with tls_client(broker, A.hex, user=A.hex, password="password-a") as (dev_a, _):
         assert dev_a.wait_connected(10)  # with the ca.pem it was provisioned with
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="needs mosquitto-clients")
+def test_a_device_cannot_plant_a_retained_uplink(broker: LockedBroker) -> None:
+    # The broker's CONNACK says "retain not available"; whatever the client then sends,
+    # nothing is kept for the next subscriber.
+    mosquitto_pub(broker, A.hex, "password-a", up_topic(A), message="planted", retain=True)
+    with (
+        tls_client(broker, "hub", user="vigil-hub", password=broker.hub_password,
+                   subscriptions=("vigil/v1/+/up",)) as (hub, at_hub),
+        tls_client(broker, A.hex, user=A.hex, password="password-a") as (dev_a, _),
+    ):  # fmt: skip
+        assert hub.wait_connected(10)
+        assert dev_a.wait_connected(10)
+        wait_until(lambda: (dev_a.publish(up_topic(A), b"live"), at_hub.got(up_topic(A)))[1], 10)
+        assert b"planted" not in {payload for _, payload in at_hub.messages}
