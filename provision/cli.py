@@ -90,9 +90,10 @@ def _run_broker_config(args: argparse.Namespace) -> str:
         bind=args.bind, hub_user=args.hub_user, run_as=args.run_as, pid_file=args.pid_file,
         more_hub_users=args.more_hub_user,
     )  # fmt: skip
+    hub_passwords = ", ".join(str(p) for p in (files.hub_password, *files.more_hub_passwords))
     return (
         f"mosquitto -c {files.conf}; systemd drop-in {files.dropin}; "
-        f"hub password in {files.hub_password}"
+        f"hub passwords in {hub_passwords}"
     )
 
 
