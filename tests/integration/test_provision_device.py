@@ -244,3 +244,24 @@ def test_revoke_cuts_broker_access_even_when_the_hub_does_not_know_the_device(
         assert "not enrolled at this hub (but broker password removed)" in capsys.readouterr().err
         wait_until(lambda: not dev.connected, 10, what="the stray device to be dropped")
     assert stray.hex not in locked.files.passwd.read_text()
+
+
+def test_without_a_reload_the_broker_still_admits_a_revoked_device(
+    setup: tuple[Path, LockedBroker], tmp_path: Path
+) -> None:
+    # What the guide warns of: mosquitto reads its password file only at start and reload.
+    hub_toml, locked = setup
+    out = tmp_path / "wearable-06"
+    pid_file = locked.files.conf.parent / "mosquitto.pid"
+    assert provision(hub_toml, out, "--broker-pid-file", str(pid_file)) == 0
+    cfg = load_device_config(on_this_machine(out))
+    wait_until(lambda: connects(locked, cfg.device_id, cfg.mqtt_password(), out / "ca.pem"),
+               10, what="the reload (SIGHUP is asynchronous) to admit the device")  # fmt: skip
+    assert main(["revoke", cfg.device_id.hex, "--hub-config", str(hub_toml)]) == 0
+    assert hub_record(tmp_path, cfg.device_id).revoked
+    assert cfg.device_id.hex not in locked.files.passwd.read_text()
+    assert connects(locked, cfg.device_id, cfg.mqtt_password(), out / "ca.pem")
+    assert main(["revoke", cfg.device_id.hex, "--hub-config", str(hub_toml),
+                 "--broker-pid-file", str(pid_file)]) == 0  # fmt: skip
+    wait_until(lambda: not connects(locked, cfg.device_id, cfg.mqtt_password(), out / "ca.pem"),
+               10, what="the reloaded broker to refuse the device")  # fmt: skip
