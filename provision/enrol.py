@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.channels import accepts_url
-from hub.config import HubConfig, load_config
+from hub.config import BrokerConfig, HubConfig, load_config
 from hub.store import open_store
 from provision.broker import new_password, remove_user, set_password
 from provision.toml import render_toml
@@ -65,17 +65,8 @@ def provision_device(
     # New keys mean the old ones are not trusted: the broker password goes with them.
     password = _password(out / "mqtt-password", renew=force)
     shutil.copyfile(cfg.broker.ca_file, out / "ca.pem")
-    hub_public = HubKeys.load(cfg.keys_path).public().to_text()
-    doc: dict[str, dict[str, Any]] = {
-        "device": {"id": device_id.hex, "keys": ON_DEVICE["keys"],
-                   "state_dir": ON_DEVICE["state_dir"]},
-        "hub": {**hub_public, "suite": suite},
-        "mqtt": {"host": cfg.broker.device_host, "port": cfg.broker.device_port,
-                 "tls_ca": ON_DEVICE["tls_ca"], "username": device_id.hex,
-                 "password_file": ON_DEVICE["password_file"]},
-        "battery": {"capacity_path": _capacity_path()},
-    }  # fmt: skip
-    write_atomically(out / "device.toml", render_toml(doc).encode(), mode=0o644)
+    config = _device_toml(cfg.keys_path, cfg.broker, device_id, suite=suite)
+    write_atomically(out / "device.toml", config, mode=0o644)
     _enrol(cfg, device_id, keys, label=label, contacts=contacts, replace=force)
     set_password(cfg.broker.password_file, device_id.hex, password)
     if broker_pid_file is None:
@@ -85,6 +76,23 @@ def provision_device(
         )
     _reload_broker(broker_pid_file)
     return f"device {device_id} ({label}) enrolled; files in {out}; broker reloaded."
+
+
+def _device_toml(
+    hub_keys: Path, broker: BrokerConfig, device_id: DeviceId, *, suite: str
+) -> bytes:
+    """The wearable's config, naming the paths its files will have on the Pi."""
+    hub_public = HubKeys.load(hub_keys).public().to_text()
+    doc: dict[str, dict[str, Any]] = {
+        "device": {"id": device_id.hex, "keys": ON_DEVICE["keys"],
+                   "state_dir": ON_DEVICE["state_dir"]},
+        "hub": {**hub_public, "suite": suite},
+        "mqtt": {"host": broker.device_host, "port": broker.device_port,
+                 "tls_ca": ON_DEVICE["tls_ca"], "username": device_id.hex,
+                 "password_file": ON_DEVICE["password_file"]},
+        "battery": {"capacity_path": _capacity_path()},
+    }  # fmt: skip
+    return render_toml(doc).encode()
 
 
 def revoke_device(device_id_text: str, *, hub_config: Path, broker_pid_file: Path | None) -> str:
