@@ -38,19 +38,21 @@ chaos: system-deps $(STAMP)
 
 # Wheels for the wearable's first boot (no network needed there): Vigil and its device
 # dependencies for 64-bit Raspberry Pi OS. PI_PYTHON=3.11 for Bookworm, 3.13 for Trixie.
-# The Pi-only GPIO backend is named explicitly: pip evaluates the `pi` extra's markers
-# for this machine, not for the target.
-# pip itself too: a Lite image without python3-venv gets a venv without pip.
+# pip itself too (a venv without ensurepip can run it from its wheel). The GPIO backend
+# lgpio is fetched on its own: it has no wheel for every Python (none for 3.13), and then
+# first boot uses the image's python3-lgpio, which Raspberry Pi OS Lite ships.
 PI_PYTHON ?= 3.11
 PI_WHEELS ?= dist/pi-wheels
+PI_TARGET = --only-binary=:all: --implementation cp --python-version $(PI_PYTHON) \
+	--platform manylinux_2_34_aarch64 --platform manylinux_2_28_aarch64 \
+	--platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64
 wheels-pi: $(STAMP)
 	rm -rf $(PI_WHEELS) && mkdir -p $(PI_WHEELS)
 	$(BIN)/pip wheel --quiet --no-deps -w $(PI_WHEELS) .
-	$(BIN)/pip download --quiet -d $(PI_WHEELS) --only-binary=:all: --implementation cp \
-	  --python-version $(PI_PYTHON) --platform manylinux_2_34_aarch64 \
-	  --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 \
-	  --platform manylinux2014_aarch64 \
-	  "$$(ls $(PI_WHEELS)/vigil-*.whl)[device]" 'lgpio>=0.2' 'rpi-lgpio>=0.6' pip
+	$(BIN)/pip download --quiet -d $(PI_WHEELS) $(PI_TARGET) \
+	  "$$(ls $(PI_WHEELS)/vigil-*.whl)[device]" pip
+	$(BIN)/pip download --quiet -d $(PI_WHEELS) $(PI_TARGET) 'lgpio>=0.2' \
+	  || echo "no lgpio wheel for Python $(PI_PYTHON): first boot uses the image's python3-lgpio"
 	@ls $(PI_WHEELS)
 
 clean:

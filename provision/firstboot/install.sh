@@ -48,12 +48,14 @@ systemctl disable hciuart.service 2>/dev/null || true
 install -d /etc/systemd/system.conf.d
 printf '[Manager]\nRuntimeWatchdogSec=10s\n' > /etc/systemd/system.conf.d/vigil-watchdog.conf
 
-# Debian keeps ensurepip in python3-venv, which a Lite image may lack: then make the venv
-# without pip and run pip from its shipped wheel (or the system's pip, pointed at it).
-if python3 -m venv --clear "$VENV"; then
+# --system-site-packages: the GPIO backend lgpio has no wheel for every Python (none for
+# 3.13), and Raspberry Pi OS Lite ships it as python3-lgpio; what the wheels install into
+# the venv comes first on its path. Debian keeps ensurepip in python3-venv (the Lite images
+# have it); without it, make the venv without pip and run pip from its shipped wheel.
+if python3 -m venv --clear --system-site-packages "$VENV"; then
     PIP="$VENV/bin/python -m pip"
 else
-    python3 -m venv --clear --without-pip "$VENV"
+    python3 -m venv --clear --system-site-packages --without-pip "$VENV"
     PIP_WHEEL=""
     for wheel in "$SRC"/wheels/pip-*.whl; do if [ -e "$wheel" ]; then PIP_WHEEL=$wheel; fi; done
     if [ -n "$PIP_WHEEL" ]; then
@@ -62,7 +64,13 @@ else
         PIP="python3 -m pip --python $VENV/bin/python"
     fi
 fi
-$PIP install --no-index --find-links "$SRC/wheels" 'vigil[device,pi]'
+$PIP install --no-index --find-links "$SRC/wheels" 'vigil[device]'
+$PIP install --no-index --find-links "$SRC/wheels" 'lgpio>=0.2' \
+    || echo "vigil first boot: no lgpio wheel for this Python, using the image's python3-lgpio"
+if ! "$VENV/bin/python" -c 'import lgpio'; then
+    echo "vigil first boot: no lgpio at all (apt install python3-lgpio, or ship its wheel)"
+    exit 1
+fi
 rm -rf "$SRC/wheels"  # installed: give the boot partition its space back
 
 systemctl daemon-reload
