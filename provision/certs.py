@@ -28,6 +28,10 @@ HOST_RE = re.compile(
     r"(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
 SERVER_DAYS = 2 * 365
+# A wearable has no real-time clock: it boots with its image's build date until NTP answers
+# (and not at all on a network that blocks NTP). Certificates "not yet valid" at that date
+# would keep it off the broker, so they are valid from well before any supported image.
+VALID_FROM = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +139,7 @@ def _builder(
         .issuer_name(issuer)
         .public_key(key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(min(now - dt.timedelta(minutes=5), VALID_FROM))
         .not_valid_after(now + dt.timedelta(days=days))
     )
 
