@@ -61,7 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, running_mosquitto(Path(tmp) / "broker") as broker:
         dev = make_device(Path(tmp) / "dev", port=broker.port)
         log = (Path(tmp) / "daemon.log").open("wb")
-        cmd = [sys.executable, "-m", "device.cli", "simulate", "--config", str(dev.config_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vigil.device.cli",
+            "simulate",
+            "--config",
+            str(dev.config_path),
+        ]
         if not args.no_gps:
             cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "5"]
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])

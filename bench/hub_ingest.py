@@ -21,13 +21,13 @@ from urllib.parse import quote
 
 import psycopg
 
-from hub.channels import AppriseNotifier
-from hub.config import BrokerConfig, HubConfig, MqttConfig
-from hub.daemon import HubService
-from hub.pipeline import Uplink, decode
-from hub.store import open_store
-from wire import DeviceId, DeviceKeys, Heartbeat, HubKeys, Message, seal_uplink
-from wire.topics import up_topic
+from vigil.hub.channels import AppriseNotifier
+from vigil.hub.config import BrokerConfig, HubConfig, MqttConfig
+from vigil.hub.daemon import HubService
+from vigil.hub.pipeline import Uplink, decode
+from vigil.hub.store import open_store
+from vigil.wire import DeviceId, DeviceKeys, Heartbeat, HubKeys, Message, seal_uplink
+from vigil.wire.topics import up_topic
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -8,7 +8,7 @@ framing, JSON encoding, padding and the Ed25519 signature.
 from __future__ import annotations
 
 from bench.timing import per_op, report
-from wire import (
+from vigil.wire import (
     Alarm,
     ClockSource,
     DeviceId,

@@ -10,7 +10,7 @@ from pathlib import Path
 from demo.processes import run
 from tests.support.broker import Broker
 from tests.support.sinks import SmtpSink, WebhookSink
-from wire import DeviceId, DeviceKeys
+from vigil.wire import DeviceId, DeviceKeys
 
 BIN = Path(sys.executable).parent
 SHARED = Path(os.environ.get("VIGIL_SHARED", Path(__file__).resolve().parents[2] / "shared"))

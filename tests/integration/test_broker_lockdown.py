@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from provision.broker import set_password
-from provision.certs import make_broker_certs, renew_server_cert
 from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
 from tests.support.wait import wait_until
-from wire import DeviceId
-from wire.topics import down_topic, up_topic
+from vigil.provision.broker import set_password
+from vigil.provision.certs import make_broker_certs, renew_server_cert
+from vigil.wire import DeviceId
+from vigil.wire.topics import down_topic, up_topic
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from tests.support.broker import Broker, free_port, running_mosquitto
 from tests.support.device_setup import ProvisionedDevice, make_device
 from tests.support.hub_endpoint import HubEndpoint
 from tests.support.wait import wait_until
-from wire.keys import HubKeys
-from wire.messages import Alarm, Stored, Trigger
+from vigil.wire.keys import HubKeys
+from vigil.wire.messages import Alarm, Stored, Trigger
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,19 @@ FAST = {
 
 
 class DaemonProcess:
-    """`python -m device.cli simulate` with stdin for commands and a log file to watch."""
+    """`python -m vigil.device.cli simulate` with stdin for commands and a log file to watch."""
 
     def __init__(self, dev: ProvisionedDevice, log: Path, *, env: dict[str, str] | None = None):
         self.log_path = log
         self._log = log.open("ab")
-        cmd = [sys.executable, "-m", "device.cli", "simulate", "--config", str(dev.config_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vigil.device.cli",
+            "simulate",
+            "--config",
+            str(dev.config_path),
+        ]
         cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "50"]
         self.proc = subprocess.Popen(
             cmd,

@@ -16,19 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from hub.cli import main
-from hub.config import load_config
-from hub.store import open_store
 from tests.support.broker import Broker
 from tests.support.hubrig import wearable, write_config
 from tests.support.parties import parties
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
-from wire import Alarm, Fix, Heartbeat, HubPublicKeys, Message, Trigger
+from vigil.hub.cli import main
+from vigil.hub.config import load_config
+from vigil.hub.store import open_store
+from vigil.wire import Alarm, Fix, Heartbeat, HubPublicKeys, Message, Trigger
 
 pytestmark = pytest.mark.integration
 
-VIGIL_HUB = [sys.executable, "-m", "hub.cli"]
+VIGIL_HUB = [sys.executable, "-m", "vigil.hub.cli"]
 FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=3.0)
 
 

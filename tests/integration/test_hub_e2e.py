@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from hub.cli import main
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
 from tests.support.parties import parties
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
-from wire import Alarm, Cancel, ClockSource, Fix, Heartbeat, Message, Trigger
-from wire.keys import DevicePublicKeys
+from vigil.hub.cli import main
+from vigil.wire import Alarm, Cancel, ClockSource, Fix, Heartbeat, Message, Trigger
+from vigil.wire.keys import DevicePublicKeys
 
 pytestmark = pytest.mark.integration
 

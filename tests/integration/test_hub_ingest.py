@@ -11,16 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub.channels import AppriseNotifier
-from hub.config import load_config
-from hub.daemon import HubService
-from hub.store import open_store
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, write_config
 from tests.support.hubstore import store_url
 from tests.support.parties import parties
 from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
-from wire import (
+from vigil.hub.channels import AppriseNotifier
+from vigil.hub.config import load_config
+from vigil.hub.daemon import HubService
+from vigil.hub.store import open_store
+from vigil.wire import (
     Alarm,
     Cancel,
     DeviceId,
@@ -32,7 +32,7 @@ from wire import (
     Trigger,
     seal_uplink,
 )
-from wire.topics import down_topic, up_topic
+from vigil.wire.topics import down_topic, up_topic
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from tests.support.hubstore import postgres_url
 from tests.support.parties import parties
 from tests.support.sinks import smtp_sink, webhook_sink
 from tests.support.wait import wait_until
-from wire import Alarm, Heartbeat, Message, Trigger
+from vigil.wire import Alarm, Heartbeat, Message, Trigger
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from hub.store import Alert, AlertKind, AlertState, LastFix, Store, open_store, schema
 from tests.support.hubstore import store_url
 from tests.support.parties import parties
-from wire import Alarm, DeviceId, DeviceKeys, Heartbeat, Message, Trigger
-from wire.errors import AlreadyEnrolled, ReplayedMessage, UnknownDevice
+from vigil.errors import AlreadyEnrolled, ReplayedMessage, UnknownDevice
+from vigil.hub.store import Alert, AlertKind, AlertState, LastFix, Store, open_store, schema
+from vigil.wire import Alarm, DeviceId, DeviceKeys, Heartbeat, Message, Trigger
 
 pytestmark = pytest.mark.integration
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from device.config import load_config as load_device_config
-from hub.store import open_store
-from hub.store.records import DeviceRecord
-from provision.broker import set_password
-from provision.cli import main
 from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
 from tests.support.wait import wait_until
-from wire import DeviceId, DeviceKeys, HubKeys
-from wire.topics import up_topic
+from vigil.device.config import load_config as load_device_config
+from vigil.hub.store import open_store
+from vigil.hub.store.records import DeviceRecord
+from vigil.provision.broker import set_password
+from vigil.provision.cli import main
+from vigil.wire import DeviceId, DeviceKeys, HubKeys
+from vigil.wire.topics import up_topic
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

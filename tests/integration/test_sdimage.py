@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from provision.cli import main
-from provision.fat import FatPartition, boot_partition_offset
-from provision.sdimage import SYSTEMD_RUN
-from wire import DeviceId, DeviceKeys
-from wire.errors import BadImage
+from vigil.errors import BadImage
+from vigil.provision.cli import main
+from vigil.provision.fat import FatPartition, boot_partition_offset
+from vigil.provision.sdimage import SYSTEMD_RUN
+from vigil.wire import DeviceId, DeviceKeys
 
 pytestmark = [
     pytest.mark.integration,

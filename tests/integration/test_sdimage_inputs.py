@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from provision.fat import FatPartition
-from provision.sdimage import FirstBoot
 from tests.integration.test_sdimage import (
     BOOT_START,
     build_image,
@@ -22,7 +20,9 @@ from tests.integration.test_sdimage import (
     sd_image,
     wheels,
 )
-from wire.errors import BadConfigValue
+from vigil.errors import BadConfigValue
+from vigil.provision.fat import FatPartition
+from vigil.provision.sdimage import FirstBoot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def test_every_file_first_boot_needs_reads_back_intact(tmp_path: Path) -> None:
         assert read(image, f"vigil/{name}") == (device / name).read_text()
     for unit in ("vigil-device.service", "vigil-fuel-gauge.service"):
         assert read(image, f"vigil/{unit}") == (ROOT / "systemd" / unit).read_text()
-    assert read(image, "vigil/install.sh") == (ROOT / "provision/firstboot/install.sh").read_text()
+    assert read(image, "vigil/install.sh") == (ROOT / "vigil/provision/firstboot/install.sh").read_text()
     network = json.loads(read(image, "network-config"))["network"]  # JSON is valid YAML
     wlan = network["wifis"]["wlan0"]
     wpa_key = hashlib.pbkdf2_hmac("sha1", b"correct horse battery", 'Caf\u00e9 "5G"'.encode(),
@@ -183,7 +183,7 @@ def test_free_space_is_read_from_the_partition(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("shell", "script"), [("bash", "firstrun.sh"), ("sh", "install.sh")])
 def test_first_boot_scripts_pass_shellcheck(shell: str, script: str) -> None:
     # They run once, as root, on a device nobody is watching: no second chance to debug.
-    path = ROOT / "provision/firstboot" / script
+    path = ROOT / "vigil/provision/firstboot" / script
     shellcheck = Path(sys.executable).parent / "shellcheck"  # from the dev extra
     result = subprocess.run([str(shellcheck), "-s", shell, str(path)], capture_output=True,
                             text=True, check=False, timeout=60)  # fmt: skip

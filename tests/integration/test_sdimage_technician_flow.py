@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from provision.broker import BrokerFiles
-from provision.certs import BrokerCerts
-from provision.fat import FatPartition, boot_partition_offset
 from tests.conftest import NMEA_CORPUS
 from tests.integration.test_sdimage import build_image, wheels
 from tests.support.broker import Broker, free_port, running_mosquitto_conf
 from tests.support.locked_broker import LockedBroker, tls_client
 from tests.support.wait import wait_until
-from wire import DeviceId
-from wire.topics import up_topic
+from vigil.provision.broker import BrokerFiles
+from vigil.provision.certs import BrokerCerts
+from vigil.provision.fat import FatPartition, boot_partition_offset
+from vigil.wire import DeviceId
+from vigil.wire.topics import up_topic
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.broker import render_broker_config
-from provision.certs import make_broker_certs
+from vigil.provision.broker import render_broker_config
+from vigil.provision.certs import make_broker_certs
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,8 +22,8 @@ from tests.support.broker import Broker
 from tests.support.device_setup import make_device
 from tests.support.hub_endpoint import HubEndpoint
 from tests.support.wait import wait_until
-from wire.keys import HubKeys
-from wire.messages import Alarm
+from vigil.wire.keys import HubKeys
+from vigil.wire.messages import Alarm
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,7 +44,7 @@ except OSError:
 else:
     sys.exit(3)
 sys.argv = ["vigil-device", *sys.argv[1:]]
-runpy.run_module("device.cli", run_name="__main__")
+runpy.run_module("vigil.device.cli", run_name="__main__")
 """
 
 

@@ -1,4 +1,4 @@
-"""wire.mqtt against a real mosquitto: connect, subscribe, publish, offline behaviour."""
+"""vigil.runtime.mqtt against a real mosquitto: connect, subscribe, publish, offline behaviour."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from tests.support.broker import Broker, free_port, running_mosquitto
 from tests.support.wait import wait_until
-from wire.errors import BadConfigValue, TransportError
-from wire.mqtt import MqttClient, MqttSettings, Will
+from vigil.errors import BadConfigValue, TransportError
+from vigil.runtime.mqtt import MqttClient, MqttSettings, Will
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provision.toml import render_toml
-from wire.ids import DeviceId
-from wire.keys import DeviceKeys, HubKeys
+from vigil.provision.toml import render_toml
+from vigil.wire.ids import DeviceId
+from vigil.wire.keys import DeviceKeys, HubKeys
 
 
 @dataclass

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tests.support.broker import Broker
-from wire.envelope import open_uplink, seal_downlink
-from wire.ids import DeviceId
-from wire.keys import DevicePublicKeys, HubKeys
-from wire.messages import Body, DownlinkBody, Message, Stored
-from wire.mqtt import MqttClient, MqttSettings
-from wire.topics import UP_FILTER, down_topic, parse_topic
+from vigil.runtime.mqtt import MqttClient, MqttSettings
+from vigil.wire.envelope import open_uplink, seal_downlink
+from vigil.wire.ids import DeviceId
+from vigil.wire.keys import DevicePublicKeys, HubKeys
+from vigil.wire.messages import Body, DownlinkBody, Message, Stored
+from vigil.wire.topics import UP_FILTER, down_topic, parse_topic
 
 
 @dataclass

@@ -10,18 +10,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub.channels import AppriseNotifier
-from hub.config import HubConfig, load_config
-from hub.daemon import HubService, _enqueue, serve
-from hub.store import open_store
 from tests.support.broker import Broker
 from tests.support.parties import parties
 from tests.support.sinks import SmtpSink, WebhookSink
 from tests.support.wait import wait_until
-from wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
-from wire.errors import VigilError
-from wire.mqtt import MqttClient, MqttSettings
-from wire.topics import UP_FILTER, down_topic, shared_up_filter, up_topic
+from vigil.errors import VigilError
+from vigil.hub.channels import AppriseNotifier
+from vigil.hub.config import HubConfig, load_config
+from vigil.hub.daemon import HubService, _enqueue, serve
+from vigil.hub.store import open_store
+from vigil.runtime.mqtt import MqttClient, MqttSettings
+from vigil.wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
+from vigil.wire.topics import UP_FILTER, down_topic, shared_up_filter, up_topic
 
 T0 = 1_764_000_000.0
 

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision.broker import BrokerFiles, render_broker_config
-from provision.certs import BrokerCerts, make_broker_certs
 from tests.support.broker import Broker, free_port, running_mosquitto_conf
-from wire.mqtt import MqttClient, MqttSettings
+from vigil.provision.broker import BrokerFiles, render_broker_config
+from vigil.provision.certs import BrokerCerts, make_broker_certs
+from vigil.runtime.mqtt import MqttClient, MqttSettings
 
 
 @dataclass

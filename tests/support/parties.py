@@ -7,8 +7,8 @@ from functools import cache
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from wire import DeviceId, DeviceKeys, HubKeys
-from wire.errors import UnknownDevice
+from vigil.errors import UnknownDevice
+from vigil.wire import DeviceId, DeviceKeys, HubKeys
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from device.cli import EX_CONFIG, main
 from tests.support.device_setup import make_device
+from vigil.device.cli import EX_CONFIG, main
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.config import BUILTIN_PINS, BUILTIN_UART, PINOUT, default_pins, load_config
 from tests.support.device_setup import make_device, render_toml
-from wire.errors import BadConfigValue, ConfigError, MissingConfigValue
-from wire.keys import Suite
+from vigil.device.config import BUILTIN_PINS, BUILTIN_UART, PINOUT, default_pins, load_config
+from vigil.errors import BadConfigValue, ConfigError, MissingConfigValue
+from vigil.wire.keys import Suite
 
 
 def test_minimal_config_gets_defaults_from_the_pinout(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.core import (
+from vigil.device.core import (
     Action,
     AlarmCore,
     AlarmSettings,
@@ -32,7 +32,7 @@ from device.core import (
     TamperOpened,
     Tick,
 )
-from wire.messages import (
+from vigil.wire.messages import (
     Acknowledged,
     Alarm,
     Cancel,

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from device.config import DeviceConfig, load_config
-from device.core import ButtonPressed, GpsFix, Mode, Pattern
-from device.daemon import MEMORY_KEY, Daemon, mqtt_settings
-from device.outbox import Outbox
 from tests.support.device_setup import ProvisionedDevice, make_device
-from wire.envelope import open_uplink, seal_downlink, seal_uplink
-from wire.errors import StorageError
-from wire.keys import HubKeys
-from wire.messages import Alarm, Cancel, ClockSource, Heartbeat, Message, Stored, Trigger
-from wire.topics import down_topic, up_topic
+from vigil.device.config import DeviceConfig, load_config
+from vigil.device.core import ButtonPressed, GpsFix, Mode, Pattern
+from vigil.device.daemon import MEMORY_KEY, Daemon, mqtt_settings
+from vigil.device.outbox import Outbox
+from vigil.errors import StorageError
+from vigil.wire.envelope import open_uplink, seal_downlink, seal_uplink
+from vigil.wire.keys import HubKeys
+from vigil.wire.messages import Alarm, Cancel, ClockSource, Heartbeat, Message, Stored, Trigger
+from vigil.wire.topics import down_topic, up_topic
 
 
 class Recorder:

@@ -10,8 +10,9 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from device.config import PinConfig, default_pins
-from device.core import (
+from tests.support.wait import wait_until
+from vigil.device.config import PinConfig, default_pins
+from vigil.device.core import (
     ButtonPressed,
     ButtonReleased,
     Event,
@@ -19,10 +20,9 @@ from device.core import (
     TamperClosed,
     TamperOpened,
 )
-from device.drivers.battery import read_battery
-from device.drivers.inputs import PATTERNS, Feedback, Inputs
-from device.drivers.link import read_link_quality
-from tests.support.wait import wait_until
+from vigil.device.drivers.battery import read_battery
+from vigil.device.drivers.inputs import PATTERNS, Feedback, Inputs
+from vigil.device.drivers.link import read_link_quality
 
 PINS = PinConfig(**default_pins()[0])
 

@@ -12,9 +12,9 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.drivers.gps import GpsReader, NmeaDecoder, Reading
 from tests.conftest import NMEA_CORPUS
 from tests.support.wait import wait_until
+from vigil.device.drivers.gps import GpsReader, NmeaDecoder, Reading
 
 CHK_FILES = sorted(NMEA_CORPUS.glob("gpsd-*.log.chk"))
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device.outbox import HARD_LIMIT, Outbox
-from wire.errors import StorageError
-from wire.replay import ReplayWindow, Verdict
+from vigil.device.outbox import HARD_LIMIT, Outbox
+from vigil.errors import StorageError
+from vigil.wire.replay import ReplayWindow, Verdict
 
 
 def env(seq: int) -> bytes:
@@ -41,7 +41,7 @@ def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> N
     code = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from device.outbox import Outbox\n"
+        "from vigil.device.outbox import Outbox\n"
         "box = Outbox.open(Path(sys.argv[1]))\n"
         "for seq in range(box.next_seq, box.next_seq + 3):\n"
         "    box.put(seq, 'alarm', b'x' * 40)\n"

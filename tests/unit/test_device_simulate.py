@@ -11,10 +11,10 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from device.config import DeviceConfig, load_config
-from device.simulate import NmeaReplay, command_loop, run_command
 from tests.conftest import NMEA_CORPUS
 from tests.support.device_setup import make_device
+from vigil.device.config import DeviceConfig, load_config
+from vigil.device.simulate import NmeaReplay, command_loop, run_command
 
 
 @pytest.fixture

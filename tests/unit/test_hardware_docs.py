@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from device.config import BUILTIN_PINS, BUILTIN_UART, default_pins
+from vigil.device.config import BUILTIN_PINS, BUILTIN_UART, default_pins
 
 HARDWARE = Path(__file__).resolve().parents[2] / "hardware"
 PINOUT = tomllib.loads((HARDWARE / "pinout.toml").read_text())

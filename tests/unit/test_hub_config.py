@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.config import load_config
-from wire.errors import BadConfigValue, ConfigError, InsecureKeyFile, MissingConfigValue
+from vigil.errors import BadConfigValue, ConfigError, InsecureKeyFile, MissingConfigValue
+from vigil.hub.config import load_config
 
 FULL = """
 [hub]
@@ -116,7 +116,7 @@ def test_password_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 
 
 def test_shipped_example_config_loads() -> None:
-    example = Path(__file__).parents[2] / "hub" / "hub.example.toml"
+    example = Path(__file__).parents[2] / "vigil" / "hub" / "hub.example.toml"
     cfg = load_config(example)
     assert [t.name for t in cfg.escalation.tiers] == ["operators", "partners", "nearby responders"]
     assert cfg.channels["public"].public

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from hub import alerts, audit, escalation, watchdog
-from hub.channels import compose
-from hub.config import Channel, Recipient, Tier
-from hub.store.records import Alert, AlertKind, AlertState, AuditEntry, DeviceRecord, LastFix
 from tests.support.parties import parties
-from wire import Alarm, Fix, Trigger
-from wire.errors import BadTransition
+from vigil.errors import BadTransition
+from vigil.hub import alerts, audit, escalation, watchdog
+from vigil.hub.channels import compose
+from vigil.hub.config import Channel, Recipient, Tier
+from vigil.hub.store.records import Alert, AlertKind, AlertState, AuditEntry, DeviceRecord, LastFix
+from vigil.wire import Alarm, Fix, Trigger
 
 NOW = 1_764_000_000.0
 FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=30.0)

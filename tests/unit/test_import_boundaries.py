@@ -21,7 +21,7 @@ blocked = set(sys.argv[2].split(","))
 
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in blocked:
+        if any(name == b or name.startswith(b + ".") for b in blocked):
             raise ImportError(f"{sys.argv[1]} must not import {name}")
         return None
 
@@ -33,10 +33,23 @@ for name in names:
 print(len(names) + 1)
 """
 
+_DEVICE_LIBS = ["gpiozero", "serial", "pynmea2", "RPi", "lgpio"]
+_HUB_LIBS = ["apprise", "psycopg", "aiosmtpd"]
 BOUNDARIES = {
-    "wire": ["device", "hub", "provision", "gpiozero", "serial", "pynmea2", "apprise", "psycopg"],
-    "device": ["hub", "provision", "apprise", "psycopg", "aiosmtpd"],
-    "hub": ["device", "gpiozero", "serial", "pynmea2", "RPi", "lgpio"],
+    # Pure: bytes, keys, messages; no sockets, no paho, no daemons.
+    "vigil.wire": [
+        "vigil.runtime",
+        "vigil.device",
+        "vigil.hub",
+        "vigil.provision",
+        "paho",
+        "socket",
+        *_DEVICE_LIBS,
+        *_HUB_LIBS,
+    ],
+    "vigil.runtime": ["vigil.device", "vigil.hub", "vigil.provision", *_DEVICE_LIBS, *_HUB_LIBS],
+    "vigil.device": ["vigil.hub", "vigil.provision", *_HUB_LIBS],
+    "vigil.hub": ["vigil.device", *_DEVICE_LIBS],
 }
 
 
@@ -57,7 +70,7 @@ def test_package_imports_without_the_other_side(package: str, blocked: list[str]
 def test_probe_catches_a_forbidden_import() -> None:
     """The probe itself must fail when a package does import a blocked module."""
     result = subprocess.run(
-        [sys.executable, "-c", _PROBE, "wire", "cryptography"],
+        [sys.executable, "-c", _PROBE, "vigil.wire", "cryptography"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from provision.broker import render_broker_config, set_password
-from provision.certs import BrokerCerts, make_broker_certs
-from wire.errors import BadConfigValue, ConfigError
+from vigil.errors import BadConfigValue, ConfigError
+from vigil.provision.broker import render_broker_config, set_password
+from vigil.provision.certs import BrokerCerts, make_broker_certs
 
 
 @pytest.mark.parametrize("password", ["", "two\nlines", "cr\rhere", "nul\x00", "tab\tx"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from provision.certs import VALID_FROM, make_broker_certs
+from vigil.provision.certs import VALID_FROM, make_broker_certs
 
 NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provision.certs import make_broker_certs
-from provision.cli import main
-from wire.errors import BadConfigValue
+from vigil.errors import BadConfigValue
+from vigil.provision.certs import make_broker_certs
+from vigil.provision.cli import main
 
 
 @pytest.mark.parametrize("host", ["", "-lead", "a..b", "with space", "x" * 65, "ünï.org", "a/b"])

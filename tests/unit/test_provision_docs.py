@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.cli import EPILOG, build_parser
+from vigil.provision.cli import EPILOG, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 _CODE = re.compile(r"```(?:sh|console)?\n(.*?)```", re.DOTALL)

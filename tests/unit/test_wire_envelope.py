@@ -7,7 +7,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.parties import Parties, parties
-from wire import (
+from vigil.errors import (
+    BadSignature,
+    DecryptionFailed,
+    MalformedEnvelope,
+    MessageTooLarge,
+    OversizedEnvelope,
+    ReplayedMessage,
+    TopicMismatch,
+    TruncatedEnvelope,
+    UnknownDevice,
+    UnknownSuite,
+    UnsupportedVersion,
+    VigilError,
+    WrongDirection,
+)
+from vigil.wire import (
     BUCKETS,
     Acknowledged,
     Alarm,
@@ -33,23 +48,8 @@ from wire import (
     seal_downlink,
     seal_uplink,
 )
-from wire.envelope import HEADER_BYTES, MAX_ENVELOPE
-from wire.errors import (
-    BadSignature,
-    DecryptionFailed,
-    MalformedEnvelope,
-    MessageTooLarge,
-    OversizedEnvelope,
-    ReplayedMessage,
-    TopicMismatch,
-    TruncatedEnvelope,
-    UnknownDevice,
-    UnknownSuite,
-    UnsupportedVersion,
-    VigilError,
-    WrongDirection,
-)
-from wire.replay import MAX_SEQ
+from vigil.wire.envelope import HEADER_BYTES, MAX_ENVELOPE
+from vigil.wire.replay import MAX_SEQ
 
 P = parties()
 FIX = Fix(lat=-33.8688197, lon=151.2092955, fix_time=1764000000.0, quality=1, satellites=9,

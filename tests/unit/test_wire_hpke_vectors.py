@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tests.conftest import HPKE_VECTORS
-from wire.keys import Suite
+from vigil.wire.keys import Suite
 
 _AEADS = {1: hpke.AEAD.AES_128_GCM, 3: hpke.AEAD.CHACHA20_POLY1305}
 _decrypt_with_aad = getattr(rust_openssl.hpke, "_decrypt_with_aad", None)

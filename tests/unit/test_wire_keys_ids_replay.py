@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wire import DeviceId, DeviceKeys, HubKeys, ReplayWindow, Verdict
-from wire.errors import BadConfigValue, InsecureKeyFile, KeyFileError, TopicMismatch
-from wire.keys import DevicePublicKeys, HubPublicKeys
-from wire.replay import WINDOW_SIZE
-from wire.topics import down_topic, parse_topic, shared_up_filter, up_topic
+from vigil.errors import BadConfigValue, InsecureKeyFile, KeyFileError, TopicMismatch
+from vigil.wire import DeviceId, DeviceKeys, HubKeys, ReplayWindow, Verdict
+from vigil.wire.keys import DevicePublicKeys, HubPublicKeys
+from vigil.wire.replay import WINDOW_SIZE
+from vigil.wire.topics import down_topic, parse_topic, shared_up_filter, up_topic
 
 
 def test_device_keys_round_trip_with_mode_0600(tmp_path: Path) -> None:

@@ -9,9 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire import Alarm, Cancel, ClockSource, Direction, Fix, Heartbeat, Message, Stored, Trigger
-from wire.errors import MalformedMessage, UnknownKind
-from wire.messages import decode_payload, encode_payload
+from vigil.errors import MalformedMessage, UnknownKind
+from vigil.wire import (
+    Alarm,
+    Cancel,
+    ClockSource,
+    Direction,
+    Fix,
+    Heartbeat,
+    Message,
+    Stored,
+    Trigger,
+)
+from vigil.wire.messages import decode_payload, encode_payload
 
 GOOD = Message(5, Alarm(Trigger.TAMPER, Fix(1.0, 2.0, None, 1, 4, None, 0.0), 9), 1e9,
                ClockSource.GPS)  # fmt: skip

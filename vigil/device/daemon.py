@@ -1,0 +1,374 @@
+"""Run the wearable: drivers and MQTT feed one queue, the core decides, the outbox delivers.
+
+One main loop owns the core and the outbox writes. gpiozero, the GPS reader
+and paho call in from their own threads only to put items on the queue. Each
+`Send` is sealed (only ciphertext touches the disk) and committed to the
+outbox before it is published; entries are resent with backoff until a
+verified `stored` downlink arrives. Downlinks that do not verify, or whose seq
+was already seen, are dropped and logged. systemd gets READY=1 once pins, GPS
+and outbox are up, and WATCHDOG=1 only from this loop, so a hung loop is
+restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from vigil.device.config import DeviceConfig
+from vigil.device.core import (
+    AlarmCore,
+    BatteryLevel,
+    Delivered,
+    DownlinkReceived,
+    Event,
+    Feedback,
+    GpsFix,
+    LinkChanged,
+    Memory,
+    Mode,
+    Pattern,
+    Send,
+    SignalLevel,
+    Tick,
+)
+from vigil.device.drivers.battery import read_battery
+from vigil.device.drivers.gps import Reading
+from vigil.device.drivers.link import WIRELESS, read_link_quality
+from vigil.device.outbox import PRIORITY, Entry, Outbox
+from vigil.errors import StorageError, TransportError, VigilError
+from vigil.runtime.mqtt import MqttSettings, Transport, Will
+from vigil.runtime.systemd import sd_notify
+from vigil.wire.envelope import open_downlink, seal_uplink
+from vigil.wire.keys import DeviceKeys
+from vigil.wire.messages import ClockSource, Message
+from vigil.wire.replay import Verdict
+from vigil.wire.topics import down_topic, up_topic
+
+_LOG = logging.getLogger(__name__)
+
+MEMORY_KEY = "alarm-memory"
+NTP_FLAG = Path("/run/systemd/timesync/synchronized")
+BATTERY_POLL = 60.0
+MAX_WAIT = 30.0  # idle wake-up without a watchdog; every deadline is in the wait anyway
+GPS_EVERY = 1.0  # hand at most one fix per second to the core
+FIX_GAP = 10.0  # a fix after this long without one is logged as acquired again
+
+
+class Player(Protocol):
+    def play(self, pattern: Pattern) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Downlink:
+    topic: str
+    payload: bytes
+
+
+def mqtt_settings(cfg: DeviceConfig) -> MqttSettings:
+    """Connection settings: client id and username = device id, Will = empty `up` payload."""
+    if cfg.mqtt.tls_ca is None:
+        _LOG.warning("mqtt.tls_ca is not set: talking to %s in PLAIN TCP", cfg.mqtt.host)
+    return MqttSettings(
+        host=cfg.mqtt.host,
+        port=cfg.mqtt.port,
+        client_id=cfg.device_id.hex,
+        username=cfg.mqtt.username or cfg.device_id.hex,
+        password=cfg.mqtt_password(),
+        tls_ca=cfg.mqtt.tls_ca,
+        keepalive=cfg.mqtt.keepalive,
+        will=Will(up_topic(cfg.device_id), b""),
+    )
+
+
+class Daemon:
+    """The imperative shell around `AlarmCore`; hardware and transport are passed in."""
+
+    def __init__(
+        self,
+        cfg: DeviceConfig,
+        *,
+        keys: DeviceKeys,
+        outbox: Outbox,
+        feedback: Player,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        ntp_flag: Path = NTP_FLAG,
+        wireless: Path = WIRELESS,
+    ) -> None:
+        self.cfg, self._keys, self.outbox, self._feedback = cfg, keys, outbox, feedback
+        self._clock, self._wall, self._ntp_flag = clock, wall, ntp_flag
+        self._wireless = wireless
+        self._queue: queue.Queue[Event | _Downlink] = queue.Queue()
+        self._memory = _load_memory(outbox)
+        self.core = AlarmCore(
+            cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory
+        )
+        self._window = outbox.downlink_window()
+        self._transport: Transport | None = None
+        self._unsaved: dict[int, Entry] = {}  # sealed but not on disk (disk full)
+        self._unsaved_retry = 0.0
+        self._last_fix: GpsFix | None = None
+        self._last_gps_post = -GPS_EVERY
+        self._next_battery = 0.0
+        self._watchdog = _watchdog_interval()
+        self._last_ping = 0.0
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+
+    # -- inputs from other threads --------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def on_fix(self, reading: Reading) -> None:
+        """GPS thread: pass on a fix, at most one per second."""
+        if reading.at - self._last_gps_post < GPS_EVERY:
+            return
+        self._last_gps_post = reading.at
+        self._queue.put(
+            GpsFix(
+                at=reading.at,
+                lat=reading.lat,
+                lon=reading.lon,
+                fix_time=reading.fix_time,
+                quality=reading.quality,
+                satellites=reading.satellites,
+                hdop=reading.hdop,
+            )
+        )
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        self._queue.put(_Downlink(topic, payload))
+
+    def on_connection(self, up: bool, reason: str) -> None:
+        self._queue.put(LinkChanged(self._clock(), up))
+
+    def attach(self, transport: Transport) -> None:
+        self._transport = transport
+
+    # -- the main loop ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Loop until `stop_event` is set; tell systemd when ready and while healthy."""
+        self.ready.set()
+        sd_notify("READY=1")
+        _LOG.info("device %s ready, next seq %s", self.cfg.device_id, self.core.next_seq)
+        while not self.stop_event.is_set():
+            self.step()
+        sd_notify("STOPPING=1")
+
+    def step(self) -> None:
+        """Wait for one input (or the next deadline), handle it, deliver, ping systemd."""
+        now = self._clock()
+        try:
+            item = self._queue.get(timeout=self._wait_time(now))
+        except queue.Empty:
+            item = Tick(self._clock())
+        event = self._downlink(item) if isinstance(item, _Downlink) else item
+        if isinstance(event, LinkChanged) and event.up:
+            self.outbox.retry_all_now()
+        if isinstance(event, GpsFix):
+            self._note_fix(event)
+        if event is not None:
+            self._carry_out(self.core.handle(event))
+            self._save_memory()
+        self._poll_battery()
+        self.flush()
+        self._ping_watchdog()
+
+    def _wait_time(self, now: float) -> float:
+        unsaved = self._unsaved_retry if self._unsaved else None
+        times = [t for t in (self.core.next_deadline(), self.outbox.next_retry(), unsaved) if t]
+        ping = self._last_ping + self._watchdog if self._watchdog else now + MAX_WAIT
+        wait = min([*times, ping, now + MAX_WAIT, self._next_battery]) - now
+        return max(0.0, wait)
+
+    def _carry_out(self, actions: list[Send | Feedback | Delivered]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._enqueue(action)
+            elif isinstance(action, Feedback):
+                self._feedback.play(action.pattern)
+            else:
+                self._delivered(action.seq)
+
+    def _delivered(self, seq: int) -> None:
+        in_memory = self._unsaved.pop(seq, None) is not None
+        try:
+            on_disk = self.outbox.ack(seq)
+        except StorageError:  # it will be resent and acknowledged again: nothing is lost
+            _LOG.exception(
+                "device %s seq=%s could not be removed from the outbox", self.cfg.device_id, seq
+            )
+            return
+        if in_memory or on_disk:
+            _LOG.info("device %s seq=%s stored by the hub", self.cfg.device_id, seq)
+
+    def _enqueue(self, send: Send) -> None:
+        sent_at, source = self._time_now()
+        message = Message(seq=send.seq, body=send.body, sent_at=sent_at, clock=source)
+        envelope = seal_uplink(
+            message,
+            device_id=self.cfg.device_id,
+            device_keys=self._keys,
+            hub=self.cfg.hub,
+            suite=self.cfg.suite,
+        )
+        try:
+            dropped = self.outbox.put(send.seq, message.kind, envelope)
+        except StorageError as exc:
+            # Disk full or broken: never lose it, keep sending it from memory until stored.
+            self._unsaved[send.seq] = Entry(send.seq, message.kind, envelope)
+            _LOG.error(
+                "device %s seq=%s kind=%s kept in memory only: %s",
+                self.cfg.device_id,
+                send.seq,
+                message.kind,
+                exc,
+            )
+            return
+        _LOG.info("device %s seq=%s kind=%s queued", self.cfg.device_id, send.seq, message.kind)
+        if dropped:
+            _LOG.warning("device %s outbox full, dropped seqs %s", self.cfg.device_id, dropped)
+
+    def flush(self) -> None:
+        """Publish what is due, alarms first, while the link is up."""
+        transport = self._transport
+        if transport is None or not transport.connected:
+            return
+        now = self._clock()
+        topic = up_topic(self.cfg.device_id)
+        entries = self.outbox.due(now)
+        if self._unsaved and now >= self._unsaved_retry:
+            self._unsaved_retry = now + self.cfg.outbox.retry_initial
+            memory = sorted(self._unsaved.values(), key=lambda e: (-PRIORITY[e.kind], e.seq))
+            entries = memory + entries
+        for entry in entries:
+            try:
+                transport.publish(topic, entry.envelope, qos=1)
+            except TransportError as exc:
+                _LOG.warning(
+                    "device %s seq=%s publish failed: %s", self.cfg.device_id, entry.seq, exc
+                )
+                return
+            self.outbox.mark_sent(entry.seq, now)
+            _LOG.debug(
+                "device %s seq=%s kind=%s published", self.cfg.device_id, entry.seq, entry.kind
+            )
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _downlink(self, item: _Downlink) -> DownlinkReceived | None:
+        """Verify a downlink; return it as an event, or None (logged) when it must be dropped."""
+        dev = self.cfg.device_id
+        if item.topic != down_topic(dev):
+            _LOG.warning("device %s dropped a message on unexpected topic %s", dev, item.topic)
+            return None
+        try:
+            message = open_downlink(
+                item.payload, device_id=dev, device_keys=self._keys, hub=self.cfg.hub
+            )
+        except VigilError as exc:
+            _LOG.warning("device %s rejected a downlink: %s: %s", dev, type(exc).__name__, exc)
+            return None
+        verdict = self._window.check(message.seq)
+        if verdict is not Verdict.ACCEPT:
+            _LOG.warning("device %s dropped downlink seq=%s: %s", dev, message.seq, verdict.value)
+            return None
+        self._window = self._window.accept(message.seq)
+        try:
+            self.outbox.save_downlink_window(self._window)
+        except StorageError:
+            _LOG.exception("device %s could not persist the downlink window", dev)
+        _LOG.info("device %s downlink seq=%s kind=%s", dev, message.seq, message.kind)
+        return DownlinkReceived(self._clock(), message)
+
+    def _time_now(self) -> tuple[float | None, ClockSource]:
+        """Wall time for `sent_at`: NTP when synchronised, else GPS, else none (no RTC)."""
+        if self._ntp_flag.exists():
+            return self._wall(), ClockSource.NTP
+        fix = self._last_fix
+        if fix is not None and fix.fix_time is not None:
+            return fix.fix_time + max(0.0, self._clock() - fix.at), ClockSource.GPS
+        return None, ClockSource.UNSYNCED
+
+    def _note_fix(self, fix: GpsFix) -> None:
+        """Keep the fix for GPS time; log (without the position) when one is (re)acquired."""
+        previous, self._last_fix = self._last_fix, fix
+        if previous is None or fix.at - previous.at > FIX_GAP:
+            _LOG.info(
+                "device %s gps fix acquired: quality %s, %s satellites",
+                self.cfg.device_id,
+                fix.quality,
+                fix.satellites,
+            )
+
+    def _save_memory(self) -> None:
+        memory = self.core.memory()
+        if memory == self._memory:
+            return
+        doc = {
+            "mode": memory.mode.value,
+            "alarms": list(memory.alarms),
+            "tamper": memory.tamper_fired,
+        }
+        try:
+            self.outbox.save_state(MEMORY_KEY, json.dumps(doc))
+        except StorageError:
+            _LOG.exception("device %s could not persist the alarm state", self.cfg.device_id)
+            return
+        self._memory = memory
+        _LOG.info(
+            "device %s alarm state %s, %d active",
+            self.cfg.device_id,
+            memory.mode.value,
+            len(memory.alarms),
+        )
+
+    def _poll_battery(self) -> None:
+        """Read battery and link quality for the heartbeats (every BATTERY_POLL seconds)."""
+        now = self._clock()
+        if now < self._next_battery:
+            return
+        self._next_battery = now + BATTERY_POLL
+        level = read_battery(self.cfg.battery_path)
+        self._carry_out(self.core.handle(BatteryLevel(now, level)))
+        self._carry_out(self.core.handle(SignalLevel(now, read_link_quality(self._wireless))))
+
+    def _ping_watchdog(self) -> None:
+        now = self._clock()
+        if self._watchdog and now - self._last_ping >= self._watchdog:
+            self._last_ping = now
+            sd_notify("WATCHDOG=1")
+
+
+def _load_memory(outbox: Outbox) -> Memory:
+    """The alarm state saved before the last stop or power cut (idle if none or unreadable)."""
+    text = outbox.load_state(MEMORY_KEY)
+    if text is None:
+        return Memory()
+    try:
+        doc = json.loads(text)
+        alarms = tuple(int(a) for a in doc["alarms"])
+        return Memory(Mode(doc["mode"]), alarms, bool(doc["tamper"]))
+    except (ValueError, KeyError, TypeError):
+        _LOG.exception("saved alarm state is unreadable; starting idle")
+        return Memory()
+
+
+def _watchdog_interval() -> float:
+    """Half of systemd's WatchdogSec for this process, or 0 when there is no watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return 0.0
+    return int(usec) / 2e6

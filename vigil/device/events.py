@@ -1,0 +1,182 @@
+"""The alarm core's vocabulary: its settings, the events it takes and the actions it returns.
+
+Pure data, no I/O; see device/core.py for the machine and the gestures.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from vigil.wire.messages import Message, UplinkBody
+
+_GESTURE_RE = re.compile(r"[.-]{1,8}")
+
+
+# -- settings --------------------------------------------------------------------------
+
+
+def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not zero_ok) or value > 86400 * 7:
+        raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'} s and <= 7 days")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmSettings:
+    """Timings and gestures of the alarm logic (the `[alarm]` config section)."""
+
+    hold_seconds: float = 2.0
+    long_press_seconds: float = 0.6
+    gap_seconds: float = 0.7
+    grace_seconds: float = 30.0
+    tamper_debounce: float = 0.5
+    position_interval: float = 30.0
+    heartbeat_interval: float = 60.0
+    checkin_interval: float = 0.0
+    checkin_reminder: float = 60.0
+    cancel: str = "..."
+    duress_cancel: str = "..-"
+    duress: str = "...."
+
+    def __post_init__(self) -> None:
+        for name in ("hold_seconds", "long_press_seconds", "gap_seconds", "tamper_debounce"):
+            _positive(name, getattr(self, name))
+        for name in ("grace_seconds", "position_interval", "heartbeat_interval"):
+            _positive(name, getattr(self, name))
+        _positive("checkin_interval", self.checkin_interval, zero_ok=True)
+        _positive("checkin_reminder", self.checkin_reminder, zero_ok=True)
+        if self.long_press_seconds >= self.hold_seconds:
+            raise ValueError("long_press_seconds must be shorter than hold_seconds")
+        if self.checkin_interval and self.checkin_reminder >= self.checkin_interval:
+            raise ValueError("checkin_reminder must be shorter than checkin_interval")
+        gestures = (self.cancel, self.duress_cancel, self.duress)
+        for name, gesture in zip(("cancel", "duress_cancel", "duress"), gestures, strict=True):
+            if not isinstance(gesture, str) or not _GESTURE_RE.fullmatch(gesture):
+                raise ValueError(f"{name} must be 1..8 of '.' (short) and '-' (long)")
+            if gesture == ".":
+                raise ValueError(f"{name} must not be a single short press (that is a bump)")
+        if len(set(gestures)) != 3:
+            raise ValueError("cancel, duress_cancel and duress must be different gestures")
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPressed:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonReleased:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TamperOpened:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TamperClosed:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpsFix:
+    """A good fix from the receiver, observed at monotonic time `at`."""
+
+    at: float
+    lat: float
+    lon: float
+    fix_time: float | None = None
+    quality: int = 1
+    satellites: int = 0
+    hdop: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatteryLevel:
+    at: float
+    percent: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalLevel:
+    """Link quality in percent (None = unknown), reported in heartbeats."""
+
+    at: float
+    percent: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChanged:
+    at: float
+    up: bool
+    signal: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkReceived:
+    """A downlink that verified (the shell drops everything else before the core)."""
+
+    at: float
+    message: Message
+
+
+Event = (
+    ButtonPressed
+    | ButtonReleased
+    | TamperOpened
+    | TamperClosed
+    | Tick
+    | GpsFix
+    | BatteryLevel
+    | SignalLevel
+    | LinkChanged
+    | DownlinkReceived
+)
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+class Pattern(enum.Enum):
+    """Feedback the wearer can feel (vibration, with the LED blinking along)."""
+
+    RAISED = "raised"
+    CANCELLED = "cancelled"
+    STORED = "stored"
+    ACKNOWLEDGED = "acknowledged"
+    REMINDER = "reminder"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Commit `body` as uplink `seq` to the outbox, then publish it."""
+
+    seq: int
+    body: UplinkBody
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    pattern: Pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The hub has uplink `seq` on disk: drop it from the outbox."""
+
+    seq: int
+
+
+Action = Send | Feedback | Delivered

@@ -1,0 +1,275 @@
+"""Keep every uplink on disk until the hub says `stored`: the wearable's durable outbox.
+
+SQLite with `synchronous=FULL` (WAL): `put()` returns only once the sealed
+envelope and the sequence counter are on the SD card, so a power cut after it
+loses nothing and never reuses a seq. Only sealed envelopes are stored, never
+plaintext. Entries go out alarms first (then cancels and check-ins, then
+positions, then heartbeats), oldest first within a class, and are retried with
+exponential backoff until the hub's signed `stored` downlink arrives. When the
+outbox is full the oldest heartbeat goes first, then the oldest position; an
+alarm, cancel or check-in is never dropped.
+
+    outbox = Outbox.open(state_dir / "outbox.sqlite3", capacity=512)
+    outbox.put(seq, "alarm", envelope)
+    for entry in outbox.due(now): publish(entry.envelope); outbox.mark_sent(entry.seq, now)
+    outbox.ack(seq)   # on a verified `stored`
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from vigil.errors import StorageError
+from vigil.wire.replay import WINDOW_SIZE, ReplayWindow
+
+_LOG = logging.getLogger(__name__)
+
+PRIORITY: Final = {"alarm": 3, "cancel": 2, "checkin": 2, "position": 1, "heartbeat": 0}
+# Kinds that may be dropped when the outbox is full, in the order they are dropped.
+DROPPABLE: Final = ("heartbeat", "position")
+# The hub's replay window is 4096 seqs; an outbox this size never falls outside it.
+HARD_LIMIT: Final = 3072
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority DESC, seq);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS downlink_window (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    highest INTEGER NOT NULL,
+    mask BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    kind: str
+    envelope: bytes
+
+
+class Outbox:
+    """The durable queue of sealed uplinks; thread-safe (one lock around one connection)."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        capacity: int,
+        retry_initial: float,
+        retry_max: float,
+    ) -> None:
+        if not 1 <= capacity <= HARD_LIMIT:
+            raise ValueError(f"capacity must be in 1..{HARD_LIMIT}")
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.capacity = capacity
+        self._retry = (retry_initial, retry_max)
+        # Backoff state lives in memory: after a restart everything is due at once.
+        self._next_try: dict[int, float] = {}
+        self._attempts: dict[int, int] = {}
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        capacity: int = 512,
+        retry_initial: float = 10.0,
+        retry_max: float = 300.0,
+    ) -> Outbox:
+        """Open (or create) the outbox database at `path`."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('next_seq', 0)")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the outbox {path}: {exc}") from exc
+        return cls(conn, capacity=capacity, retry_initial=retry_initial, retry_max=retry_max)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @property
+    def next_seq(self) -> int:
+        """The first seq never handed out: persisted, so it survives power cuts."""
+        with self._lock:
+            return self._next_seq_locked()
+
+    def _next_seq_locked(self) -> int:
+        (value,) = self._conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        (highest,) = self._conn.execute("SELECT coalesce(max(seq) + 1, 0) FROM outbox").fetchone()
+        return max(int(value), int(highest))
+
+    def __len__(self) -> int:
+        with self._lock:
+            (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
+            return int(count)
+
+    def put(self, seq: int, kind: str, envelope: bytes) -> list[int]:
+        """Commit one sealed uplink durably; return the seqs dropped to make room.
+
+        Raise `StorageError` if `seq` was already handed out, or if a message
+        that may not be dropped finds no room (never for an alarm).
+        """
+        if kind not in PRIORITY:
+            raise ValueError(f"unknown uplink kind {kind!r}")
+        with self._lock:
+            try:
+                return self._put_locked(seq, kind, envelope)
+            except sqlite3.Error as exc:
+                self._burn_seq(seq)
+                raise StorageError(f"outbox write failed for seq {seq}: {exc}") from exc
+
+    def _burn_seq(self, seq: int) -> None:
+        """After a failed write (disk full), still try to persist the counter past `seq`.
+
+        Updating one existing row needs no new page, so it often succeeds when
+        an insert cannot; the seq, sent from memory, must never be reused.
+        """
+        try:
+            self._conn.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'", (seq + 1,)
+            )
+        except sqlite3.Error as exc:
+            _LOG.error("outbox: cannot persist the seq counter past %s either: %s", seq, exc)
+
+    def _put_locked(self, seq: int, kind: str, envelope: bytes) -> list[int]:
+        if seq < self._next_seq_locked():
+            raise StorageError(f"seq {seq} was already used; refusing to repeat it")
+        dropped: list[int] = []
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
+            if count >= self.capacity:
+                dropped = self._make_room(kind, limit=HARD_LIMIT if kind == "alarm" else None)
+            self._conn.execute(
+                "INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, kind, PRIORITY[kind], envelope)
+            )
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # SQLite already rolled back after SQLITE_FULL
+                self._conn.execute("ROLLBACK")
+            raise
+        for old in dropped:
+            self._forget(old)
+        return dropped
+
+    def _make_room(self, kind: str, *, limit: int | None) -> list[int]:
+        """Drop the oldest droppable entry, or fail; alarms may go over capacity up to `limit`."""
+        for victim_kind in DROPPABLE:
+            if PRIORITY[victim_kind] > PRIORITY[kind]:
+                break
+            row = self._conn.execute(
+                "SELECT seq FROM outbox WHERE kind = ? ORDER BY seq LIMIT 1", (victim_kind,)
+            ).fetchone()
+            if row is not None:
+                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
+                _LOG.warning("outbox full: dropped %s seq=%s for a %s", victim_kind, row[0], kind)
+                return [int(row[0])]
+        (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
+        if limit is not None and count < limit:
+            return []
+        raise StorageError(f"outbox full ({count} entries): cannot queue a {kind}")
+
+    def due(self, now: float, *, limit: int = 32) -> list[Entry]:
+        """Entries whose retry time has come, alarms first, oldest first."""
+        with self._lock:
+            order = self._conn.execute("SELECT seq FROM outbox ORDER BY priority DESC, seq")
+            seqs = [int(s) for (s,) in order if self._next_try.get(int(s), 0.0) <= now][:limit]
+            out = []
+            for seq in seqs:  # envelopes only for what goes out now
+                kind, envelope = self._conn.execute(
+                    "SELECT kind, envelope FROM outbox WHERE seq = ?", (seq,)
+                ).fetchone()
+                out.append(Entry(seq, str(kind), bytes(envelope)))
+            return out
+
+    def pending(self) -> list[int]:
+        """Seqs still waiting for the hub, in sending order."""
+        with self._lock:
+            rows = self._conn.execute("SELECT seq FROM outbox ORDER BY priority DESC, seq")
+            return [int(seq) for (seq,) in rows]
+
+    def next_retry(self) -> float | None:
+        """The earliest time an entry becomes due again, or None if nothing waits."""
+        with self._lock:
+            return min(self._next_try.values(), default=None)
+
+    def mark_sent(self, seq: int, now: float) -> None:
+        """Record a publish attempt; the entry is due again after a growing delay."""
+        with self._lock:
+            attempts = self._attempts.get(seq, 0)
+            first, cap = self._retry
+            self._attempts[seq] = attempts + 1
+            self._next_try[seq] = now + min(cap, first * 2**attempts)
+
+    def retry_all_now(self) -> None:
+        """Make every entry due (the link just came back)."""
+        with self._lock:
+            self._next_try.clear()
+
+    def ack(self, seq: int) -> bool:
+        """Delete `seq` for good (the hub stored it); return whether it was pending."""
+        with self._lock:
+            try:
+                cur = self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            except sqlite3.Error as exc:
+                raise StorageError(f"outbox delete failed for seq {seq}: {exc}") from exc
+            self._forget(seq)
+            return cur.rowcount > 0
+
+    def downlink_window(self) -> ReplayWindow:
+        """The persisted window of downlink seqs already accepted from the hub."""
+        with self._lock:
+            row = self._conn.execute("SELECT highest, mask FROM downlink_window").fetchone()
+        if row is None:
+            return ReplayWindow()
+        return ReplayWindow(int(row[0]), int.from_bytes(row[1], "big"))
+
+    def save_downlink_window(self, window: ReplayWindow) -> None:
+        """Persist the window durably before the downlink that moved it is acted on."""
+        mask = window.mask.to_bytes(WINDOW_SIZE // 8, "big")
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO downlink_window VALUES (0, ?, ?)",
+                    (window.highest, mask),
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot save the downlink window: {exc}") from exc
+
+    def load_state(self, key: str) -> str | None:
+        """Read a small piece of daemon state saved with `save_state` (None if never saved)."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_state(self, key: str, value: str) -> None:
+        """Durably save a small piece of daemon state (e.g. the active alarms)."""
+        with self._lock:
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot save state {key}: {exc}") from exc
+
+    def _forget(self, seq: int) -> None:
+        self._next_try.pop(seq, None)
+        self._attempts.pop(seq, None)

@@ -1,0 +1,285 @@
+"""`vigil-hub`: run the hub, and the operator's commands against the same store."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from vigil.errors import VigilError
+from vigil.hub import alerts as alert_rules
+from vigil.hub import audit, daemon, operator, tail
+from vigil.hub.config import HubConfig, load_config
+from vigil.hub.store import Store, open_store
+from vigil.wire.ids import DeviceId
+from vigil.wire.keys import DevicePublicKeys, HubKeys
+
+DEFAULT_CONFIG = Path(os.environ.get("VIGIL_HUB_CONFIG", "/etc/vigil/hub.toml"))
+
+EPILOG = """examples:
+  vigil-hub run --config /etc/vigil/hub.toml       # the service (systemd runs this)
+  vigil-hub tail                                   # live decoded traffic and alerts
+  vigil-hub alerts                                 # active alerts (--all for history)
+  vigil-hub ack 12 --by rosa                       # take alert 12: escalation stops,
+                                                   #   the wearer feels "help is coming"
+  vigil-hub resolve 12 --note "safe at home"       # or: false-alarm 12
+  vigil-hub verify 12 && vigil-hub broadcast 12    # public broadcast, only if verified
+  vigil-hub devices                                # last seen, battery, last fix age
+  vigil-hub enroll --device-id 3f.. --label "A. (Oaxaca)" --signing ed25519:.. --kem x25519:..
+  vigil-hub revoke 3f2a...                         # a seized device: refuse its messages
+  vigil-hub audit verify                           # detect edited or deleted audit entries
+  vigil-hub keygen --out /var/lib/vigil-hub/hub.key
+
+The config file defaults to $VIGIL_HUB_CONFIG or /etc/vigil/hub.toml."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vigil-hub",
+        description="Vigil hub: receives wearables' alarms, stores and acknowledges them, "
+        "and escalates them to responders.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="hub config TOML")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --config is accepted before or after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="hub config TOML")
+    run = sub.add_parser("run", parents=[common], help="run the hub service")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    t = sub.add_parser("tail", parents=[common], help="live decoded stream of traffic and alerts")
+    t.add_argument("--once", action="store_true", help="print what is there and exit")
+    t.add_argument("--colour", "--color", choices=["auto", "always", "never"], default="auto")
+    sub.add_parser(
+        "devices", parents=[common], help="enrolled devices: last seen, battery, last fix age"
+    )
+    a = sub.add_parser("alerts", parents=[common], help="active alerts")
+    a.add_argument("--all", action="store_true", help="include closed alerts")
+    a.add_argument("--id", type=int, help="show one alert with its positions and deliveries")
+    for name, text in (
+        ("ack", "take an alert: stops escalation, tells the wearer"),
+        ("resolve", "close an alert: help arrived"),
+        ("false-alarm", "close an alert as a false alarm"),
+        ("verify", "confirm an acknowledged alert is real (allows broadcast)"),
+        ("broadcast", "send a verified alert to the public channels"),
+    ):
+        s = sub.add_parser(name, parents=[common], help=text)
+        s.add_argument("alert", type=int, help="alert number (see `vigil-hub alerts`)")
+        s.add_argument("--by", default=_user(), help="operator name for the audit log")
+        s.add_argument("--note", help="a note kept with the alert")
+    e = sub.add_parser("enroll", parents=[common], help="add a device to the registry")
+    e.add_argument("--device-id", required=True)
+    e.add_argument("--label", required=True, help="owner label responders will see")
+    e.add_argument("--signing", required=True, help="device signing key, ed25519:<base64>")
+    e.add_argument("--kem", required=True, help="device KEM key, x25519:<base64>")
+    e.add_argument("--contact", action="append", default=[], help="Apprise URL (repeatable)")
+    r = sub.add_parser("revoke", parents=[common], help="refuse a device's messages from now on")
+    r.add_argument("device_id")
+    au = sub.add_parser("audit", parents=[common], help="audit log commands")
+    au.add_argument("action", choices=["verify", "show"])
+    sub.add_parser("stats", parents=[common], help="counts of stored and rejected input")
+    k = sub.add_parser(
+        "keygen", parents=[common], help="create the hub's key file (0600) and print public keys"
+    )
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--force", action="store_true", help="replace an existing key file")
+    sub.add_parser(
+        "pubkey", parents=[common], help="print the hub's public keys as a device [hub] section"
+    )
+    return p
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "operator"
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 refused or failed, 2 usage)."""
+    out = out or sys.stdout
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "keygen":
+            return _keygen(args, out)
+        config = load_config(args.config)
+        if args.command == "run":
+            return _run(config, args.log_level)
+        if args.command == "pubkey":
+            return _pubkey(config, out)
+        store = open_store(config.store_url)
+        try:
+            return _COMMANDS[args.command](args, config, store, out)
+        finally:
+            store.close()
+    except VigilError as exc:
+        sys.stderr.write(f"vigil-hub: {exc}\n")
+        return 1
+
+
+def _run(config: HubConfig, level: str) -> int:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    daemon.run(config, stop=stop)
+    return 0
+
+
+def _keygen(args: argparse.Namespace, out: TextIO) -> int:
+    keys = HubKeys.generate()
+    keys.save(args.out, force=args.force)
+    out.write(f"# hub keys written to {args.out} (mode 0600)\n")
+    _print_public(keys, out)
+    return 0
+
+
+def _pubkey(config: HubConfig, out: TextIO) -> int:
+    _print_public(HubKeys.load(config.keys_path), out)
+    return 0
+
+
+def _print_public(keys: HubKeys, out: TextIO) -> None:
+    out.write("[hub]\n")
+    for name, value in keys.public().to_text().items():
+        out.write(f'{name} = "{value}"\n')
+
+
+def _age(now: float, t: float | None) -> str:
+    if t is None:
+        return "never"
+    s = max(0, round(now - t))
+    return f"{s}s" if s < 120 else (f"{s // 60}m" if s < 7200 else f"{s // 3600}h")
+
+
+def _devices(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    now = time.time()
+    out.write(f"{'DEVICE':<34}{'LABEL':<24}{'STATE':<9}{'SEEN':>7}{'BATT':>6}{'FIX AGE':>9}\n")
+    for d in store.list_devices():
+        state = "revoked" if d.revoked else ("offline" if d.offline_at else "ok")
+        battery = "?" if d.battery is None else f"{d.battery}%"
+        fix_at = d.last_fix.taken_at if d.last_fix else None
+        if d.gps_fix_at is not None:
+            fix_at = max(d.gps_fix_at, fix_at or d.gps_fix_at)
+        fix_age = _age(now, fix_at)
+        out.write(f"{d.device_id.hex:<34}{d.label[:23]:<24}{state:<9}"
+                  f"{_age(now, d.last_seen):>7}{battery:>6}{fix_age:>9}\n")  # fmt: skip
+    return 0
+
+
+def _alerts(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    if args.id is not None:
+        return _show_alert(args.id, config, store, out)
+    now = time.time()
+    labels = {d.device_id: d.label for d in store.list_devices()}
+    out.write(f"{'ID':>4}  {'STATE':<13}{'WHO':<24}{'TRIGGER':<16}{'OPENED':>8}  TAKEN BY\n")
+    for a in store.list_alerts(active_only=not args.all):
+        who = labels.get(a.device_id, a.device_id.hex[:8])
+        out.write(f"{a.id:>4}  {alert_rules.operator_view(a):<13}{who[:23]:<24}"
+                  f"{a.trigger or '':<16}{_age(now, a.opened_at):>8}  "
+                  f"{a.acknowledged_by or '-'}\n")  # fmt: skip
+    return 0
+
+
+def _show_alert(alert_id: int, config: HubConfig, store: Store, out: TextIO) -> int:
+    from vigil.hub.channels import compose  # noqa: PLC0415 - imports apprise, only needed here
+
+    a = store.get_alert(alert_id)
+    device = store.active_device(a.device_id) if store.get_device(a.device_id) else None
+    if device is not None:
+        out.write(compose(a, device, now=time.time(), map_url=config.map_url).body + "\n")
+    for fix in store.positions(a.id):
+        out.write(f"position {fix.lat:.6f},{fix.lon:.6f} at {fix.taken_at:.0f}\n")
+    for d in store.deliveries(a.id):
+        error = f", last error: {d.last_error}" if d.last_error else ""
+        out.write(f"delivery {d.step} -> {d.label} ({d.channel}): {d.status}, "
+                  f"{d.attempts} attempt(s){error}\n")  # fmt: skip
+    return 0
+
+
+def _act(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    alert = operator.act(store, args.alert, args.command, by=args.by, now=time.time(),
+                         channels=config.channels, note=args.note)  # fmt: skip
+    out.write(f"alert {alert.id}: {alert_rules.operator_view(alert)}"
+              f"{' (broadcast queued)' if args.command == 'broadcast' else ''}\n")  # fmt: skip
+    return 0
+
+
+def _enroll(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    device_id = DeviceId.parse(args.device_id)
+    keys = DevicePublicKeys.from_text({"signing": args.signing, "kem": args.kem})
+    now = time.time()
+    store.enroll_device(device_id, label=args.label, public_keys=keys, contacts=args.contact,
+                        now=now)  # fmt: skip
+    store.append_audit(at=now, actor=_user(), action="enroll", subject=f"device {device_id}",
+                       detail=args.label)  # fmt: skip
+    out.write(f"enrolled {device_id} ({args.label})\n")
+    return 0
+
+
+def _revoke(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    device_id = DeviceId.parse(args.device_id)
+    now = time.time()
+    store.revoke_device(device_id, now=now)
+    store.append_audit(at=now, actor=_user(), action="revoke", subject=f"device {device_id}")
+    out.write(f"revoked {device_id}: its messages are refused from now on\n")
+    return 0
+
+
+def _audit(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    entries = store.audit_entries()
+    if args.action == "show":
+        for e in entries:
+            out.write(f"{e.id:>6} {e.at:.3f} {e.actor} {e.action} {e.subject} {e.detail}\n")
+        return 0
+    problems = audit.verify(entries, store.audit_head())
+    for p in problems:
+        out.write(f"TAMPERED {p}\n")
+    out.write(f"audit log: {len(entries)} entries, "
+              f"{'intact' if not problems else f'{len(problems)} problem(s)'}\n")  # fmt: skip
+    return 1 if problems else 0
+
+
+def _stats(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    out.write(f"stored uplinks: {store.count_uplinks()}\n")
+    for reason, count in store.rejections().items():
+        out.write(f"rejected {reason}: {count}\n")
+    return 0
+
+
+def _tail(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    colour = args.colour == "always" or (args.colour == "auto" and out.isatty())
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a live tail
+        tail.follow(store, out, colour=colour, once=args.once)
+    return 0
+
+
+_COMMANDS = {
+    "devices": _devices,
+    "alerts": _alerts,
+    "ack": _act,
+    "resolve": _act,
+    "false-alarm": _act,
+    "verify": _act,
+    "broadcast": _act,
+    "enroll": _enroll,
+    "revoke": _revoke,
+    "audit": _audit,
+    "stats": _stats,
+    "tail": _tail,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

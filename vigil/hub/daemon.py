@@ -1,0 +1,297 @@
+"""The hub's shell: MQTT in, store, `stored` receipts out, watchdog, escalation, deliveries.
+
+paho's thread only queues (topic, payload); the main loop decodes, stores
+(before any receipt), runs the kind's handler, publishes the receipt, then
+ticks the watchdog and the escalation. A second thread delivers notices, so a
+slow SMTP server never delays an ACK. The clock is injected (tests drive it).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from vigil.errors import ReplayedMessage, StorageError, TransportError, VigilError
+from vigil.hub import alerts, escalation, pipeline, watchdog
+from vigil.hub.channels import AppriseNotifier, Notifier, deliver_due
+from vigil.hub.config import HubConfig
+from vigil.hub.store import AlertKind, Store, open_store
+from vigil.runtime.mqtt import MqttClient, Transport
+from vigil.runtime.systemd import sd_notify
+from vigil.wire.envelope import seal_downlink
+from vigil.wire.keys import HubKeys
+from vigil.wire.messages import Acknowledged, ClockSource, DownlinkBody, Message, Resolved, Stored
+from vigil.wire.topics import UP_FILTER, down_topic, shared_up_filter
+
+_LOG = logging.getLogger(__name__)
+DOWNLINK_LEASE = 10.0  # s a hub holds a downlink it publishes; then another may send it
+WATCHDOG_PING = 1.0  # s between WATCHDOG=1 pings (WatchdogSec is several times longer)
+_DOWNLINKS: dict[str, type[Stored] | type[Acknowledged] | type[Resolved]] = {
+    k.KIND: k for k in (Stored, Acknowledged, Resolved)
+}
+
+
+class HubService:
+    """Everything the running hub does, one step at a time, on an injected clock."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        store: Store,
+        hub_keys: HubKeys,
+        notifier: Notifier,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config, self.store, self.keys = config, store, hub_keys
+        self.notifier, self.clock = notifier, clock
+        self.transport: Transport | None = None
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0  # uplinks this instance stored (not duplicates)
+        self._silent: dict[object, float] = {}
+        for a in store.list_alerts():
+            if a.kind is AlertKind.SILENT:
+                self._silent[a.device_id] = max(a.opened_at, self._silent.get(a.device_id, 0.0))
+
+    def audit(self, action: str, subject: str, detail: str = "") -> None:
+        self.store.append_audit(
+            at=self.clock(), actor="hub", action=action, subject=subject, detail=detail
+        )
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Process one MQTT message; bad input is counted and dropped, never raised."""
+        now = self.clock()
+        decoded = pipeline.decode(
+            topic, payload, hub_keys=self.keys, registry=self.store.active_device
+        )
+        if isinstance(decoded, pipeline.Rejected):
+            self._reject(decoded.reason, decoded.detail, decoded.device, now)
+        elif isinstance(decoded, pipeline.ConnectionLost):
+            self.store.note_offline(decoded.device_id, at=now)
+            _LOG.warning("device %s connection lost (Will)", decoded.device_id)
+            self.audit("connection lost", f"device {decoded.device_id}", "MQTT Will")
+        else:
+            self._ingest(decoded, now)
+
+    def _reject(self, reason: str, detail: str, device: str | None, now: float) -> None:
+        self.rejected[reason] += 1
+        self.store.count_rejection(reason, at=now)
+        _LOG.warning("rejected uplink device=%s reason=%s: %s", device, reason, detail)
+
+    def _ingest(self, up: pipeline.Uplink, now: float) -> None:
+        msg, device_id = up.message, up.device_id
+        try:
+            new = self.store.accept_uplink(device_id, msg, received_at=now)
+        except ReplayedMessage as exc:
+            self._reject("ReplayedMessage", str(exc), device_id.hex, now)
+            return
+        self.accepted += new
+        # The uplink is on disk; its effects and its receipt commit together.
+        with self.store.atomic():
+            if new:
+                self._run_handler(up, received_at=now)
+            else:  # a resend: finish what a crash may have interrupted
+                stored = self.store.get_uplink(device_id, msg.seq)
+                if stored is not None and not stored.processed:
+                    self._run_handler(up, received_at=stored.received_at)
+            # A duplicate gets a fresh receipt too: the first one may have been lost.
+            self.store.queue_downlink(device_id, Stored.KIND, msg.seq, now=now)
+        _LOG.info(
+            "uplink device=%s seq=%s kind=%s %s", device_id, msg.seq, msg.kind,
+            "stored" if new else "duplicate",
+        )  # fmt: skip
+        self.flush_downlinks()
+
+    def _run_handler(self, up: pipeline.Uplink, *, received_at: float) -> None:
+        device = self.store.active_device(up.device_id)
+        ctx = pipeline.Context(self.store, device, up.message, received_at, self.audit)
+        summary = pipeline.handle(ctx)
+        self.store.mark_processed(up.device_id, up.message.seq)
+        _LOG.info("device=%s seq=%s kind=%s: %s", up.device_id, up.message.seq,
+                  up.message.kind, summary)  # fmt: skip
+
+    def recover(self) -> int:
+        """Run the handlers of uplinks stored before a crash but not processed."""
+        pending = self.store.unprocessed_uplinks()
+        for u in pending:
+            try:
+                message = _decode_stored(u.payload)
+                self._run_handler(pipeline.Uplink(u.device_id, message), received_at=u.received_at)
+            except VigilError:
+                _LOG.exception("cannot recover uplink device=%s seq=%s", u.device_id, u.seq)
+        return len(pending)
+
+    # -- downlinks -----------------------------------------------------------------------------
+
+    def flush_downlinks(self) -> int:
+        """Seal and publish queued downlinks; keep them queued while the broker is away."""
+        if self.transport is None or not self.transport.connected:
+            return 0
+        sent = 0
+        for d in self.store.pending_downlinks(now=self.clock()):
+            now = self.clock()
+            if not self.store.claim_downlink(d.id, now=now, lease=DOWNLINK_LEASE):
+                continue  # another hub instance is sending it
+            device = self.store.get_device(d.device_id)
+            if device is None or device.revoked:
+                self.store.mark_downlink_sent(d.id, at=now)  # nobody to tell any more
+                continue
+            body: DownlinkBody = _DOWNLINKS[d.kind](d.arg)
+            message = Message(seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP)
+            envelope = seal_downlink(
+                message, device_id=d.device_id, hub_keys=self.keys, device=device.public_keys
+            )
+            try:
+                self.transport.publish(down_topic(d.device_id), envelope, qos=1)
+            except TransportError as exc:
+                self.store.release_downlink(d.id)
+                _LOG.warning("downlink device=%s seq=%s kind=%s waits: %s",
+                             d.device_id, d.seq, d.kind, exc)  # fmt: skip
+                break
+            self.store.mark_downlink_sent(d.id, at=now)
+            sent += 1
+            _LOG.info(
+                "downlink device=%s seq=%s kind=%s arg=%s", d.device_id, d.seq, d.kind, d.arg
+            )
+        return sent
+
+    # -- periodic work --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Watchdog, escalation, and queued downlinks (e.g. an operator's ACK)."""
+        now = self.clock()
+        self.watch(now)
+        self.escalate(now)
+        self.flush_downlinks()
+
+    def watch(self, now: float) -> None:
+        found = watchdog.silent_devices(
+            self.store.list_devices(),
+            now=now,
+            silent_after=self.config.silent_after,
+            last_silent_alert=self._silent,  # type: ignore[arg-type]
+        )
+        for device, reason in found:
+            alert = self.store.open_alert(alerts.device_silent(device, now=now, reason=reason))
+            self._silent[device.device_id] = now
+            _LOG.warning("device %s silent: %s (alert %s)", device.device_id, reason, alert.id)
+            self.audit("device silent", f"alert {alert.id}", reason)
+
+    def escalate(self, now: float) -> None:
+        tiers, channels = self.config.escalation.tiers, self.config.channels
+        for alert in self.store.list_alerts(active_only=True):
+            fired = self.store.fired_steps(alert.id)
+            for tier in escalation.due_tiers(alert, tiers, fired, now=now):
+                device = self.store.get_device(alert.device_id)
+                if device is None:  # pragma: no cover - alerts reference enrolled devices
+                    continue
+                planned = escalation.recipients(tier, channels, device, alert)
+                if self.store.fire_step(alert.id, tier.name, planned, now=now):
+                    _LOG.info("alert %s escalated to %s (%s recipients)",
+                              alert.id, tier.name, len(planned))  # fmt: skip
+                    self.audit("escalated", f"alert {alert.id}",
+                               f"step={tier.name} recipients={len(planned)}")  # fmt: skip
+
+    def deliver(self) -> int:
+        """Send every notice that is due (first attempts and retries)."""
+        return deliver_due(
+            self.store,
+            self.notifier,
+            policy=self.config.escalation,
+            map_url=self.config.map_url,
+            now=self.clock(),
+            audit=self.audit,
+        )
+
+
+def _decode_stored(payload: bytes) -> Message:
+    from vigil.wire.messages import Direction, decode_payload  # noqa: PLC0415 - recovery path only
+
+    return decode_payload(payload, Direction.UP)
+
+
+# -- the process -----------------------------------------------------------------------------
+
+
+def serve(service: HubService, client: MqttClient, inbox: queue.Queue[tuple[str, bytes]],
+          stop: threading.Event, *, interval: float = 0.2) -> None:  # fmt: skip
+    """Run the main loop and the delivery thread until `stop` is set."""
+    service.transport = client
+    service.recover()
+    worker = threading.Thread(target=_deliveries, args=(service, stop, interval), daemon=True)
+    worker.start()
+    sd_notify("READY=1")
+    pinged = -WATCHDOG_PING
+    try:
+        while not stop.is_set():
+            healthy = True
+            try:
+                topic, payload = inbox.get(timeout=interval)
+                service.handle(topic, payload)
+            except queue.Empty:
+                pass
+            except StorageError:  # no receipt: the device will resend
+                _LOG.exception("store failed while handling an uplink")
+                healthy = False
+            try:
+                service.tick()
+            except StorageError:
+                _LOG.exception("store failed during the periodic tick")
+                healthy = False
+            if healthy and time.monotonic() - pinged >= WATCHDOG_PING:
+                sd_notify("WATCHDOG=1")
+                pinged = time.monotonic()
+    finally:
+        sd_notify("STOPPING=1")
+        worker.join(timeout=10)
+
+
+def _enqueue(inbox: queue.Queue[tuple[str, bytes]], topic: str, payload: bytes) -> None:
+    """Hand a message to the main loop; if it is swamped, drop it (the device resends)."""
+    try:
+        inbox.put_nowait((topic, payload))
+    except queue.Full:
+        _LOG.warning("inbox full, dropped a message on %s; the sender will retry", topic)
+
+
+def _deliveries(service: HubService, stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        try:
+            service.deliver()
+        except StorageError:
+            _LOG.exception("store failed during deliveries")
+
+
+def run(config: HubConfig, *, stop: threading.Event, clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None) -> None:  # fmt: skip
+    """Start the hub from `config` and serve until `stop` is set."""
+    store = open_store(config.store_url)
+    try:
+        keys = HubKeys.load(config.keys_path)
+        service = HubService(
+            config, store=store, hub_keys=keys, notifier=notifier or AppriseNotifier(), clock=clock
+        )
+        inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10000)
+        group = config.mqtt.shared_group
+        subscription = shared_up_filter(group) if group else UP_FILTER
+        client = MqttClient(
+            config.mqtt.settings(),
+            on_message=lambda topic, payload: _enqueue(inbox, topic, payload),
+            subscriptions=[subscription],
+        )
+        client.start()
+        _LOG.info(
+            "hub subscribed to %s on %s:%s", subscription, config.mqtt.host, config.mqtt.port
+        )
+        try:
+            serve(service, client, inbox, stop)
+        finally:
+            client.stop()
+    finally:
+        store.close()

@@ -1,0 +1,173 @@
+"""Ingest pipeline: decode and verify an uplink (pure), then a table of small handlers per kind.
+
+`decode` never raises: it returns an `Uplink`, a `ConnectionLost` (the device's
+empty Will payload) or a `Rejected` with the reason (the `VigilError` class
+name) for the shell to count and log. Forged input never reaches the store.
+
+Handlers run after the uplink is stored and before it is marked processed;
+they are idempotent, so a crash in between is repaired by running them again
+(on the device's resend, or at start-up).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vigil.errors import VigilError
+from vigil.hub import alerts
+from vigil.hub.store import AlertKind, AlertState, DeviceRecord, Store
+from vigil.wire.envelope import open_uplink
+from vigil.wire.ids import DeviceId
+from vigil.wire.keys import HubKeys
+from vigil.wire.messages import Alarm, Cancel, Checkin, Heartbeat, Message, Position, Trigger
+from vigil.wire.topics import parse_topic
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    device_id: DeviceId
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    device_id: DeviceId
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: str
+    detail: str
+    device: str | None = None
+
+
+Decoded = Uplink | ConnectionLost | Rejected
+Registry = Callable[[DeviceId], DeviceRecord]  # raises UnknownDevice / RevokedDevice
+
+
+def decode(topic: str, payload: bytes, *, hub_keys: HubKeys, registry: Registry) -> Decoded:
+    """Turn one MQTT message into a verified uplink, a lost connection, or a rejection."""
+    device: str | None = None
+    try:
+        device_id, direction = parse_topic(topic)
+        device = device_id.hex
+        if direction != "up":
+            return Rejected("WrongDirection", f"hub got a message on {topic}", device)
+        if len(payload) == 0:
+            registry(device_id)  # a Will from an unknown device is noise, not news
+            return ConnectionLost(device_id)
+
+        def signing_key(d: DeviceId) -> Ed25519PublicKey:
+            return registry(d).public_keys.signing
+
+        message = open_uplink(payload, device_id=device_id, hub_keys=hub_keys, lookup=signing_key)
+    except VigilError as exc:
+        return Rejected(type(exc).__name__, str(exc), device)
+    return Uplink(device_id, message)
+
+
+# -- handlers ---------------------------------------------------------------------------
+
+Audit = Callable[[str, str, str], None]  # (action, subject, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    store: Store
+    device: DeviceRecord
+    message: Message
+    received_at: float
+    audit: Audit
+
+
+def _alarm(ctx: Context, body: Alarm) -> str:
+    draft = alerts.from_alarm(
+        ctx.device.device_id, ctx.message.seq, body, received_at=ctx.received_at
+    )
+    alert = ctx.store.open_alert(draft)
+    ctx.store.note_device_state(ctx.device.device_id, battery=body.battery, fix=draft.last_fix)
+    ctx.audit(
+        "alert opened", f"alert {alert.id}", f"trigger={body.trigger.value} seq={alert.alarm_seq}"
+    )
+    return f"alert {alert.id} open ({body.trigger.value})"
+
+
+def _cancel(ctx: Context, body: Cancel) -> str:
+    store, device_id = ctx.store, ctx.device.device_id
+    alert = store.find_alert(device_id, body.alarm_seq)
+    if alert is None:
+        if not body.duress:
+            return f"cancel of unknown alarm {body.alarm_seq} ignored"
+        # A duress cancel that overtook its alarm must still raise one.
+        draft = alerts.from_alarm(
+            device_id, body.alarm_seq, Alarm(Trigger.DURESS), received_at=ctx.received_at
+        )
+        alert = store.open_alert(draft)
+    updated = alerts.cancel(alert, duress=body.duress, now=ctx.received_at)
+    if updated != alert:
+        store.save_alert(updated)
+        what = "duress cancel" if body.duress else "cancelled by wearer"
+        ctx.audit(what, f"alert {alert.id}", f"seq={body.alarm_seq}")
+    return f"alert {alert.id} {alerts.operator_view(updated)}"
+
+
+def _position(ctx: Context, body: Position) -> str:
+    store, device_id = ctx.store, ctx.device.device_id
+    fix = alerts.last_fix(body.fix, received_at=ctx.received_at)
+    store.note_device_state(device_id, fix=fix)
+    alert = store.find_alert(device_id, body.alarm_seq)
+    if alert is None:
+        return f"position for unknown alarm {body.alarm_seq} kept as last fix"
+    store.add_position(alert.id, device_id, ctx.message.seq, fix)
+    updated = alerts.attach_position(alert, fix, now=ctx.received_at)
+    if updated != alert:
+        store.save_alert(updated)
+    return f"position for alert {alert.id}"
+
+
+def _heartbeat(ctx: Context, body: Heartbeat) -> str:
+    fix_at = None if body.fix_age is None else ctx.received_at - body.fix_age
+    ctx.store.note_device_state(ctx.device.device_id, battery=body.battery, gps_fix_at=fix_at)
+    return "heartbeat"
+
+
+def _checkin(ctx: Context, body: Checkin) -> str:
+    return "check-in"
+
+
+HANDLERS: dict[type, Callable[[Context, object], str]] = {
+    Alarm: _alarm,  # type: ignore[dict-item]
+    Cancel: _cancel,  # type: ignore[dict-item]
+    Position: _position,  # type: ignore[dict-item]
+    Heartbeat: _heartbeat,  # type: ignore[dict-item]
+    Checkin: _checkin,  # type: ignore[dict-item]
+}
+
+
+def _fallback(ctx: Context, body: object) -> str:
+    _LOG.warning("no handler for kind %s from %s", ctx.message.kind, ctx.device.device_id)
+    return f"kind {ctx.message.kind} stored, not handled"
+
+
+def handle(ctx: Context) -> str:
+    """Run the handler for the message's kind; return a one-line summary for logs and tail."""
+    _end_silence(ctx)
+    body = ctx.message.body
+    return HANDLERS.get(type(body), _fallback)(ctx, body)
+
+
+def _end_silence(ctx: Context) -> None:
+    """A silent device spoke again: close its open (not yet taken) silent alert."""
+    for alert in ctx.store.list_alerts(active_only=True):
+        silent = alert.kind is AlertKind.SILENT and alert.state is AlertState.OPEN
+        if silent and alert.device_id == ctx.device.device_id:
+            closed = alerts.close(alert, false_alarm=False, now=ctx.received_at,
+                                  note="device spoke again")  # fmt: skip
+            ctx.store.save_alert(replace(closed, note="device spoke again"))
+            ctx.audit("silent alert closed", f"alert {alert.id}", "device spoke again")

@@ -1,0 +1,142 @@
+"""Rows of the hub store as frozen dataclasses (no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from vigil.wire.ids import DeviceId
+from vigil.wire.keys import DevicePublicKeys
+
+
+class AlertState(enum.StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    FALSE_ALARM = "false-alarm"
+    CANCELLED = "cancelled"
+
+    @property
+    def closed(self) -> bool:
+        return self in (AlertState.RESOLVED, AlertState.FALSE_ALARM, AlertState.CANCELLED)
+
+
+class AlertKind(enum.StrEnum):
+    ALARM = "alarm"  # raised by the wearer (button, tamper, missed check-in, duress)
+    SILENT = "silent"  # raised by the hub: the device stopped talking
+
+
+@dataclass(frozen=True, slots=True)
+class LastFix:
+    """A position as the hub knows it: where, when the fix was taken (hub clock)."""
+
+    lat: float
+    lon: float
+    taken_at: float  # hub time of the fix: received_at - age (fix_time if no better)
+    received_at: float
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.taken_at)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """An enrolled device with its keys, owner label, contacts and last known state."""
+
+    device_id: DeviceId
+    label: str
+    public_keys: DevicePublicKeys
+    contacts: tuple[str, ...] = ()
+    enrolled_at: float = 0.0
+    revoked_at: float | None = None
+    last_seen: float | None = None
+    battery: int | None = None
+    last_fix: LastFix | None = None
+    down_seq: int = -1
+    offline_at: float | None = None  # Will received, not seen since
+    gps_fix_at: float | None = None  # hub time of the device's last GPS fix (heartbeats)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert: an alarm from a wearer or a silent device, and what operators did."""
+
+    id: int
+    device_id: DeviceId
+    kind: AlertKind
+    state: AlertState
+    opened_at: float
+    updated_at: float
+    alarm_seq: int | None = None
+    trigger: str | None = None
+    duress: bool = False
+    battery: int | None = None
+    last_fix: LastFix | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
+    verified_at: float | None = None
+    closed_at: float | None = None
+    note: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Still needs help: open or acknowledged (a duress cancel stays open)."""
+        return not self.state.closed
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUplink:
+    """An accepted uplink as stored: its canonical payload and whether handlers ran."""
+
+    device_id: DeviceId
+    seq: int
+    kind: str
+    payload: bytes
+    received_at: float
+    processed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDownlink:
+    """A downlink with its persisted seq, waiting to be published."""
+
+    id: int
+    device_id: DeviceId
+    seq: int
+    kind: str
+    arg: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One recipient of one escalation step of one alert (never two rows for the same)."""
+
+    id: int
+    alert_id: int
+    step: str
+    channel: str
+    label: str
+    url: str
+    status: str  # pending | sent | failed
+    attempts: int
+    next_at: float | None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the append-only audit log, chained by hash to the previous one."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    subject: str
+    detail: str
+    prev_hash: str
+    hash: str

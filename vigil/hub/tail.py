@@ -1,0 +1,108 @@
+"""`vigil-hub tail`: a live, decoded stream of uplinks, audit events and rejections.
+
+It follows the store (not the broker), so it shows what the hub decided:
+stored uplinks with their decoded fields, alerts, escalations, deliveries,
+operator actions, and counts of rejected input. Colour on a terminal, plain
+text when piped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TextIO
+
+from vigil.errors import VigilError
+from vigil.hub.store import AuditEntry, Store, StoredUplink
+from vigil.wire.messages import Alarm, Cancel, Direction, Heartbeat, Position, decode_payload
+
+_COLOURS = {"alarm": "31;1", "cancel": "33", "position": "36", "audit": "35", "reject": "31"}
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+
+
+def describe_uplink(u: StoredUplink) -> str:
+    """One line of decoded fields for a stored uplink."""
+    try:
+        body = decode_payload(u.payload, Direction.UP).body
+    except VigilError:  # pragma: no cover - only valid payloads are stored
+        return "(undecodable)"
+    if isinstance(body, Alarm):
+        parts = [f"trigger={body.trigger.value}", f"battery={body.battery}"]
+        if body.fix is not None:
+            parts.append(f"fix={body.fix.lat:.5f},{body.fix.lon:.5f} age={body.fix.age:.0f}s")
+        return " ".join(parts)
+    if isinstance(body, Cancel):
+        return f"alarm_seq={body.alarm_seq}"  # a duress cancel shows in the audit, not here
+    if isinstance(body, Position):
+        return f"alarm_seq={body.alarm_seq} fix={body.fix.lat:.5f},{body.fix.lon:.5f}"
+    if isinstance(body, Heartbeat):
+        return f"battery={body.battery} fix_age={body.fix_age} signal={body.signal}"
+    return ""
+
+
+@dataclass
+class Follower:
+    """Remembers what was shown, and yields new lines on each `poll`."""
+
+    store: Store
+    colour: bool = False
+    since: float = 0.0
+    _seen: set[tuple[str, int]] = field(default_factory=set)
+    _audit_id: int = 0
+    _rejections: dict[str, int] = field(default_factory=dict)
+
+    def _paint(self, kind: str, text: str) -> str:
+        code = _COLOURS.get(kind)
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour and code else text
+
+    def poll(self) -> Iterator[tuple[float, str]]:
+        events: list[tuple[float, str]] = []
+        for u in self.store.recent_uplinks(after=self.since):
+            key = (u.device_id.hex, u.seq)
+            if key not in self._seen:
+                self._seen.add(key)
+                self.since = max(self.since, u.received_at)
+                text = (
+                    f"up     {u.device_id.hex[:8]} seq={u.seq:<5} {u.kind:<9} {describe_uplink(u)}"
+                )
+                events.append((u.received_at, self._paint(u.kind, text)))
+        for e in self.store.audit_entries():
+            if e.id > self._audit_id:
+                self._audit_id = e.id
+                events.append((e.at, self._paint("audit", _audit_line(e))))
+        for reason, count in self.store.rejections().items():
+            new = count - self._rejections.get(reason, 0)
+            if new > 0:
+                self._rejections[reason] = count
+                line = f"reject {reason} x{new} (total {count})"
+                events.append((time.time(), self._paint("reject", line)))
+        yield from sorted(events, key=lambda ev: ev[0])
+
+
+def _audit_line(e: AuditEntry) -> str:
+    return f"event  {e.actor:<8} {e.action:<18} {e.subject:<10} {e.detail}".rstrip()
+
+
+def follow(
+    store: Store,
+    out: TextIO,
+    *,
+    colour: bool,
+    once: bool,
+    interval: float = 0.5,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Print events as they happen (or what is there now, with `once`)."""
+    follower = Follower(store, colour=colour)
+    while True:
+        for at, line in follower.poll():
+            out.write(f"{_clock(at)}  {line}\n")
+        out.flush()
+        if once or stop():
+            return
+        time.sleep(interval)  # polling the store; a live tail has nothing to wait on

@@ -1,0 +1,212 @@
+"""Enrol a wearable: keys, opaque id, broker credentials, hub registry entry, device config.
+
+Re-running `provision_device` on the same folder re-uses its keys, id and
+password (and re-enrolling the same keys changes nothing); new keys need
+`force`, which also revokes the old ones at the hub and renews the broker
+password. A revoked device comes back only with `force`: its old keys and
+password may be in other hands.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from vigil.errors import (
+    AlreadyEnrolled,
+    BadConfigValue,
+    ConfigError,
+    KeyFileError,
+    UnknownDevice,
+)
+from vigil.hub.channels import accepts_url
+from vigil.hub.config import BrokerConfig, HubConfig, load_config
+from vigil.hub.store import open_store
+from vigil.provision.broker import new_password, remove_user, set_password
+from vigil.provision.toml import render_toml
+from vigil.wire.ids import DeviceId
+from vigil.wire.keys import DeviceKeys, HubKeys, write_atomically
+
+SUITES = {"x25519", "mlkem768-x25519"}
+# Where the files live on the wearable (the SD-image tool puts them there).
+ON_DEVICE = {
+    "keys": "/var/lib/vigil-device/device.key",
+    "state_dir": "/var/lib/vigil-device",
+    "password_file": "/etc/vigil/mqtt-password",
+    "tls_ca": "/etc/vigil/ca.pem",
+}
+PINOUT = Path(__file__).resolve().parents[2] / "hardware" / "pinout.toml"
+
+
+def provision_device(
+    *, label: str, hub_config: Path, out: Path, contacts: list[str], suite: str, force: bool,
+    broker_pid_file: Path | None = None,
+) -> str:  # fmt: skip
+    """Create or re-use the device in `out`, enrol it, grant broker access; return a summary.
+
+    Everything local (id, keys, password, CA, device.toml) is written first, so a
+    rerun after a failure at the hub or the broker re-uses the same device id.
+    The hub enrols before the broker lets the device in.
+    """
+    if not label.strip() or len(label) > 100 or not label.isprintable():
+        raise BadConfigValue(f"--label must be 1..100 printable characters, got {label!r:.40}")
+    for url in contacts:
+        _check_contact(url)
+    cfg = load_config(hub_config)
+    if cfg.broker is None or cfg.broker.password_file is None or cfg.broker.ca_file is None:
+        raise ConfigError(f"{hub_config}: [broker] needs device_host, ca_file and password_file")
+    device_id = _existing_id(out) or DeviceId.generate()
+    keys = _device_keys(out / "device.key", force=force)
+    # New keys mean the old ones are not trusted: the broker password goes with them.
+    password = _password(out / "mqtt-password", renew=force)
+    shutil.copyfile(cfg.broker.ca_file, out / "ca.pem")
+    config = _device_toml(cfg.keys_path, cfg.broker, device_id, suite=suite)
+    write_atomically(out / "device.toml", config, mode=0o644)
+    _enrol(cfg, device_id, keys, label=label, contacts=contacts, replace=force)
+    set_password(cfg.broker.password_file, device_id.hex, password)
+    if broker_pid_file is None:
+        return (
+            f"device {device_id} ({label}) enrolled; files in {out}. Reload mosquitto "
+            "(systemctl reload mosquitto) so it accepts the device's password."
+        )
+    _reload_broker(broker_pid_file)
+    return f"device {device_id} ({label}) enrolled; files in {out}; broker reloaded."
+
+
+def _device_toml(
+    hub_keys: Path, broker: BrokerConfig, device_id: DeviceId, *, suite: str
+) -> bytes:
+    """The wearable's config, naming the paths its files will have on the Pi."""
+    hub_public = HubKeys.load(hub_keys).public().to_text()
+    doc: dict[str, dict[str, Any]] = {
+        "device": {"id": device_id.hex, "keys": ON_DEVICE["keys"],
+                   "state_dir": ON_DEVICE["state_dir"]},
+        "hub": {**hub_public, "suite": suite},
+        "mqtt": {"host": broker.device_host, "port": broker.device_port,
+                 "tls_ca": ON_DEVICE["tls_ca"], "username": device_id.hex,
+                 "password_file": ON_DEVICE["password_file"]},
+        "battery": {"capacity_path": _capacity_path()},
+    }  # fmt: skip
+    return render_toml(doc).encode()
+
+
+def revoke_device(device_id_text: str, *, hub_config: Path, broker_pid_file: Path | None) -> str:
+    """Remove the device's broker password, reload the broker, mark it revoked at the hub.
+
+    The broker goes first: if the hub's store then fails, the device is already
+    cut off. On reload (SIGHUP) mosquitto 2 re-reads the password file and
+    disconnects a connected client that no longer authenticates (see the tests).
+    """
+    device_id = DeviceId.parse(device_id_text)
+    cfg = load_config(hub_config)
+    removed = False
+    if cfg.broker is not None and cfg.broker.password_file is not None:
+        removed = remove_user(cfg.broker.password_file, device_id.hex)
+    if broker_pid_file is not None:
+        _reload_broker(broker_pid_file)
+    broker = "broker password removed" if removed else "no broker password was found"
+    store = open_store(cfg.store_url)
+    try:
+        store.revoke_device(device_id, now=time.time())
+        store.append_audit(at=time.time(), actor="vigil-provision", action="revoke",
+                           subject=f"device {device_id}")  # fmt: skip
+    except UnknownDevice as exc:
+        raise UnknownDevice(f"{exc} at this hub (but {broker})") from exc
+    finally:
+        store.close()
+    if broker_pid_file is None:
+        return (
+            f"revoked {device_id}: the hub refuses it; {broker}. Reload mosquitto "
+            "(systemctl reload mosquitto, or SIGHUP) to drop an open connection."
+        )
+    return f"revoked {device_id}: the hub refuses it; {broker}; broker reloaded."
+
+
+def _reload_broker(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reload the broker from {pid_file}: {exc}") from exc
+
+
+def _check_contact(url: str) -> None:
+    """Refuse a contact the hub could not notify: its alarms would reach nobody there."""
+    if len(url) > 2000 or not url.isprintable() or not accepts_url(url):
+        raise BadConfigValue(
+            f"--contact {url!r:.60} is not a notification URL the hub can use "
+            "(an Apprise URL such as mailtos://user:password@example.org)"
+        )
+
+
+def _capacity_path() -> str:
+    """Where the fuel gauge's driver shows the charge on the wearable (hardware/pinout.toml)."""
+    try:
+        return str(tomllib.loads(PINOUT.read_text())["i2c"]["capacity_path"])
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+        raise ConfigError(f"{PINOUT}: no [i2c] capacity_path: {exc}") from exc
+
+
+def _existing_id(out: Path) -> DeviceId | None:
+    config = out / "device.toml"
+    if not config.exists():
+        return None
+    try:
+        return DeviceId.parse(tomllib.loads(config.read_text())["device"]["id"])
+    except (tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{config}: cannot read the device id: {exc}") from exc
+
+
+def _device_keys(path: Path, *, force: bool) -> DeviceKeys:
+    if path.exists() and not force:
+        return DeviceKeys.load(path)
+    keys = DeviceKeys.generate()
+    keys.save(path, force=force)
+    return keys
+
+
+def _password(path: Path, *, renew: bool) -> str:
+    if path.exists() and not renew:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise KeyFileError(f"cannot read {path}: {exc}") from exc
+    password = new_password()
+    write_atomically(path, password.encode() + b"\n", mode=0o600)
+    return password
+
+
+def _enrol(
+    cfg: HubConfig, device_id: DeviceId, keys: DeviceKeys, *, label: str, contacts: list[str],
+    replace: bool,
+) -> None:  # fmt: skip
+    store = open_store(cfg.store_url)
+    try:
+        known = store.get_device(device_id)
+        same = known is not None and known.public_keys.to_text() == keys.public().to_text()
+        if known is not None and known.revoked and same:
+            # The store would quietly revive it; a revoked device's keys may be in other hands.
+            raise AlreadyEnrolled(
+                f"device {device_id} was revoked and these are its old keys; "
+                "pass --force to give it new keys and a new broker password"
+            )
+        if known is not None and not same and not replace:
+            raise AlreadyEnrolled(
+                f"device {device_id} is enrolled at the hub with other keys than this "
+                "folder's device.key; pass --force to replace them"
+            )
+        if known is not None and not same and not known.revoked:
+            store.revoke_device(device_id, now=time.time())  # new keys replace the old ones
+        store.enroll_device(device_id, label=label, public_keys=keys.public(),
+                            contacts=contacts, now=time.time())  # fmt: skip
+        store.append_audit(at=time.time(), actor="vigil-provision", action="enroll",
+                           subject=f"device {device_id}", detail=label)  # fmt: skip
+    except UnknownDevice as exc:  # pragma: no cover - revoke right after get_device
+        raise ConfigError(str(exc)) from exc
+    finally:
+        store.close()

@@ -1,0 +1,1 @@
+"""The imperative shell both daemons share: the paho-mqtt wrapper, systemd notify, config."""

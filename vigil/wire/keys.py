@@ -1,0 +1,283 @@
+"""Key pairs of devices and hubs: generate, save (mode 0600), load, and text forms.
+
+Private keys live in one PEM file per identity, a fixed sequence of PKCS#8
+blocks (docs/protocol.md §6). Public keys travel as short text strings
+`<alg>:<base64>` in config files and the hub's device registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from cryptography.hazmat.primitives import hpke, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, MLKEM768PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from vigil.errors import BadConfigValue, InsecureKeyFile, KeyFileError
+
+
+class Suite(enum.IntEnum):
+    """HPKE cipher suites, by the id carried in the envelope header."""
+
+    X25519_CHACHA20 = 1  # DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305
+    MLKEM768_X25519_CHACHA20 = 2  # ML-KEM-768 + X25519 hybrid KEM, HKDF-SHA256, ChaCha20-Poly1305
+
+    @property
+    def hpke(self) -> hpke.Suite:
+        kem = hpke.KEM.X25519 if self is Suite.X25519_CHACHA20 else hpke.KEM.MLKEM768_X25519
+        return hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+
+    @property
+    def hpke_enc_length(self) -> int:
+        """Bytes of HPKE's encapsulated key (`enc`) for this suite."""
+        return 32 if self is Suite.X25519_CHACHA20 else 1120
+
+
+_BEGIN = b"-----BEGIN PRIVATE KEY-----"
+_END = b"-----END PRIVATE KEY-----"
+
+
+# -- text forms of public keys ---------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: object, alg: str, length: int) -> bytes:
+    if not isinstance(text, str) or not text.startswith(f"{alg}:"):
+        raise BadConfigValue(f"expected a public key '{alg}:<base64>', got {text!r:.80}")
+    try:
+        raw = base64.b64decode(text[len(alg) + 1 :], validate=True)
+    except binascii.Error as exc:
+        raise BadConfigValue(f"public key {text!r:.40} is not valid base64") from exc
+    if len(raw) != length:
+        raise BadConfigValue(f"a {alg} public key is {length} bytes, got {len(raw)}")
+    return raw
+
+
+def ed25519_to_text(key: Ed25519PublicKey) -> str:
+    return "ed25519:" + _b64(key.public_bytes_raw())
+
+
+def ed25519_from_text(text: object) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(_unb64(text, "ed25519", 32))
+
+
+def x25519_to_text(key: X25519PublicKey) -> str:
+    return "x25519:" + _b64(key.public_bytes_raw())
+
+
+def x25519_from_text(text: object) -> X25519PublicKey:
+    return X25519PublicKey.from_public_bytes(_unb64(text, "x25519", 32))
+
+
+_MLKEM768_PUBLIC = 1184
+
+
+def hybrid_to_text(mlkem: MLKEM768PublicKey, x25519: X25519PublicKey) -> str:
+    return "mlkem768x25519:" + _b64(mlkem.public_bytes_raw() + x25519.public_bytes_raw())
+
+
+def hybrid_from_text(text: object) -> hpke.MLKEM768X25519PublicKey:
+    raw = _unb64(text, "mlkem768x25519", _MLKEM768_PUBLIC + 32)
+    try:
+        mlkem = MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC])
+    except ValueError as exc:
+        raise BadConfigValue(f"invalid ML-KEM-768 public key: {exc}") from exc
+    return hpke.MLKEM768X25519PublicKey(
+        mlkem, X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC:])
+    )
+
+
+# -- key pairs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePublicKeys:
+    """What the hub knows of a device: its signing key and its downlink KEM key."""
+
+    signing: Ed25519PublicKey
+    kem: X25519PublicKey
+
+    def to_text(self) -> dict[str, str]:
+        return {"signing": ed25519_to_text(self.signing), "kem": x25519_to_text(self.kem)}
+
+    @classmethod
+    def from_text(cls, doc: dict[str, object]) -> DevicePublicKeys:
+        return cls(ed25519_from_text(doc.get("signing")), x25519_from_text(doc.get("kem")))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKeys:
+    """A device's private keys: Ed25519 to sign uplinks, X25519 to open downlinks."""
+
+    signing: Ed25519PrivateKey
+    kem: X25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> DeviceKeys:
+        return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+    def public(self) -> DevicePublicKeys:
+        return DevicePublicKeys(self.signing.public_key(), self.kem.public_key())
+
+    def save(self, path: Path, *, force: bool = False) -> None:
+        _save_pem(path, [self.signing, self.kem], force=force)
+
+    @classmethod
+    def load(cls, path: Path) -> DeviceKeys:
+        b = _load_pem(path, (Ed25519PrivateKey, X25519PrivateKey))
+        return cls(cast(Ed25519PrivateKey, b[0]), cast(X25519PrivateKey, b[1]))
+
+
+@dataclass(frozen=True, slots=True)
+class HubPublicKeys:
+    """What a device knows of its hub: the uplink KEM keys and the downlink signing key."""
+
+    signing: Ed25519PublicKey
+    kem: X25519PublicKey
+    hybrid_kem: hpke.MLKEM768X25519PublicKey
+    hybrid_text: str  # the hybrid key class has no byte export; keep its text form
+
+    def to_text(self) -> dict[str, str]:
+        return {
+            "signing": ed25519_to_text(self.signing),
+            "kem": x25519_to_text(self.kem),
+            "hybrid_kem": self.hybrid_text,
+        }
+
+    @classmethod
+    def from_text(cls, doc: dict[str, object]) -> HubPublicKeys:
+        text = doc.get("hybrid_kem")
+        return cls(
+            ed25519_from_text(doc.get("signing")),
+            x25519_from_text(doc.get("kem")),
+            hybrid_from_text(text),
+            str(text),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HubKeys:
+    """The hub's private keys: Ed25519 to sign downlinks, one KEM key per suite."""
+
+    signing: Ed25519PrivateKey
+    kem: X25519PrivateKey
+    hybrid_mlkem: MLKEM768PrivateKey
+    hybrid_x25519: X25519PrivateKey
+
+    @classmethod
+    def generate(cls) -> HubKeys:
+        return cls(
+            Ed25519PrivateKey.generate(),
+            X25519PrivateKey.generate(),
+            MLKEM768PrivateKey.generate(),
+            X25519PrivateKey.generate(),
+        )
+
+    @property
+    def hybrid_kem(self) -> hpke.MLKEM768X25519PrivateKey:
+        return hpke.MLKEM768X25519PrivateKey(self.hybrid_mlkem, self.hybrid_x25519)
+
+    def public(self) -> HubPublicKeys:
+        mlkem, x25519 = self.hybrid_mlkem.public_key(), self.hybrid_x25519.public_key()
+        return HubPublicKeys(
+            self.signing.public_key(),
+            self.kem.public_key(),
+            hpke.MLKEM768X25519PublicKey(mlkem, x25519),
+            hybrid_to_text(mlkem, x25519),
+        )
+
+    def save(self, path: Path, *, force: bool = False) -> None:
+        keys: list[_PrivateKey] = [self.signing, self.kem, self.hybrid_mlkem, self.hybrid_x25519]
+        _save_pem(path, keys, force=force)
+
+    @classmethod
+    def load(cls, path: Path) -> HubKeys:
+        kinds = (Ed25519PrivateKey, X25519PrivateKey, MLKEM768PrivateKey, X25519PrivateKey)
+        b = _load_pem(path, kinds)
+        return cls(
+            cast(Ed25519PrivateKey, b[0]),
+            cast(X25519PrivateKey, b[1]),
+            cast(MLKEM768PrivateKey, b[2]),
+            cast(X25519PrivateKey, b[3]),
+        )
+
+
+# -- PEM files ---------------------------------------------------------------------------
+
+_PrivateKey = Ed25519PrivateKey | X25519PrivateKey | MLKEM768PrivateKey
+
+
+def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool) -> None:
+    """Write the keys atomically with mode 0600; refuse to replace a file unless `force`."""
+    if path.exists() and not force:
+        raise KeyFileError(f"{path} already exists; pass --force to replace these keys")
+    pem = b"".join(
+        k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        for k in keys
+    )
+    write_atomically(path, pem, mode=0o600)
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+    """Write `data` to `path` via a synced temporary file that has `mode` from the start.
+
+    A secret is never briefly readable by others, and a power cut leaves either
+    the old file or the new one, never half of it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+
+
+def check_private_file(path: Path) -> None:
+    """Refuse a secret file that group or others may read or write."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"key file {path} does not exist") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InsecureKeyFile(
+            f"key file {path} has mode {stat.S_IMODE(mode):04o}; run 'chmod 600 {path}'"
+        )
+
+
+def _load_pem(path: Path, kinds: tuple[type, ...]) -> list[object]:
+    """Read the PEM blocks of `path`, checking their number, order and key types."""
+    check_private_file(path)
+    count = len(kinds)
+    data = path.read_bytes()
+    blocks = [b + _END for b in data.split(_END) if _BEGIN in b]
+    if len(blocks) != count:
+        raise KeyFileError(f"{path} must hold {count} private keys, found {len(blocks)}")
+    try:
+        keys = [serialization.load_pem_private_key(b.strip(), password=None) for b in blocks]
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path} holds a key that cannot be read: {exc}") from exc
+    for number, (key, kind) in enumerate(zip(keys, kinds, strict=True), start=1):
+        if not isinstance(key, kind):
+            raise KeyFileError(
+                f"{path}: key {number} should be {kind.__name__}, is {type(key).__name__}"
+            )
+    return list(keys)

@@ -1,0 +1,355 @@
+"""Typed Vigil messages and their payload encoding (canonical JSON, strict decoding).
+
+Uplink kinds (device -> hub): alarm, cancel, position, heartbeat, checkin.
+Downlink kinds (hub -> device): stored, acknowledged, resolved, config.
+Every message carries the sender's sequence number, its send time and where
+that time came from (the Pi has no RTC). See docs/protocol.md §4.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeAlias
+
+from vigil.errors import MalformedMessage, UnknownKind
+from vigil.wire.replay import MAX_SEQ
+
+MAX_BATTERY = 100
+MAX_SETTINGS = 32
+MAX_TEXT = 64
+
+
+class Direction(enum.IntEnum):
+    UP = 1
+    DOWN = 2
+
+
+class Trigger(enum.StrEnum):
+    BUTTON = "button"
+    TAMPER = "tamper"
+    MISSED_CHECKIN = "missed-checkin"
+    DURESS = "duress"
+
+
+class ClockSource(enum.StrEnum):
+    """Where `sent_at` came from: NTP, the GPS, or nowhere yet (no RTC on the Pi)."""
+
+    NTP = "ntp"
+    GPS = "gps"
+    UNSYNCED = "unsynced"
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if type(value) is not int or not low <= value <= high:
+        raise MalformedMessage(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def _check_float(name: str, value: object, low: float, high: float) -> None:
+    if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type,operator]
+        raise MalformedMessage(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+def _check_optional_int(name: str, value: object, low: int, high: int) -> None:
+    if value is not None:
+        _check_int(name, value, low, high)
+
+
+# Up to year 2200; a fix or send time outside that is a broken clock or an attack.
+_MAX_TIME = 7_258_118_400.0
+_MAX_AGE = 10 * 365 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """A GPS position as sent on the wire, with its age when the message was made.
+
+    `quality` is the NMEA GGA fix quality (1 GPS, 2 DGPS, ...), `hdop` may be
+    unknown, `fix_time` is the receiver's UTC time of the fix (Unix seconds) or
+    None when the receiver gave no date.
+    """
+
+    lat: float
+    lon: float
+    fix_time: float | None
+    quality: int
+    satellites: int
+    hdop: float | None
+    age: float
+
+    def __post_init__(self) -> None:
+        _check_float("lat", self.lat, -90.0, 90.0)
+        _check_float("lon", self.lon, -180.0, 180.0)
+        if self.fix_time is not None:
+            _check_float("fix_time", self.fix_time, 0.0, _MAX_TIME)
+        _check_int("quality", self.quality, 0, 9)
+        _check_int("satellites", self.satellites, 0, 99)
+        if self.hdop is not None:
+            _check_float("hdop", self.hdop, 0.0, 99.99)
+        _check_float("age", self.age, 0.0, _MAX_AGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """Help needed now. Carries the last fix (never waits for one) and the battery level."""
+
+    KIND: ClassVar[str] = "alarm"
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    trigger: Trigger
+    fix: Fix | None = None
+    battery: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.trigger, Trigger):
+            raise MalformedMessage(f"trigger must be one of {[t.value for t in Trigger]}")
+        _check_optional_int("battery", self.battery, 0, MAX_BATTERY)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """The wearer cancels alarm `alarm_seq`; `duress` marks a cancel given under coercion."""
+
+    KIND: ClassVar[str] = "cancel"
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    alarm_seq: int
+    duress: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        if type(self.duress) is not bool:
+            raise MalformedMessage(f"duress must be true or false, got {self.duress!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A follow-up position while alarm `alarm_seq` is active."""
+
+    KIND: ClassVar[str] = "position"
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    alarm_seq: int
+    fix: Fix
+
+    def __post_init__(self) -> None:
+        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        if not isinstance(self.fix, Fix):
+            raise MalformedMessage("a position needs a fix")
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Still alive: battery %, age of the last fix (s), link quality % (None = unknown)."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    DIRECTION: ClassVar[Direction] = Direction.UP
+    battery: int | None = None
+    fix_age: float | None = None
+    signal: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_optional_int("battery", self.battery, 0, MAX_BATTERY)
+        if self.fix_age is not None:
+            _check_float("fix_age", self.fix_age, 0.0, _MAX_AGE)
+        _check_optional_int("signal", self.signal, 0, 100)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkin:
+    """The wearer checked in on time (the check-in gesture)."""
+
+    KIND: ClassVar[str] = "checkin"
+    DIRECTION: ClassVar[Direction] = Direction.UP
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The hub has uplink `seq` on disk: the device may drop it from its outbox."""
+
+    KIND: ClassVar[str] = "stored"
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_int("seq", self.seq, 0, MAX_SEQ)
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """A human responder took alarm `alarm_seq`: help is on the way."""
+
+    KIND: ClassVar[str] = "acknowledged"
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    alarm_seq: int
+
+    def __post_init__(self) -> None:
+        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Alarm `alarm_seq` is closed: stop sending follow-up positions."""
+
+    KIND: ClassVar[str] = "resolved"
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    alarm_seq: int
+
+    def __post_init__(self) -> None:
+        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+
+
+Setting: TypeAlias = bool | int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """New device settings (flat name -> value); the device validates names and ranges."""
+
+    KIND: ClassVar[str] = "config"
+    DIRECTION: ClassVar[Direction] = Direction.DOWN
+    settings: Mapping[str, Setting] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.settings, Mapping) or len(self.settings) > MAX_SETTINGS:
+            raise MalformedMessage(f"settings must be a mapping of at most {MAX_SETTINGS} items")
+        for key, value in self.settings.items():
+            if not isinstance(key, str) or not 0 < len(key) <= MAX_TEXT:
+                raise MalformedMessage(f"setting names are 1..{MAX_TEXT} characters: {key!r}")
+            ok_number = type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+            ok_text = isinstance(value, str) and len(value) <= MAX_TEXT
+            if not (type(value) is bool or ok_number or ok_text):
+                raise MalformedMessage(f"setting {key!r} has an unsupported value {value!r}")
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+
+
+UplinkBody: TypeAlias = Alarm | Cancel | Position | Heartbeat | Checkin
+DownlinkBody: TypeAlias = Stored | Acknowledged | Resolved | Config
+Body: TypeAlias = UplinkBody | DownlinkBody
+
+UPLINK_KINDS: dict[str, type[UplinkBody]] = {
+    k.KIND: k for k in (Alarm, Cancel, Position, Heartbeat, Checkin)
+}
+DOWNLINK_KINDS: dict[str, type[DownlinkBody]] = {
+    k.KIND: k for k in (Stored, Acknowledged, Resolved, Config)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message: the sender's sequence number, its send time, and the typed body."""
+
+    seq: int
+    body: Body
+    sent_at: float | None = None
+    clock: ClockSource = ClockSource.UNSYNCED
+
+    def __post_init__(self) -> None:
+        _check_int("seq", self.seq, 0, MAX_SEQ)
+        if self.sent_at is not None:
+            _check_float("sent_at", self.sent_at, 0.0, _MAX_TIME)
+        if not isinstance(self.clock, ClockSource):
+            raise MalformedMessage(f"clock must be one of {[c.value for c in ClockSource]}")
+        if (self.sent_at is None) != (self.clock is ClockSource.UNSYNCED):
+            raise MalformedMessage("sent_at is given exactly when the clock is synchronised")
+
+    @property
+    def direction(self) -> Direction:
+        return self.body.DIRECTION
+
+    @property
+    def kind(self) -> str:
+        return self.body.KIND
+
+
+# -- encoding ----------------------------------------------------------------------
+
+
+def _fix_to_json(fix: Fix) -> dict[str, Any]:
+    return {
+        "lat": fix.lat,
+        "lon": fix.lon,
+        "fix_time": fix.fix_time,
+        "quality": fix.quality,
+        "satellites": fix.satellites,
+        "hdop": fix.hdop,
+        "age": fix.age,
+    }
+
+
+def _body_to_json(body: Body) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(body):
+        name, value = f.name, getattr(body, f.name)
+        if isinstance(value, Fix):
+            value = _fix_to_json(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[name] = value
+    return out
+
+
+def encode_payload(message: Message) -> bytes:
+    """Canonical JSON: compact, sorted keys, UTF-8, no NaN."""
+    doc = {
+        "kind": message.kind,
+        "seq": message.seq,
+        "sent_at": message.sent_at,
+        "clock": message.clock.value,
+        "body": _body_to_json(message.body),
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise MalformedMessage(f"payload holds a non-finite number: {name}")
+
+
+def _exact_keys(where: str, doc: object, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise MalformedMessage(f"{where} must be an object")
+    if set(doc) != keys:
+        raise MalformedMessage(f"{where} must have exactly the keys {sorted(keys)}")
+    return doc
+
+
+def _fix_from_json(doc: object) -> Fix:
+    doc = _exact_keys("fix", doc, {f.name for f in fields(Fix)})
+    return Fix(**doc)
+
+
+def _body_from_json(cls: type[Body], doc: object) -> Body:
+    values = _exact_keys(f"{cls.KIND} body", doc, {f.name for f in fields(cls)})
+    if values.get("fix") is not None:
+        values["fix"] = _fix_from_json(values["fix"])
+    if "trigger" in values:
+        try:
+            values["trigger"] = Trigger(values["trigger"])
+        except ValueError as exc:
+            raise MalformedMessage(f"unknown trigger {values['trigger']!r}") from exc
+    return cls(**values)
+
+
+def decode_payload(data: bytes, direction: Direction) -> Message:
+    """Parse a payload made by `encode_payload`; raise `MalformedMessage` on anything else."""
+    kinds: Mapping[str, type[Body]] = UPLINK_KINDS if direction is Direction.UP else DOWNLINK_KINDS
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedMessage(f"payload is not UTF-8 JSON: {exc}") from exc
+    top = _exact_keys("message", doc, {"kind", "seq", "sent_at", "clock", "body"})
+    cls = kinds.get(top["kind"]) if isinstance(top["kind"], str) else None
+    if cls is None:
+        raise UnknownKind(f"unknown {direction.name.lower()}link kind {top['kind']!r}")
+    try:
+        clock = ClockSource(top["clock"])
+    except ValueError as exc:
+        raise MalformedMessage(f"unknown clock source {top['clock']!r}") from exc
+    try:
+        body = _body_from_json(cls, top["body"])
+    except TypeError as exc:  # a dataclass given a value it cannot hold
+        raise MalformedMessage(f"bad {cls.KIND} body: {exc}") from exc
+    return Message(seq=top["seq"], body=body, sent_at=top["sent_at"], clock=clock)
