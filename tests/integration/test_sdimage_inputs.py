@@ -37,7 +37,10 @@ def test_every_file_first_boot_needs_reads_back_intact(tmp_path: Path) -> None:
         assert read(image, f"vigil/{name}") == (device / name).read_text()
     for unit in ("vigil-device.service", "vigil-fuel-gauge.service"):
         assert read(image, f"vigil/{unit}") == (ROOT / "systemd" / unit).read_text()
-    assert read(image, "vigil/install.sh") == (ROOT / "vigil/provision/firstboot/install.sh").read_text()
+    assert (
+        read(image, "vigil/install.sh")
+        == (ROOT / "vigil/provision/firstboot/install.sh").read_text()
+    )
     network = json.loads(read(image, "network-config"))["network"]  # JSON is valid YAML
     wlan = network["wifis"]["wlan0"]
     wpa_key = hashlib.pbkdf2_hmac("sha1", b"correct horse battery", 'Caf\u00e9 "5G"'.encode(),
