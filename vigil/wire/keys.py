@@ -188,6 +188,10 @@ class HubKeys:
     def hybrid_kem(self) -> hpke.MLKEM768X25519PrivateKey:
         return hpke.MLKEM768X25519PrivateKey(self.hybrid_mlkem, self.hybrid_x25519)
 
+    def nonce_secret(self) -> bytes:
+        """Secret input for the heartbeat-nonce MAC key (every hub instance derives the same)."""
+        return self.signing.private_bytes_raw()
+
     def public(self) -> HubPublicKeys:
         mlkem, x25519 = self.hybrid_mlkem.public_key(), self.hybrid_x25519.public_key()
         return HubPublicKeys(
