@@ -32,7 +32,7 @@ from vigil.errors import BadSignature, MalformedAnchor
 MAGIC = "vigil-audit-anchor"
 VERSION = "v1"
 _SIGNING_LABEL = b"vigil audit anchor v1\x00"
-_MAX_LINE = 300  # a v1 line is about 240 characters
+_MAX_LINE = 400  # a v1 line is at most 310 characters
 _MAX_ID = 2**63 - 1  # the store's BIGINT
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _LINE = re.compile(
