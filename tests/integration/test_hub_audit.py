@@ -289,3 +289,15 @@ def test_the_hub_refuses_to_sign_a_tampered_log(
         assert "not signing it" in caplog.text
     finally:
         service.store.close()
+
+
+def test_an_unwritable_anchor_file_is_a_note_and_the_checkpoint_stays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, '[audit]\nanchor_file = "."\n')  # a folder, not a file
+    operator_actions(config, 1)
+    note = capsys.readouterr().err
+    assert note.startswith("vigil-hub: note: cannot append to the audit anchor file")
+    assert "the checkpoint is in the log" in note
+    status, out = cli(config, "audit", "anchor", "--out", str(tmp_path / "kept"))
+    assert (status, out) == (0, f"anchored entries 1..1 in {tmp_path / 'kept'}\n")

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from vigil.errors import KeyFileError, VigilError
+from vigil.errors import KeyFileError, StorageError, VigilError
 from vigil.hub import alerts as alert_rules
 from vigil.hub import audit, checkpoints, daemon, operator, tail
 from vigil.hub.config import HubConfig, load_config
@@ -328,6 +328,8 @@ def _sign_action(config: HubConfig, store: Store) -> None:
         keys = HubKeys.load(config.keys_path)
         checkpoints.checkpoint(store, keys.signing, now=time.time(),
                                anchor_file=config.audit.anchor_file)  # fmt: skip
+    except StorageError as exc:  # signed, but the anchor file or the store failed
+        sys.stderr.write(f"vigil-hub: note: {exc}\n")
     except (VigilError, OSError) as exc:
         within = config.audit.checkpoints.interval
         sys.stderr.write(f"vigil-hub: note: this action is logged but not yet signed ({exc}); "
