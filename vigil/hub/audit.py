@@ -199,7 +199,7 @@ def report(
     key: Ed25519PublicKey | None,
     anchored: Sequence[Anchor] = (),
 ) -> list[Finding]:
-    """Check chain, checkpoints and anchors; one finding per line, failures first."""
+    """Check chain, checkpoints and anchors: one finding per line of `audit verify`."""
     chain = verify(entries, head)
     signed = checkpoint_problems(entries, key)
     findings = [Finding(False, "TAMPERED", str(p)) for p in chain + signed]
