@@ -142,5 +142,13 @@ class BadTransition(VigilError, ValueError):
     """The alert is not in a state that allows this action; check `vigil-hub alerts`."""
 
 
+class MalformedAnchor(VigilError, ValueError):
+    """An audit anchor line is malformed; compare it with the copy the operators keep."""
+
+
+class AuditTampered(VigilError):
+    """The audit log fails verification; run `vigil-hub audit verify` and investigate."""
+
+
 class BadImage(ConfigError, ValueError):
     """The file is not a Raspberry Pi OS image with a FAT boot partition; check the path."""

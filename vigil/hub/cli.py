@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from vigil.errors import VigilError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vigil.errors import KeyFileError, StorageError, VigilError
 from vigil.hub import alerts as alert_rules
-from vigil.hub import audit, daemon, operator, tail
+from vigil.hub import audit, checkpoints, daemon, operator, tail
 from vigil.hub.config import HubConfig, load_config
-from vigil.hub.store import Store, open_store
+from vigil.hub.store import AuditEntry, Store, open_store
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DevicePublicKeys, HubKeys
 
@@ -36,7 +38,9 @@ EPILOG = """examples:
   vigil-hub devices                                # last seen, battery, last fix age
   vigil-hub enroll --device-id 3f.. --label "A. (Oaxaca)" --signing ed25519:.. --kem x25519:..
   vigil-hub revoke 3f2a...                         # a seized device: refuse its messages
-  vigil-hub audit verify                           # detect edited or deleted audit entries
+  vigil-hub audit verify                           # detect edited, deleted or wiped entries
+  vigil-hub audit anchor --out /media/usb/anchors  # keep a signed head outside the hub
+  vigil-hub audit verify --anchor anchors --public-key hub.pub   # on another machine
   vigil-hub keygen --out /var/lib/vigil-hub/hub.key
 
 The config file defaults to $VIGIL_HUB_CONFIG or /etc/vigil/hub.toml."""
@@ -86,7 +90,20 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("revoke", parents=[common], help="refuse a device's messages from now on")
     r.add_argument("device_id")
     au = sub.add_parser("audit", parents=[common], help="audit log commands")
-    au.add_argument("action", choices=["verify", "show"])
+    au_sub = au.add_subparsers(dest="action", required=True, metavar="ACTION")
+    au_sub.add_parser("show", parents=[common], help="list the audit log")
+    av = au_sub.add_parser(
+        "verify", parents=[common], help="check the chain, its signed checkpoints and anchors"
+    )
+    av.add_argument("--anchor", type=Path, action="append", default=[], metavar="FILE",
+                    help="an anchor file to check against (repeatable; default: the "
+                    "configured [audit] anchor_file)")  # fmt: skip
+    av.add_argument("--public-key", type=Path, metavar="FILE",
+                    help="the hub's public key as 'vigil-hub pubkey' prints it (default: "
+                    "derived from the hub's key file)")  # fmt: skip
+    aa = au_sub.add_parser("anchor", parents=[common], help="sign the head now and append "
+                           "the signed head to FILE ('-' for standard output)")  # fmt: skip
+    aa.add_argument("--out", required=True, metavar="FILE")
     sub.add_parser("stats", parents=[common], help="counts of stored and rejected input")
     k = sub.add_parser(
         "keygen", parents=[common], help="create the hub's key file (0600) and print public keys"
@@ -120,7 +137,10 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             return _pubkey(config, out)
         store = open_store(config.store_url)
         try:
-            return _COMMANDS[args.command](args, config, store, out)
+            status = _COMMANDS[args.command](args, config, store, out)
+            if status == 0 and args.command in _OPERATOR_ACTIONS:
+                _sign_action(config, store)
+            return status
         finally:
             store.close()
     except VigilError as exc:
@@ -238,17 +258,82 @@ def _revoke(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
 
 
 def _audit(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    if args.action == "anchor":
+        return _audit_anchor(args, config, store, out)
     entries = store.audit_entries()
     if args.action == "show":
         for e in entries:
             out.write(f"{e.id:>6} {e.at:.3f} {e.actor} {e.action} {e.subject} {e.detail}\n")
         return 0
-    problems = audit.verify(entries, store.audit_head())
-    for p in problems:
-        out.write(f"TAMPERED {p}\n")
+    anchored, findings = _anchors(args.anchor, config, entries)
+    needs_key = bool(anchored) or any(e.action == audit.CHECKPOINT for e in entries)
+    key = _public_key(args.public_key, config, needed=needs_key)
+    findings += audit.report(entries, store.audit_head(), key=key, anchored=anchored)
+    for f in findings:
+        out.write(f"{f}\n")
+    problems = sum(not f.ok for f in findings)
     out.write(f"audit log: {len(entries)} entries, "
-              f"{'intact' if not problems else f'{len(problems)} problem(s)'}\n")  # fmt: skip
+              f"{'intact' if not problems else f'{problems} problem(s)'}\n")  # fmt: skip
     return 1 if problems else 0
+
+
+def _anchors(
+    given: list[Path], config: HubConfig, entries: list[AuditEntry]
+) -> tuple[list[audit.Anchor], list[audit.Finding]]:
+    """Anchors from --anchor files, else from the configured anchor file if it exists."""
+    default = config.audit.anchor_file
+    if given or default is None:
+        return checkpoints.read_anchor_files(given)
+    if default.exists():
+        return checkpoints.read_anchor_files([default])
+    signed = sum(e.action == audit.CHECKPOINT for e in entries)
+    if signed:
+        why = (f"{default}: missing, though the log holds {signed} checkpoint(s): restore it "
+               "from your copy, or pass --anchor FILE")  # fmt: skip
+        return [], [audit.Finding(False, "ANCHOR FAILED", why)]
+    return [], [audit.Finding(True, "NO ANCHOR", f"{default} does not exist yet")]
+
+
+def _public_key(path: Path | None, config: HubConfig, *, needed: bool) -> Ed25519PublicKey | None:
+    if path is not None:
+        return checkpoints.read_public_key(path)
+    try:
+        return HubKeys.load(config.keys_path).signing.public_key()
+    except (VigilError, OSError) as exc:
+        if not needed:
+            return None
+        raise KeyFileError(f"cannot check the audit signatures: {exc}; on a machine without "
+                           "the hub's key pass --public-key FILE ('vigil-hub pubkey' "
+                           "prints it)") from exc  # fmt: skip
+
+
+def _audit_anchor(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    keys = HubKeys.load(config.keys_path)
+    done = checkpoints.checkpoint(store, keys.signing, now=time.time(),
+                                  anchor_file=config.audit.anchor_file)  # fmt: skip
+    if done is None:
+        sys.stderr.write("vigil-hub: the audit log is empty: nothing to anchor\n")
+        return 1
+    if args.out == "-":
+        out.write(done.signed.to_line() + "\n")
+    else:
+        checkpoints.append_anchor(Path(args.out), done.signed)
+        out.write(f"anchored entries 1..{done.signed.entry_id} in {args.out}\n")
+    return 0
+
+
+def _sign_action(config: HubConfig, store: Store) -> None:
+    """Sign the head after an operator action; if this user cannot, the running hub will."""
+    try:
+        keys = HubKeys.load(config.keys_path)
+        checkpoints.checkpoint(store, keys.signing, now=time.time(),
+                               anchor_file=config.audit.anchor_file)  # fmt: skip
+    except StorageError as exc:  # signed, but the anchor file or the store failed
+        sys.stderr.write(f"vigil-hub: note: {exc}\n")
+    except (VigilError, OSError) as exc:
+        within = config.audit.checkpoints.interval
+        sys.stderr.write(f"vigil-hub: note: this action is logged but not yet signed ({exc}); "
+                         f"the running hub signs it within {within:g} s\n")  # fmt: skip
 
 
 def _stats(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
@@ -265,6 +350,8 @@ def _tail(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO
     return 0
 
 
+_OPERATOR_ACTIONS = frozenset({"ack", "resolve", "false-alarm", "verify", "broadcast",
+                               "enroll", "revoke"})  # fmt: skip
 _COMMANDS = {
     "devices": _devices,
     "alerts": _alerts,

@@ -10,6 +10,8 @@
                (channel "contacts" = the wearer's own contacts from the registry)
     [channels.<name>] urls = [...] and/or [[channels.<name>.recipients]] label, url, lat, lon;
                public = true marks a public broadcast channel (only sent after verification)
+    [audit]    anchor_file (default: audit-anchors.txt beside the keys), checkpoint_every
+               (entries), checkpoint_interval (s)
 
 Relative paths (and a relative SQLite path) are resolved against the config file's folder.
 """
@@ -25,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from vigil.errors import BadConfigValue, ConfigError, KeyFileError, MissingConfigValue
+from vigil.hub.audit import CheckpointPolicy
 from vigil.runtime.mqtt import MqttSettings
 from vigil.wire.keys import check_private_file
 
@@ -143,6 +146,14 @@ class EscalationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """Where signed heads of the audit log are anchored, and how often the hub signs."""
+
+    anchor_file: Path | None = None
+    checkpoints: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     """Everything the hub needs, validated; `path` is the file it came from."""
 
@@ -155,6 +166,7 @@ class HubConfig:
     channels: Mapping[str, Channel] = field(default_factory=dict)
     silent_after: float = 600.0
     map_url: str = DEFAULT_MAP_URL
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 class _Section:
@@ -248,9 +260,10 @@ def load_config(path: Path) -> HubConfig:
     silent_after = hub.number("silent_after", 600.0)
     if not silent_after > 0:
         raise hub.fail("silent_after", "must be > 0 seconds")
+    keys_path = hub.path_("keys", _REQUIRED)
     config = HubConfig(
         path=path,
-        keys_path=hub.path_("keys", _REQUIRED),
+        keys_path=keys_path,
         store_url=_store_url(top.table("store", required=True)),
         mqtt=_mqtt(top.table("mqtt", required=True)),
         broker=_broker(top.table("broker")),
@@ -258,6 +271,7 @@ def load_config(path: Path) -> HubConfig:
         channels=MappingProxyType(channels),
         silent_after=silent_after,
         map_url=map_url,
+        audit=_audit(top.table("audit"), keys_path.parent / "audit-anchors.txt"),
     )
     unknown = top.unknown_keys()
     if unknown:
@@ -292,6 +306,16 @@ def _mqtt(s: _Section) -> MqttConfig:
         shared_group=group,
         keepalive=s.integer("keepalive", 30, 5, 3600),
     )
+
+
+def _audit(s: _Section, default_anchor: Path) -> AuditConfig:
+    every = s.integer("checkpoint_every", 100, 1, 1_000_000)
+    interval = s.number("checkpoint_interval", 300.0)
+    try:
+        policy = CheckpointPolicy(every, interval)
+    except ValueError as exc:
+        raise s.fail("checkpoint_interval", str(exc)) from exc
+    return AuditConfig(s.path_("anchor_file") or default_anchor, policy)
 
 
 def _broker(s: _Section) -> BrokerConfig:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from vigil.errors import ReplayedMessage, StorageError, TransportError, VigilError
 from vigil.hub import alerts, escalation, pipeline, watchdog
 from vigil.hub.channels import AppriseNotifier, Notifier, deliver_due
+from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.store import AlertKind, Store, open_store
 from vigil.runtime.mqtt import MqttClient, Transport
@@ -53,6 +54,8 @@ class HubService:
         self.rejected: Counter[str] = Counter()
         self.accepted = 0  # uplinks this instance stored (not duplicates)
         self._silent: dict[object, float] = {}
+        self.checkpoints = Checkpointer(store, hub_keys.signing, policy=config.audit.checkpoints,
+                                        anchor_file=config.audit.anchor_file)  # fmt: skip
         for a in store.list_alerts():
             if a.kind is AlertKind.SILENT:
                 self._silent[a.device_id] = max(a.opened_at, self._silent.get(a.device_id, 0.0))
@@ -169,6 +172,7 @@ class HubService:
         self.watch(now)
         self.escalate(now)
         self.flush_downlinks()
+        self.checkpoints.tick(now)
 
     def watch(self, now: float) -> None:
         found = watchdog.silent_devices(
@@ -250,6 +254,7 @@ def serve(service: HubService, client: MqttClient, inbox: queue.Queue[tuple[str,
     finally:
         sd_notify("STOPPING=1")
         worker.join(timeout=10)
+        service.checkpoints.flush(service.clock())  # sign what this run logged last
 
 
 def _enqueue(inbox: queue.Queue[tuple[str, bytes]], topic: str, payload: bytes) -> None:
