@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_log
 from tests.support.broker import Broker, free_port, running_mosquitto
 from tests.support.device_setup import ProvisionedDevice, make_device
 from tests.support.hub_endpoint import HubEndpoint
@@ -53,7 +53,7 @@ class DaemonProcess:
             "--config",
             str(dev.config_path),
         ]
-        cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "50"]
+        cmd += ["--nmea", str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "50"]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,

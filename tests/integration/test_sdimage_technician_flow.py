@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_log
 from tests.integration.test_sdimage import build_image, wheels
 from tests.support.broker import Broker, free_port, running_mosquitto_conf
 from tests.support.locked_broker import LockedBroker, tls_client
@@ -190,7 +190,7 @@ def test_an_alarm_crosses_the_deployed_system(
     with (
         process([BIN / "vigil-hub", "run", "--config", hub_toml], hub_log),
         process([BIN / "vigil-device", "simulate", "--config", device_toml,
-                 "--nmea", NMEA_CORPUS / "gpsd-mt3339.log", "--nmea-rate", "50"],
+                 "--nmea", nmea_log("gpsd-mt3339.log"), "--nmea-rate", "50"],
                 device_log) as device,
     ):  # fmt: skip
         text = lambda: device_log.read_text(errors="replace")  # noqa: E731

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_log
 from tests.support.broker import Broker
 from tests.support.device_setup import make_device
 from tests.support.hub_endpoint import HubEndpoint
@@ -58,7 +58,7 @@ def test_daemon_seals_and_publishes_an_alarm_without_wx_memory(
     hub = HubEndpoint(mosquitto, dev.hub_keys, dev.device_id, dev.device_keys.public()).start()
     log_path = tmp_path / "daemon.log"
     argv = ["simulate", "--config", str(dev.config_path), "--nmea"]
-    argv += [str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "50"]
+    argv += [str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "50"]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", UNDER_MDWE, *argv],
