@@ -13,8 +13,8 @@ import pytest
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
 from tests.support.hubstore import postgres_url
-from tests.support.postgres import PostgresServer
 from tests.support.parties import parties
+from tests.support.postgres import PostgresServer
 from tests.support.sinks import smtp_sink, webhook_sink
 from tests.support.wait import wait_until
 from vigil.wire import Alarm, Heartbeat, Message, Trigger

@@ -66,7 +66,8 @@ class PostgresServer:
 def _as_server_user(argv: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return argv
-    return ["runuser", "-u", UNPRIVILEGED_USER, "--", *argv]
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # util-linux; sbin may be off PATH
+    return [runuser, "-u", UNPRIVILEGED_USER, "--", *argv]
 
 
 def _run(argv: list[str], folder: Path) -> None:

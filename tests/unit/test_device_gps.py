@@ -72,9 +72,7 @@ def test_no_fix_capture_gives_no_fix_and_counts_why() -> None:
 
 
 def test_stress_capture_counts_bad_lines_and_survives() -> None:
-    reader, fixes = feed_through_loop(
-        capture(nmea_log("gpsd-gp-320fw-2019-04-07-coldboot.log"))
-    )
+    reader, fixes = feed_through_loop(capture(nmea_log("gpsd-gp-320fw-2019-04-07-coldboot.log")))
     stats = reader.decoder.stats
     assert stats["checksum"] >= 20
     assert stats["malformed"] + stats["garbage"] >= 5
