@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_log
 from tests.support.broker import running_mosquitto
 from tests.support.device_setup import make_device
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             str(dev.config_path),
         ]
         if not args.no_gps:
-            cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "5"]
+            cmd += ["--nmea", str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "5"]
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         daemon = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, cwd=tmp

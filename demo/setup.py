@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +9,11 @@ from pathlib import Path
 from demo.processes import run
 from tests.support.broker import Broker
 from tests.support.sinks import SmtpSink, WebhookSink
+from vigil.device.captures import PI_GPS_HAT
 from vigil.wire import DeviceId, DeviceKeys
 
 BIN = Path(sys.executable).parent
-SHARED = Path(os.environ.get("VIGIL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-NMEA = SHARED / "nmea-corpus" / "gpsd-mt3339.log"
+NMEA = PI_GPS_HAT  # ships with the package: a clone, or an installed copy, has it
 
 
 @dataclass(frozen=True)

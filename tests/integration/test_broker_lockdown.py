@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
 from tests.support.wait import wait_until
 from vigil.provision.broker import set_password
@@ -124,15 +124,14 @@ def mosquitto_pub(
 ) -> str:  # fmt: skip
     """Publish once at QoS 1 over MQTT 5 with mosquitto's own client; return its stderr."""
     result = subprocess.run(
-        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.broker.port), "-V", "5",
-         "--cafile", str(broker.certs.ca), "-u", user, "-P", password, "-i", f"pub-{user}",
-         "-q", "1", "-t", topic, "-m", message, *(["-r"] if retain else [])],
+        [require_tool("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(broker.broker.port),
+         "-V", "5", "--cafile", str(broker.certs.ca), "-u", user, "-P", password,
+         "-i", f"pub-{user}", "-q", "1", "-t", topic, "-m", message, *(["-r"] if retain else [])],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     return result.stderr
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="needs mosquitto-clients")
 def test_forged_publish_is_refused_in_the_puback(broker: LockedBroker) -> None:
     # mosquitto 2.0 answers a publish the ACL forbids with PUBACK reason 0x87 (not authorized);
     # a forbidden subscription, by contrast, is granted and then receives nothing (above).
@@ -200,7 +199,6 @@ def test_a_renewed_server_certificate_is_trusted_by_devices_as_they_are(
         assert dev_a.wait_connected(10)  # with the ca.pem it was provisioned with
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="needs mosquitto-clients")
 def test_a_device_cannot_plant_a_retained_uplink(broker: LockedBroker) -> None:
     # The broker's CONNACK says "retain not available"; whatever the client then sends,
     # nothing is kept for the next subscriber.

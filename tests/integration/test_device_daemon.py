@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_log
 from tests.support.broker import Broker, free_port, running_mosquitto
 from tests.support.device_setup import ProvisionedDevice, make_device
 from tests.support.hub_endpoint import HubEndpoint
+from tests.support.notify import NotifySocket
 from tests.support.wait import wait_until
 from vigil.wire.keys import HubKeys
 from vigil.wire.messages import Alarm, Stored, Trigger
@@ -40,11 +40,20 @@ FAST = {
 
 
 class DaemonProcess:
-    """`python -m vigil.device.cli simulate` with stdin for commands and a log file to watch."""
+    """`python -m vigil.device.cli simulate` with stdin for commands and a log file to watch.
 
-    def __init__(self, dev: ProvisionedDevice, log: Path, *, env: dict[str, str] | None = None):
+    Ready when it sends READY=1 on its notify socket, as systemd would see it (its own
+    socket, or `notify` when the test wants to watch the protocol itself).
+    """
+
+    def __init__(
+        self, dev: ProvisionedDevice, log: Path, *, env: dict[str, str] | None = None,
+        notify: NotifySocket | None = None,
+    ) -> None:  # fmt: skip
         self.log_path = log
         self._log = log.open("ab")
+        self._own_notify = notify is None
+        self.notify = notify or NotifySocket()
         cmd = [
             sys.executable,
             "-m",
@@ -53,16 +62,16 @@ class DaemonProcess:
             "--config",
             str(dev.config_path),
         ]
-        cmd += ["--nmea", str(NMEA_CORPUS / "gpsd-mt3339.log"), "--nmea-rate", "50"]
+        cmd += ["--nmea", str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "50"]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **self.notify.env, **(env or {})},
             cwd=log.parent,
         )
-        wait_until(lambda: "ready, next seq" in self.log(), 20, what="daemon ready")
+        self.notify.wait_for("READY=1", 20, process=self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -87,6 +96,8 @@ class DaemonProcess:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self._log.close()
+        if self._own_notify:
+            self.notify.close()
         return self.proc.returncode
 
 
@@ -219,19 +230,15 @@ def test_ready_and_watchdog_reach_systemd(
     tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
 ) -> None:
     dev = make(tmp_path, mosquitto.port, hub_keys)
-    sock_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(sock_path))
-        sock.settimeout(10)
-        env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
-        daemon = DaemonProcess(dev, tmp_path / "daemon.log", env=env)
+    with NotifySocket() as notify:
+        env = {"WATCHDOG_USEC": "400000"}
+        daemon = DaemonProcess(dev, tmp_path / "daemon.log", env=env, notify=notify)
         daemons.append(daemon)
-        got = [sock.recv(256) for _ in range(3)]
-        assert got[0] == b"READY=1"
-        assert got[1:] == [b"WATCHDOG=1", b"WATCHDOG=1"]
+        notify.wait_for("WATCHDOG=1", 10, count=2)
+        assert notify.received[0] == "READY=1"
+        assert set(notify.received[1:]) == {"WATCHDOG=1"}
         daemon.command("quit")
         assert daemon.proc.wait(10) == 0
-        rest = []
-        while not rest or rest[-1] != b"STOPPING=1":
-            rest.append(sock.recv(256))
-        assert set(rest[:-1]) <= {b"WATCHDOG=1"}
+        notify.wait_for("STOPPING=1", 10)
+        assert notify.received[-1] == "STOPPING=1"
+        assert set(notify.received[1:-1]) == {"WATCHDOG=1"}

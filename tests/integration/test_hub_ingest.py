@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 def hub(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[HubService, FakeClock, WebhookSink]]:
-    with smtp_sink() as smtp, webhook_sink() as hook, store_url(request.param, tmp_path) as url:
+    with smtp_sink() as smtp, webhook_sink() as hook, store_url(request, tmp_path) as url:
         broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")  # no broker: no downlinks
         config = load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook))
         config = replace(config, store_url=url)

@@ -14,6 +14,7 @@ from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
 from tests.support.hubstore import postgres_url
 from tests.support.parties import parties
+from tests.support.postgres import PostgresServer
 from tests.support.sinks import smtp_sink, webhook_sink
 from tests.support.wait import wait_until
 from vigil.wire import Alarm, Heartbeat, Message, Trigger
@@ -33,9 +34,9 @@ def hub_config(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_two_hubs_split_the_load_without_doing_anything_twice(
-    tmp_path: Path, mosquitto: Broker
+    tmp_path: Path, mosquitto: Broker, postgres: PostgresServer
 ) -> None:
-    with smtp_sink() as smtp, webhook_sink() as hook, postgres_url() as url:
+    with smtp_sink() as smtp, webhook_sink() as hook, postgres_url(postgres) as url:
         base = write_config(tmp_path, broker=mosquitto, smtp=smtp, hook=hook).read_text()
         first, second = hub_config(tmp_path, "hub-a", base), hub_config(tmp_path, "hub-b", base)
         clock = FakeClock()

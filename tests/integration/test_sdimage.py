@@ -4,25 +4,19 @@ partition, a Linux root partition. Every written file is read back with mtools."
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_tool
 from vigil.errors import BadImage
 from vigil.provision.cli import main
 from vigil.provision.fat import FatPartition, boot_partition_offset
 from vigil.provision.sdimage import SYSTEMD_RUN
 from vigil.wire import DeviceId, DeviceKeys
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not all(shutil.which(t) for t in ("sfdisk", "mkfs.vfat", "mcopy")),
-        reason="needs fdisk, dosfstools and mtools (make system-deps)",
-    ),
-]
+pytestmark = pytest.mark.integration
 
 BOOT_START = 8192  # sectors, as in Raspberry Pi OS images
 BOOT_SECTORS = 131072  # 64 MiB
@@ -34,8 +28,9 @@ def build_image(tmp_path: Path, *, trixie: bool) -> Path:
     with image.open("wb") as f:
         f.truncate((BOOT_START + BOOT_SECTORS + 16384) * 512)
     table = f"label: dos\nstart={BOOT_START}, size={BOOT_SECTORS}, type=c\ntype=83\n"
-    subprocess.run(["sfdisk", "--quiet", str(image)], input=table, text=True, check=True)
-    subprocess.run(["mkfs.vfat", "-F", "32", "--offset", str(BOOT_START), str(image),
+    sfdisk, mkfs_vfat = require_tool("sfdisk"), require_tool("mkfs.vfat")  # fdisk, dosfstools
+    subprocess.run([sfdisk, "--quiet", str(image)], input=table, text=True, check=True)
+    subprocess.run([mkfs_vfat, "-F", "32", "--offset", str(BOOT_START), str(image),
                     str(BOOT_SECTORS // 2)], check=True, capture_output=True)  # fmt: skip
     fat = FatPartition(image, BOOT_START * 512)
     fat.write("config.txt", b"# stock\n[all]\narm_64bit=1\n")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml  # PyYAML, what cloud-init parses network-config with
 
 from tests.integration.test_sdimage import (
     BOOT_START,
@@ -199,7 +200,6 @@ HOSTILE_SSIDS = ["caf\u00e9 \U0001f600", 'a "quoted": #not-a-comment', "- *alias
 
 
 def test_ssids_survive_cloud_inits_yaml_reader(tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml")  # PyYAML, what cloud-init parses network-config with
     image, device = build_image(tmp_path, trixie=True), device_folder(tmp_path)
     psk = tmp_path / "psk"
     psk.write_text("correct horse battery\n")

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_log
 from tests.integration.test_sdimage import build_image, wheels
 from tests.support.broker import Broker, free_port, running_mosquitto_conf
 from tests.support.locked_broker import LockedBroker, tls_client
+from tests.support.notify import NotifySocket
 from tests.support.wait import wait_until
 from vigil.provision.broker import BrokerFiles
 from vigil.provision.certs import BrokerCerts
@@ -135,12 +136,21 @@ def on_the_card(image: Path, folder: Path) -> Path:
 
 @contextmanager
 def process(argv: list[str | Path], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A long-running command with stdin for commands and its log in a file."""
-    with log.open("ab") as sink:
+    """A long-running daemon with stdin for commands and its log in a file, once it has
+    told its notify socket READY=1, as it tells systemd."""
+    with log.open("ab") as sink, NotifySocket() as notify:
         proc = subprocess.Popen(
             [str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=sink, cwd=log.parent,
+            stderr=sink, cwd=log.parent, env={**os.environ, **notify.env},
         )  # fmt: skip
+        try:
+            notify.wait_for("READY=1", 30, process=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(
+                f"{argv[0]}: {exc}\n{log.read_text(errors='replace')[-2000:]}"
+            ) from None
     try:
         yield proc
     finally:
@@ -190,11 +200,10 @@ def test_an_alarm_crosses_the_deployed_system(
     with (
         process([BIN / "vigil-hub", "run", "--config", hub_toml], hub_log),
         process([BIN / "vigil-device", "simulate", "--config", device_toml,
-                 "--nmea", NMEA_CORPUS / "gpsd-mt3339.log", "--nmea-rate", "50"],
+                 "--nmea", nmea_log("gpsd-mt3339.log"), "--nmea-rate", "50"],
                 device_log) as device,
     ):  # fmt: skip
         text = lambda: device_log.read_text(errors="replace")  # noqa: E731
-        wait_until(lambda: "ready, next seq" in text(), 30, what="the wearable ready")
         assert device.stdin is not None
         device.stdin.write(b"hold\n")
         device.stdin.flush()

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_tool
 from vigil.provision.broker import render_broker_config
 from vigil.provision.certs import make_broker_certs
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze"),
-]
+pytestmark = pytest.mark.integration
 
 # Debian's unit, as the mosquitto package installs it (ExecStart replaced by the drop-in).
 PACKAGED = """[Unit]
@@ -43,7 +41,7 @@ def unit_dir_with_dropin(tmp_path: Path) -> Path:
 
 def verify(units: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["systemd-analyze", *args, str(units / "mosquitto.service")],
+        [require_tool("systemd-analyze"), *args, str(units / "mosquitto.service")],
         capture_output=True, text=True, timeout=60, check=False,
         env={"SYSTEMD_UNIT_PATH": f"{units}:", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )  # fmt: skip

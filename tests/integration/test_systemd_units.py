@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import inspect
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
+import gpiozero.pins.local
 import pytest
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze"),
-]
+from tests.conftest import require_tool
+
+pytestmark = pytest.mark.integration
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 # Measured (systemd 252): device 1.3, hub 1.1. The device needs its GPIO/UART/I2C devices
@@ -23,7 +22,11 @@ EXPOSURE_LIMIT = {"vigil-device.service": 2.0, "vigil-hub.service": 1.5}
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["systemd-analyze", *args], capture_output=True, text=True, timeout=60, check=False
+        [require_tool("systemd-analyze"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -60,8 +63,7 @@ def test_exposure_is_below_the_limit(name: str, limit: float) -> None:
 
 def test_device_unit_leaves_gpiozero_the_board_revision() -> None:
     """ProcSubset=pid would hide the files gpiozero reads before it opens any pin."""
-    gpiozero_local = pytest.importorskip("gpiozero.pins.local")
-    source = inspect.getsource(gpiozero_local.get_pi_revision)
+    source = inspect.getsource(gpiozero.pins.local.get_pi_revision)
     assert "/proc/device-tree" in source or "/proc/cpuinfo" in source
     assert "ProcSubset=pid" not in directives(UNITS / "vigil-device.service")
 

@@ -1,4 +1,4 @@
-"""Hub stores for tests: a SQLite file, or an isolated schema in the local PostgreSQL."""
+"""Hub stores for tests: a SQLite file, or an isolated schema in the run's own PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,30 +11,30 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+from tests.support.postgres import PostgresServer
 
 
 @contextmanager
-def postgres_url() -> Iterator[str]:
-    """Create a fresh schema in the test database, yield a URL using it, drop it afterwards."""
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (db 'test') is not reachable: {exc}")
+def postgres_url(server: PostgresServer) -> Iterator[str]:
+    """Create a fresh schema on `server`, yield a URL using it, drop it afterwards."""
     schema = f"vigil_test_{secrets.token_hex(6)}"
-    with admin:
+    with psycopg.connect(server.url, autocommit=True, connect_timeout=10) as admin:
         admin.execute(f'CREATE SCHEMA "{schema}"')
         try:
-            yield f"{PG_URL}?options={quote(f'-csearch_path={schema}')}"
+            yield f"{server.url}?options={quote(f'-csearch_path={schema}')}"
         finally:
             admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @contextmanager
-def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
-    """A URL for an empty store of `backend` ("sqlite" or "postgresql")."""
-    if backend == "sqlite":
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL for an empty store of the backend `request.param` ("sqlite" or "postgresql").
+
+    The session's PostgreSQL server (fixture `postgres`) starts only when a test asks
+    for that backend, so a SQLite-only run does not pay for it.
+    """
+    if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hub.db'}"
     else:
-        with postgres_url() as url:
+        with postgres_url(request.getfixturevalue("postgres")) as url:
             yield url

@@ -12,11 +12,11 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_checks, nmea_log
 from tests.support.wait import wait_until
 from vigil.device.drivers.gps import GpsReader, NmeaDecoder, Reading
 
-CHK_FILES = sorted(NMEA_CORPUS.glob("gpsd-*.log.chk"))
+CHK_FILES = nmea_checks()
 
 
 def capture(log: Path) -> bytes:
@@ -49,7 +49,7 @@ def feed_through_loop(data: bytes) -> tuple[GpsReader, list[Reading]]:
     "chk", CHK_FILES, ids=[p.name.removesuffix(".log.chk") for p in CHK_FILES]
 )
 def test_capture_through_serial_matches_gpsd(chk: Path) -> None:
-    log = chk.with_suffix("")
+    log = nmea_log(chk.name.removesuffix(".chk"))
     expected, fix_at_end = oracle(chk)
     reader, fixes = feed_through_loop(capture(log))
     assert bool(fixes) == bool(expected)
@@ -65,16 +65,14 @@ def test_capture_through_serial_matches_gpsd(chk: Path) -> None:
 
 
 def test_no_fix_capture_gives_no_fix_and_counts_why() -> None:
-    reader, fixes = feed_through_loop(capture(NMEA_CORPUS / "gpsd-skytraq.log"))
+    reader, fixes = feed_through_loop(capture(nmea_log("gpsd-skytraq.log")))
     assert fixes == []
     assert reader.last_fix() is None
     assert reader.decoder.stats["nofix"] > 10
 
 
 def test_stress_capture_counts_bad_lines_and_survives() -> None:
-    reader, fixes = feed_through_loop(
-        capture(NMEA_CORPUS / "gpsd-gp-320fw-2019-04-07-coldboot.log")
-    )
+    reader, fixes = feed_through_loop(capture(nmea_log("gpsd-gp-320fw-2019-04-07-coldboot.log")))
     stats = reader.decoder.stats
     assert stats["checksum"] >= 20
     assert stats["malformed"] + stats["garbage"] >= 5
@@ -83,14 +81,14 @@ def test_stress_capture_counts_bad_lines_and_survives() -> None:
 
 def test_ublox_garbage_prefix_resyncs() -> None:
     d = NmeaDecoder(not_before=0)
-    fixes = d.feed(capture(NMEA_CORPUS / "gpsd-ublox-8.log"), at=0.0)
+    fixes = d.feed(capture(nmea_log("gpsd-ublox-8.log")), at=0.0)
     assert d.stats["checksum"] >= 1
     assert len(fixes) > 100
 
 
 def test_cr_only_line_ends_and_other_talkers() -> None:
     d = NmeaDecoder(not_before=0)
-    fixes = d.feed(capture(NMEA_CORPUS / "pynmea2-data.log") + b"\r", at=0.0)
+    fixes = d.feed(capture(nmea_log("pynmea2-data.log")) + b"\r", at=0.0)
     assert len(fixes) == 1  # the one GGA; RTE, R00, foobar and IIMWV are skipped
     assert d.stats["garbage"] == 1
     assert fixes[0].satellites > 0
@@ -110,7 +108,7 @@ def test_gps_time_only_when_plausible() -> None:
 
 def test_stale_position_in_a_void_rmc_is_not_trusted() -> None:
     d = NmeaDecoder(not_before=0)
-    data = capture(NMEA_CORPUS / "gpsd-myguide-3100.log")
+    data = capture(nmea_log("gpsd-myguide-3100.log"))
     void_lines = [ln for ln in data.splitlines() if b"RMC" in ln and b",V," in ln]
     assert void_lines
     for line in void_lines:
@@ -125,7 +123,7 @@ def test_reader_over_a_pty() -> None:
     reader = GpsReader(port, on_fix=fixes.append, not_before=0)
     reader.start()
     try:
-        data = capture(NMEA_CORPUS / "gpsd-mt3339.log")
+        data = capture(nmea_log("gpsd-mt3339.log"))
         for start in range(0, len(data), 512):
             os.write(master, data[start : start + 512])
         wait_until(lambda: len(fixes) >= 50, 20, what="fixes over the pty")

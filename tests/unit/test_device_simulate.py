@@ -11,7 +11,7 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from tests.conftest import NMEA_CORPUS
+from tests.conftest import nmea_log
 from tests.support.device_setup import make_device
 from vigil.device.config import DeviceConfig, load_config
 from vigil.device.simulate import NmeaReplay, command_loop, run_command
@@ -69,7 +69,7 @@ def test_unknown_and_bad_commands_are_survivable(factory: MockFactory, cfg: Devi
 
 
 def test_replay_writes_nmea_without_comments() -> None:
-    replay = NmeaReplay(NMEA_CORPUS / "gpsd-mt3339.log", rate=1000)
+    replay = NmeaReplay(nmea_log("gpsd-mt3339.log"), rate=1000)
     assert all(not line.startswith(b"#") for line in replay.lines)
     replay.start()
     try:

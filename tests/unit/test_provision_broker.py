@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,6 @@ def test_a_value_that_would_break_out_of_its_line_is_refused(
     assert not (tmp_path / "conf").exists()
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto")
 def test_rerunning_broker_config_keeps_the_hub_password_and_the_devices(
     tmp_path: Path, certs: BrokerCerts
 ) -> None:

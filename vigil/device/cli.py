@@ -41,7 +41,7 @@ EPILOG = """\
 examples:
   vigil-device run --config /etc/vigil/device.toml
   vigil-device simulate --config demo/device.toml \\
-      --nmea ../shared/nmea-corpus/gpsd-mt3339.log
+      --nmea vigil/device/captures/gpsd-mt3339.log
   vigil-device check --config /etc/vigil/device.toml
 
 simulate reads commands on stdin, one per line:
