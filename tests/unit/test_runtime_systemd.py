@@ -23,8 +23,10 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 
 def test_status_line_reaches_systemd(notify_socket: socket.socket) -> None:
-    state = ConnectionState("broker.example.org:8883", LinkStatus.CONNECTING, since=0.0,
-                            failures=3, last_error="connection refused", next_retry=60.0)  # fmt: skip
+    state = ConnectionState(
+        "broker.example.org:8883", LinkStatus.CONNECTING, since=0.0, failures=3,
+        last_error="connection refused", next_retry=60.0,
+    )  # fmt: skip
     assert sd_status(f"broker: {state.describe()}")
     received = notify_socket.recv(4096).decode()
     assert received.startswith("STATUS=broker: connecting to broker.example.org:8883 since ")

@@ -2,7 +2,9 @@
 
 Pin defaults come from `hardware/pinout.toml`, the single source of truth;
 `BUILTIN_PINS` is its copy for installs that do not ship the `hardware/`
-directory, and a unit test keeps the two equal. See docs in contracts:
+directory, and a unit test keeps the two equal. Read with vigil.runtime.config:
+errors name the file and the dotted key, unknown keys are typos, relative paths
+are resolved against the config file's folder. The keys:
 
     [device] id, keys, state_dir     [hub] signing, kem, hybrid_kem, suite
     [mqtt] host, port, tls_ca, username, password_file, keepalive

@@ -1,7 +1,7 @@
 """Load the hub's TOML config into one frozen `HubConfig`, naming key and file on error.
 
     [hub]      keys, silent_after (s without traffic => device-silent alert),
-               map_url (template with {lat} {lon})
+               map_url (template with {lat} and {lon}, no other placeholder: checked at load)
     [store]    url ("sqlite:///rel.db", "sqlite:////abs.db" or "postgresql://...")
     [mqtt]     host, port, client_id, tls_ca, username, password_file, shared_group, keepalive
     [broker]   device_host, device_port, ca_file, password_file   (read by provisioning)
@@ -11,7 +11,9 @@
     [channels.<name>] urls = [...] and/or [[channels.<name>.recipients]] label, url, lat, lon;
                public = true marks a public broadcast channel (only sent after verification)
 
-Relative paths (and a relative SQLite path) are resolved against the config file's folder.
+Read with vigil.runtime.config: errors name the file and the dotted key, unknown keys are
+typos. Relative paths (and a relative SQLite path) are resolved against the config file's
+folder.
 """
 
 from __future__ import annotations
