@@ -22,10 +22,11 @@ from urllib.parse import quote
 import psycopg
 
 from vigil.hub.channels import AppriseNotifier
-from vigil.hub.config import BrokerConfig, HubConfig, MqttConfig
+from vigil.hub.config import BrokerConfig, HubConfig
 from vigil.hub.daemon import HubService
 from vigil.hub.pipeline import Uplink, decode
 from vigil.hub.store import open_store
+from vigil.runtime.config import MqttConfig
 from vigil.wire import DeviceId, DeviceKeys, Heartbeat, HubKeys, Message, seal_uplink
 from vigil.wire.topics import up_topic
 

@@ -212,3 +212,35 @@ def test_a_device_cannot_plant_a_retained_uplink(broker: LockedBroker) -> None:
         assert dev_a.wait_connected(10)
         wait_until(lambda: (dev_a.publish(up_topic(A), b"live"), at_hub.got(up_topic(A)))[1], 10)
         assert b"planted" not in {payload for _, payload in at_hub.messages}
+
+
+def test_a_burst_waits_whole_in_an_offline_hub_session(tmp_path: Path) -> None:
+    """1,500 uplinks while the hub is away all reach it when it returns (1000 dropped some)."""
+    burst = 1500
+    with locked_broker(tmp_path, more_hub_users=("vigil-probe",)) as locked:
+        set_password(locked.files.passwd, A.hex, "password-a")
+        locked.broker.restart()
+        probe_password = locked.files.more_hub_passwords[0].read_text().strip()
+        hub_login = {"user": "vigil-hub", "password": locked.hub_password}
+        with tls_client(locked, "hub", **hub_login, subscriptions=("vigil/v1/+/up",)) as (hub, _):
+            assert hub.wait_connected(10)  # its SUBSCRIBE goes before the DISCONNECT of stop()
+        with (
+            tls_client(locked, "probe", user="vigil-probe", password=probe_password,
+                       subscriptions=("vigil/v1/+/up",)) as (probe, seen),
+            tls_client(locked, A.hex, user=A.hex, password="password-a") as (device, _),
+        ):  # fmt: skip
+            assert probe.wait_connected(10)
+            assert device.wait_connected(10)
+            wait_until(lambda: (device.publish(up_topic(A), b"first"), seen.got(up_topic(A)))[1],
+                       what="the probe's subscription")  # fmt: skip
+            for i in range(burst):
+                device.publish(up_topic(A), i.to_bytes(4, "big"))
+            # The probe has them all: the broker has queued each one for the offline hub.
+            wait_until(lambda: len(_numbers(seen.messages)) == burst, 30, what="the probe's burst")
+        with tls_client(locked, "hub", **hub_login) as (hub, inbox):
+            wait_until(lambda: len(_numbers(inbox.messages)) == burst, 30, what="the queued burst")
+        assert _numbers(inbox.messages) == set(range(burst))
+
+
+def _numbers(messages: list[tuple[str, bytes]]) -> set[int]:
+    return {int.from_bytes(p, "big") for _, p in list(messages) if len(p) == 4}

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.support.broker import Broker, free_port, running_mosquitto
+from tests.support.locked_broker import locked_broker, tls_client
 from tests.support.wait import wait_until
 from vigil.errors import BadConfigValue, TransportError
-from vigil.runtime.mqtt import MqttClient, MqttSettings, Will
+from vigil.provision.certs import make_broker_certs
+from vigil.runtime.mqtt import LinkStatus, MqttClient, MqttSettings, Will
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +98,106 @@ def test_settings_reject_bad_values(field: str, value: object) -> None:
     base[field] = value
     with pytest.raises(BadConfigValue):
         MqttSettings(**base)  # type: ignore[arg-type]
+
+
+# -- a broker that cannot be reached is an error a person sees -----------------------------
+
+
+def _logged(caplog: pytest.LogCaptureFixture, *needles: str) -> str:
+    """The first warning from the wrapper that contains every needle ('' if none yet)."""
+    for record in list(caplog.records):
+        text = record.getMessage()
+        if record.name == "vigil.runtime.mqtt" and all(n in text for n in needles):
+            return text
+    return ""
+
+
+@contextmanager
+def started(settings: MqttSettings) -> Iterator[MqttClient]:
+    client = MqttClient(settings, on_message=lambda t, p: None)
+    client.start()
+    try:
+        yield client
+    finally:
+        client.stop()
+
+
+def test_closed_port_is_logged_with_reason_and_next_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="vigil.runtime.mqtt")
+    port = free_port()
+    with started(MqttSettings("127.0.0.1", port, "closed", reconnect_max=1)) as client:
+        line = wait_until(lambda: _logged(caplog, "connection refused"), what="the log line")
+        assert f"127.0.0.1:{port}" in line
+        assert "mqtt.port" in line
+        assert "next retry in" in line
+        state = client.state
+        assert state.status is LinkStatus.CONNECTING
+        assert state.failures >= 1
+        assert state.next_retry is not None
+        assert "connection refused" in (state.last_error or "")
+        assert "connection refused" in state.describe()
+    assert client.state.status is LinkStatus.STOPPED
+
+
+def test_misspelt_host_is_logged_as_a_name_that_does_not_resolve(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="vigil.runtime.mqtt")
+    with started(MqttSettings("brokr.vigil.invalid", 8883, "typo", reconnect_max=1)):
+        line = wait_until(lambda: _logged(caplog, "cannot resolve"), what="the log line")
+        assert "'brokr.vigil.invalid'" in line
+        assert "mqtt.host" in line
+
+
+def test_state_follows_the_connection(mosquitto: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="vigil.runtime.mqtt")
+    with started(settings(mosquitto, "follower", reconnect_max=1)) as client:
+        assert client.wait_connected(10)
+        assert client.state.status is LinkStatus.CONNECTED
+        assert client.state.describe().startswith(f"connected to 127.0.0.1:{mosquitto.port}")
+        mosquitto.stop()
+        wait_until(lambda: _logged(caplog, "lost the connection"), what="the lost connection")
+        wait_until(lambda: client.state.failures >= 2, 20, what="a failed reconnect")
+        assert client.state.status is LinkStatus.CONNECTING
+        mosquitto.start()
+        assert client.wait_connected(20)
+        assert client.state.status is LinkStatus.CONNECTED
+        assert client.state.failures == 0
+
+
+def test_tcp_nodelay_is_set_on_the_client_socket(mosquitto: Broker) -> None:
+    with started(settings(mosquitto, "quick")) as client:
+        assert client.wait_connected(10)
+        sock = client._client.socket()  # paho's own socket: the option must be on it
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_wrong_password_is_logged_with_the_reason_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="vigil.runtime.mqtt")
+    with (
+        locked_broker(tmp_path) as locked,
+        tls_client(locked, "intruder", user="vigil-hub", password="wrong"),
+    ):
+        line = wait_until(lambda: _logged(caplog, "refused us"), what="the log line")
+        assert "reason code 13" in line  # 134 bad user name or password, or 135 not authorized
+        assert "mqtt.password_file" in line
+        assert "next retry in" in line
+
+
+def test_untrusted_certificate_is_logged_as_a_tls_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="vigil.runtime.mqtt")
+    other = make_broker_certs(tmp_path / "other-ca", host="broker.vigil.test")
+    with (
+        locked_broker(tmp_path) as locked,
+        tls_client(locked, "stranger", user=None, password=None, ca=other.ca),
+    ):
+        line = wait_until(lambda: _logged(caplog, "TLS"), what="the log line")
+        assert "certificate" in line
+        assert "mqtt.tls_ca" in line

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from tests.support.device_setup import make_device, render_toml
 from vigil.device.config import BUILTIN_PINS, BUILTIN_UART, PINOUT, default_pins, load_config
-from vigil.errors import BadConfigValue, ConfigError, MissingConfigValue
+from vigil.errors import (
+    BadConfigValue,
+    ConfigError,
+    InsecureKeyFile,
+    KeyFileError,
+    MissingConfigValue,
+)
 from vigil.wire.keys import Suite
 
 
@@ -63,10 +69,10 @@ def test_overrides_are_read(tmp_path: Path) -> None:
     [
         ({"device": {"id": "XYZ"}}, "device.id"),
         ({"mqtt": {"port": 70000}}, "mqtt.port"),
-        ({"mqtt": {"port": "1883"}}, "mqtt.port"),
-        ({"mqtt": {"hots": "x"}}, "mqtt.hots"),
+        ({"mqtt": {"port": "1883"}}, "mqtt.port must be an integer 1-65535, got '1883'"),
+        ({"mqtt": {"hots": "x"}}, "unknown key mqtt.hots (a typo? did you mean mqtt.host?)"),
         ({"pins": {"button": 27}}, "[pins]"),
-        ({"pins": {"button": 99}}, "[pins]"),
+        ({"pins": {"button": 99}}, "pins.button must be an integer 0-27, got 99"),
         ({"pins": {"led": True}}, "pins.led"),
         ({"alarm": {"hold_seconds": -1}}, "hold_seconds"),
         ({"alarm": {"cancel": "...", "duress": "..."}}, "different"),
@@ -75,7 +81,20 @@ def test_overrides_are_read(tmp_path: Path) -> None:
         ({"hub": {"signing": "ed25519:AAAA"}}, "[hub]"),
         ({"gps": {"baud": 1234}}, "baud"),
         ({"outbox": {"capacity": 5000}}, "capacity"),
-        ({"extra": {"x": 1}}, "[extra]"),
+        ({"extra": {"x": 1}}, "unknown table [extra]"),
+        ({"device": {"id": "XYZ"}}, "device.id: a device id is 32 lowercase hex"),
+        ({"mqtt": {"host": "h\nREADY=1"}}, "mqtt.host must be one line of printable text"),
+        ({"mqtt": {"keepalive": 1.5}}, "mqtt.keepalive must be an integer 5-3600, got 1.5"),
+        ({"mqtt": {"client_id": "x"}}, "unknown key mqtt.client_id"),
+        ({"alarm": {"hold_seconds": float("nan")}}, "alarm.hold_seconds must be a finite number"),
+        ({"alarm": {"grace_seconds": float("inf")}}, "alarm.grace_seconds must be a finite"),
+        (
+            {"mqtt": {"port": 2**70}},
+            "mqtt.port must be an integer 1-65535, got an integer of more",
+        ),
+        ({"pins": {"vibration_pwm": "yes"}}, "pins.vibration_pwm must be true or false"),
+        ({"outbox": {"retry_max": 0}}, "outbox.retry_max must be a number > 0"),
+        ({"mqtt": {"tls_ca": "/nonexistent/ca.pem"}}, "mqtt.tls_ca: no CA file"),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(
@@ -90,10 +109,40 @@ def test_bad_values_name_the_key_and_the_file(
 
 def test_missing_key_is_named(tmp_path: Path) -> None:
     path = tmp_path / "device.toml"
-    path.write_text(render_toml({"device": {"id": "00" * 16}, "mqtt": {"host": "h"}}))
-    with pytest.raises(MissingConfigValue, match=r"missing key hub\.signing") as info:
+    doc = {"device": {"id": "00" * 16}, "hub": {"kem": "x"}, "mqtt": {"host": "h"}}
+    path.write_text(render_toml(doc))
+    with pytest.raises(MissingConfigValue, match=r"hub\.signing is required in \[hub\]") as info:
         load_config(path)
     assert str(path) in str(info.value)
+    path.write_text(render_toml({"device": {"id": "00" * 16}}))
+    with pytest.raises(MissingConfigValue, match=r"the table \[hub\] is required"):
+        load_config(path)
+
+
+def test_a_misspelt_required_key_is_pointed_at(tmp_path: Path) -> None:
+    dev = make_device(tmp_path)
+    text = dev.config_path.read_text().replace("host =", "hots =")
+    dev.config_path.write_text(text)
+    with pytest.raises(MissingConfigValue, match=r"mqtt\.host is required .*'hots'.* typo"):
+        load_config(dev.config_path)
+
+
+def test_relative_paths_are_read_from_the_config_folder(tmp_path: Path) -> None:
+    dev = make_device(tmp_path, overrides={"battery": {"capacity_path": "sys/capacity"}})
+    assert load_config(dev.config_path).battery_path == tmp_path / "sys" / "capacity"
+
+
+def test_password_file_errors_name_file_and_key(tmp_path: Path) -> None:
+    dev = make_device(tmp_path, overrides={"mqtt": {"password_file": "pw"}})
+    cfg = load_config(dev.config_path)
+    with pytest.raises(KeyFileError, match=r"device\.toml: mqtt\.password_file: .*does not exist"):
+        cfg.mqtt_password()
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o640)
+    with pytest.raises(InsecureKeyFile, match="chmod 600"):
+        cfg.mqtt_password()
+    (tmp_path / "pw").chmod(0o600)
+    assert cfg.mqtt_password() == "s3cret"
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:

@@ -78,7 +78,16 @@ def test_full_config(tmp_path: Path) -> None:
         (('url = "sqlite:///state/hub.db"', 'url = "mysql://x"'), BadConfigValue, "store.url"),
         (('channels = ["nearby"]', 'channels = ["nope"]'), BadConfigValue, "escalation.tiers[1]"),
         (('channels = ["nearby"]', 'channels = ["public"]'), BadConfigValue, "public"),
-        (("delay = 300", "delay = -1"), BadConfigValue, "escalation.tiers[1]"),
+        (("delay = 300", "delay = -1"), BadConfigValue, "escalation.tiers[1].delay must be"),
+        (('channels = ["nearby"]', "channels = []"), BadConfigValue, "tiers[1].channels is empty"),
+        (("delay = 300", "delay = nan"), BadConfigValue, "tiers[1].delay must be a number >= 0"),
+        (("lat = 17.0", "lat = 91.0"), BadConfigValue, "nearby.recipients[0].lat must be"),
+        (("port = 1883", "port = true"), BadConfigValue, "mqtt.port must be an integer 1-65535"),
+        (('client_id = "hub-1"', 'client_id = "a\\u0000b"'), BadConfigValue, "mqtt.client_id"),
+        (("silent_after = 300", "silent_after = 0"), BadConfigValue, "hub.silent_after"),
+        (("retry_attempts = 3", "retry_attempts = 3.0"), BadConfigValue, "retry_attempts"),
+        (("public = true", 'public = "yes"'), BadConfigValue, "channels.public.public"),
+        (('name = "nearby"', "name = 5"), BadConfigValue, "tiers[1].name must be"),
         (("lat = 17.0", ""), BadConfigValue, "channels.nearby.recipients[0]"),
         (('shared_group = "hub"', 'shared_group = "a/b"'), BadConfigValue, "mqtt.shared_group"),
         (("[store]", "[store\n"), BadConfigValue, "TOML"),
@@ -127,14 +136,15 @@ def test_shipped_example_config_loads() -> None:
     ("old", "new", "key"),
     [
         ("[escalation]", "[escalaton]", "escalaton"),  # escalation silently off: never
-        ("[broker]", "hots = 'x'\n[broker]", "hots"),
+        ("[broker]", "hots = 'x'\n[broker]", r"mqtt\.hots \(a typo\? did you mean mqtt\.host\?"),
+        ("[escalation]", "[escalaton]", r"\[escalaton\] \(a typo\? did you mean escalation\?"),
     ],
 )
 def test_unknown_keys_are_typos_named_with_their_place(
     tmp_path: Path, old: str, new: str, key: str
 ) -> None:
     assert old in FULL
-    with pytest.raises(BadConfigValue, match=f"unknown key .*{key}"):
+    with pytest.raises(BadConfigValue, match=f"unknown (key|table) .*{key}"):
         load_config(write(tmp_path, FULL.replace(old, new, 1)))
 
 
@@ -142,3 +152,38 @@ def test_unknown_key_inside_a_tier_is_named(tmp_path: Path) -> None:
     text = FULL.replace("[[escalation.tiers]]", "[[escalation.tiers]]\ndealy = 5", 1)
     with pytest.raises(BadConfigValue, match=r"escalation\.tiers\[0\]\.dealy"):
         load_config(write(tmp_path, text))
+
+
+def test_tier_order_is_checked_on_the_tier_that_breaks_it(tmp_path: Path) -> None:
+    with pytest.raises(BadConfigValue, match=r"escalation\.tiers\[1\]\.delay 30 is before"):
+        load_config(write(tmp_path, FULL.replace("delay = 300", "delay = 30").replace(
+            "delay = 0", "delay = 60")))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("https://map/?{lat},{lon}&z={zoom}", "{zoom}; the allowed ones are {lat} and {lon}"),
+        ("https://map/?{lat:.2f},{lon}", "{lat:.2f}; the allowed ones"),
+        ("https://map/?{lat!r},{lon}", "{lat!r}; the allowed ones"),
+        ("https://map/?{},{lon}", "{}; the allowed ones"),
+        ("https://map/?{lat.real},{lon}", "{lat.real}; the allowed ones"),
+        ("https://map/?{lat},{lon", "is not a template"),
+        ("https://map/?{lat}", "must contain {lat} and {lon}"),
+    ],
+)
+def test_map_url_is_checked_at_load_as_the_delivery_formats_it(
+    tmp_path: Path, template: str, problem: str
+) -> None:
+    text = FULL.replace("silent_after = 300", f"silent_after = 300\nmap_url = {template!r}")
+    with pytest.raises(BadConfigValue) as info:
+        load_config(write(tmp_path, text))
+    assert f"hub.map_url has the placeholder {problem}" in str(info.value) or (
+        f"hub.map_url {problem}" in str(info.value)
+    )
+
+
+def test_a_good_map_url_formats_like_the_delivery(tmp_path: Path) -> None:
+    text = FULL.replace("silent_after = 300", "silent_after = 300\nmap_url = 'geo:{lat},{lon}'")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.map_url.format(lat="1.000000", lon="2.000000") == "geo:1.000000,2.000000"

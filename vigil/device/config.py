@@ -2,7 +2,9 @@
 
 Pin defaults come from `hardware/pinout.toml`, the single source of truth;
 `BUILTIN_PINS` is its copy for installs that do not ship the `hardware/`
-directory, and a unit test keeps the two equal. See docs in contracts:
+directory, and a unit test keeps the two equal. Read with vigil.runtime.config:
+errors name the file and the dotted key, unknown keys are typos, relative paths
+are resolved against the config file's folder. The keys:
 
     [device] id, keys, state_dir     [hub] signing, kem, hybrid_kem, suite
     [mqtt] host, port, tls_ca, username, password_file, keepalive
@@ -18,12 +20,12 @@ import logging
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
 
 from vigil.device.core import AlarmSettings
-from vigil.errors import BadConfigValue, ConfigError, KeyFileError, MissingConfigValue
+from vigil.errors import ConfigError
+from vigil.runtime.config import MqttConfig, Table, load_toml
 from vigil.wire.ids import DeviceId
-from vigil.wire.keys import HubPublicKeys, Suite, check_private_file
+from vigil.wire.keys import HubPublicKeys, Suite
 
 _LOG = logging.getLogger(__name__)
 
@@ -31,18 +33,6 @@ PINOUT = Path(__file__).resolve().parents[2] / "hardware" / "pinout.toml"
 BUILTIN_PINS = {"button": 17, "tamper": 27, "vibration": 18, "led": 23}
 BUILTIN_UART = ("/dev/serial0", 9600)
 SUITES = {"x25519": Suite.X25519_CHACHA20, "mlkem768-x25519": Suite.MLKEM768_X25519_CHACHA20}
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
-    host: str
-    port: int = 8883
-    tls_ca: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    keepalive: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,19 +95,8 @@ class DeviceConfig:
     outbox: OutboxConfig
 
     def mqtt_password(self) -> str | None:
-        """Read the broker password file (0600), or None without one."""
-        path = self.mqtt.password_file
-        if path is None:
-            return None
-        try:
-            check_private_file(path)
-            return path.read_text().strip()
-        except KeyFileError as exc:
-            raise type(exc)(f"{self.path}: mqtt.password_file: {exc}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadConfigValue(
-                f"{self.path}: mqtt.password_file: cannot read {path}: {exc}"
-            ) from exc
+        """Read the broker password file (0600, one line), or None without one."""
+        return self.mqtt.password()
 
 
 def default_pins(pinout: Path = PINOUT) -> tuple[dict[str, int], tuple[str, int]]:
@@ -132,147 +111,66 @@ def default_pins(pinout: Path = PINOUT) -> tuple[dict[str, int], tuple[str, int]
     return pins, (str(doc["uart"]["device"]), int(doc["uart"]["baud"]))
 
 
-class _Reader:
-    """Typed access to a TOML document whose errors name the key and the file."""
-
-    def __init__(self, doc: dict[str, Any], path: Path) -> None:
-        self.doc, self.path = doc, path
-
-    def section(self, name: str) -> dict[str, Any]:
-        value = self.doc.get(name, {})
-        if not isinstance(value, dict):
-            raise BadConfigValue(f"{self.path}: [{name}] must be a table")
-        return value
-
-    def get(
-        self, key: str, kind: type[T], default: T | None = None, *, required: bool = False
-    ) -> T:
-        section, _, name = key.partition(".")
-        table = self.section(section)
-        if name not in table:
-            if required:
-                raise MissingConfigValue(f"{self.path}: missing key {key}")
-            return default  # type: ignore[return-value]
-        value = table[name]
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise BadConfigValue(f"{self.path}: {key} must be a {kind.__name__}, got {value!r}")
-        return value  # type: ignore[no-any-return]
-
-    def build(self, section: str, cls: type[T], **values: Any) -> T:
-        try:
-            return cls(**{k: v for k, v in values.items() if v is not None})
-        except (ValueError, TypeError) as exc:
-            raise BadConfigValue(f"{self.path}: [{section}] {exc}") from exc
-
-    def check_unknown(self, section: str, known: set[str]) -> None:
-        unknown = set(self.section(section)) - known
-        if unknown:
-            key = f"{section}.{sorted(unknown)[0]}"
-            raise BadConfigValue(f"{self.path}: unknown key {key} (typo?)")
+def _hub(t: Table) -> tuple[HubPublicKeys, Suite]:
+    doc: dict[str, object] = {k: t.text(k) for k in ("signing", "kem", "hybrid_kem")}
+    keys = t.build(HubPublicKeys.from_text, {"doc": doc})
+    return keys, t.choice("suite", SUITES, "x25519")
 
 
-def _path(r: _Reader, key: str, *, required: bool = False) -> Path | None:
-    text = r.get(key, str, required=required)
-    return Path(text) if text else None
+def _mqtt(t: Table) -> MqttConfig:
+    mqtt = MqttConfig.read(t)  # client id and username are the device id
+    mqtt.check_tls_ca()
+    return mqtt
 
 
-def _hub(r: _Reader) -> tuple[HubPublicKeys, Suite]:
-    r.check_unknown("hub", {"signing", "kem", "hybrid_kem", "suite"})
-    doc = {k: r.get(f"hub.{k}", str, required=True) for k in ("signing", "kem", "hybrid_kem")}
-    try:
-        keys = HubPublicKeys.from_text(dict(doc))
-    except (ValueError, ConfigError) as exc:
-        raise BadConfigValue(f"{r.path}: [hub] {exc}") from exc
-    suite_name = r.get("hub.suite", str, "x25519")
-    if suite_name not in SUITES:
-        raise BadConfigValue(f"{r.path}: hub.suite must be one of {sorted(SUITES)}")
-    return keys, SUITES[suite_name]
-
-
-def _mqtt(r: _Reader) -> MqttConfig:
-    keys = {"host", "port", "tls_ca", "username", "password_file", "keepalive"}
-    r.check_unknown("mqtt", keys)
-    cfg = MqttConfig(
-        host=r.get("mqtt.host", str, required=True),
-        port=r.get("mqtt.port", int, 8883),
-        tls_ca=_path(r, "mqtt.tls_ca"),
-        username=r.get("mqtt.username", str),
-        password_file=_path(r, "mqtt.password_file"),
-        keepalive=r.get("mqtt.keepalive", int, 30),
-    )
-    if not 0 < cfg.port < 65536:
-        raise BadConfigValue(f"{r.path}: mqtt.port must be in 1..65535, got {cfg.port}")
-    if not 5 <= cfg.keepalive <= 3600:
-        raise BadConfigValue(f"{r.path}: mqtt.keepalive must be in 5..3600 s")
-    if cfg.tls_ca is not None and not cfg.tls_ca.is_file():
-        raise BadConfigValue(f"{r.path}: mqtt.tls_ca: no CA file at {cfg.tls_ca}")
-    return cfg
-
-
-def _pins(r: _Reader, pinout: Path) -> tuple[PinConfig, GpsConfig]:
+def _pins(top: Table, pinout: Path) -> tuple[PinConfig, GpsConfig]:
     pins, (uart, baud) = default_pins(pinout)
-    r.check_unknown("pins", {*BUILTIN_PINS, "vibration_pwm"})
-    r.check_unknown("gps", {"port", "baud"})
-    values = {name: r.get(f"pins.{name}", int, default) for name, default in pins.items()}
-    pin_cfg = r.build("pins", PinConfig, **values, vibration_pwm=r.get("pins.vibration_pwm", bool))
-    gps = r.build(
-        "gps", GpsConfig, port=r.get("gps.port", str, uart), baud=r.get("gps.baud", int, baud)
-    )
+    t, g = top.table("pins"), top.table("gps")
+    values = {name: t.integer(name, default, low=0, high=27) for name, default in pins.items()}
+    pin_cfg = t.build(PinConfig, {**values, "vibration_pwm": t.boolean("vibration_pwm", True)})
+    port, rate = g.text("port", uart), g.integer("baud", baud, low=1, high=10**7)
+    gps = g.build(GpsConfig, {"port": port, "baud": rate})
     return pin_cfg, gps
 
 
-def _alarm(r: _Reader) -> AlarmSettings:
-    kinds = {f.name: (str if f.type == "str" else float) for f in fields(AlarmSettings)}
-    r.check_unknown("alarm", set(kinds))
-    values = {name: r.get(f"alarm.{name}", kind) for name, kind in kinds.items()}
-    return r.build("alarm", AlarmSettings, **values)
+def _alarm(t: Table) -> AlarmSettings:
+    defaults = AlarmSettings()
+    values = {
+        f.name: (t.text if f.type == "str" else t.number)(f.name, getattr(defaults, f.name))
+        for f in fields(AlarmSettings)
+    }
+    return t.build(AlarmSettings, values)
+
+
+def _outbox(t: Table) -> OutboxConfig:
+    values = {
+        "capacity": t.integer("capacity", 512, low=16, high=2048),
+        "retry_initial": t.number("retry_initial", 10.0, above=0),
+        "retry_max": t.number("retry_max", 300.0, above=0, high=3600),
+    }
+    return t.build(OutboxConfig, values)
 
 
 def load_config(path: Path, *, pinout: Path = PINOUT) -> DeviceConfig:
     """Read and validate `path`; raise a `ConfigError` naming the key and the file."""
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: config file does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise BadConfigValue(f"{path}: not valid TOML: {exc}") from exc
-    r = _Reader(doc, path)
-    known = {"device", "hub", "mqtt", "pins", "gps", "battery", "alarm", "outbox"}
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise BadConfigValue(f"{path}: unknown section [{unknown[0]}] (typo?)")
-    r.check_unknown("device", {"id", "keys", "state_dir"})
-    r.check_unknown("battery", {"capacity_path"})
-    r.check_unknown("outbox", {"capacity", "retry_initial", "retry_max"})
-    try:
-        device_id = DeviceId.parse(r.get("device.id", str, required=True))
-    except BadConfigValue as exc:
-        raise BadConfigValue(f"{path}: device.id: {exc}") from exc
-    hub, suite = _hub(r)
-    pins, gps = _pins(r, pinout)
-    outbox = r.build(
-        "outbox",
-        OutboxConfig,
-        capacity=r.get("outbox.capacity", int),
-        retry_initial=r.get("outbox.retry_initial", float),
-        retry_max=r.get("outbox.retry_max", float),
-    )
-    return DeviceConfig(
-        path=path,
+    top = load_toml(path)
+    device = top.table("device", required=True)
+    device_id = device.build(DeviceId.parse, {"text": device.text("id")}, blame="id")
+    hub, suite = _hub(top.table("hub", required=True))
+    pins, gps = _pins(top, pinout)
+    config = DeviceConfig(
+        path=top.file,
         device_id=device_id,
-        keys_path=Path(r.get("device.keys", str, "/var/lib/vigil-device/device.key")),
-        state_dir=Path(r.get("device.state_dir", str, "/var/lib/vigil-device")),
+        keys_path=device.path("keys", Path("/var/lib/vigil-device/device.key")),
+        state_dir=device.path("state_dir", Path("/var/lib/vigil-device")),
         hub=hub,
         suite=suite,
-        mqtt=_mqtt(r),
+        mqtt=_mqtt(top.table("mqtt", required=True)),
         pins=pins,
         gps=gps,
-        battery_path=_path(r, "battery.capacity_path"),
-        alarm=_alarm(r),
-        outbox=outbox,
+        battery_path=top.table("battery").path("capacity_path", None),
+        alarm=_alarm(top.table("alarm")),
+        outbox=_outbox(top.table("outbox")),
     )
+    top.check_unknown()
+    return config

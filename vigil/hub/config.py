@@ -1,7 +1,7 @@
 """Load the hub's TOML config into one frozen `HubConfig`, naming key and file on error.
 
     [hub]      keys, silent_after (s without traffic => device-silent alert),
-               map_url (template with {lat} {lon})
+               map_url (template with {lat} and {lon}, no other placeholder: checked at load)
     [store]    url ("sqlite:///rel.db", "sqlite:////abs.db" or "postgresql://...")
     [mqtt]     host, port, client_id, tls_ca, username, password_file, shared_group, keepalive
     [broker]   device_host, device_port, ca_file, password_file   (read by provisioning)
@@ -13,62 +13,25 @@
     [audit]    anchor_file (default: audit-anchors.txt beside the keys), checkpoint_every
                (entries), checkpoint_interval (s)
 
-Relative paths (and a relative SQLite path) are resolved against the config file's folder.
+Read with vigil.runtime.config: errors name the file and the dotted key, unknown keys are
+typos. Relative paths (and a relative SQLite path) are resolved against the config file's
+folder.
 """
 
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Formatter
 from types import MappingProxyType
-from typing import Any
 
-from vigil.errors import BadConfigValue, ConfigError, KeyFileError, MissingConfigValue
 from vigil.hub.audit import CheckpointPolicy
-from vigil.runtime.mqtt import MqttSettings
-from vigil.wire.keys import check_private_file
+from vigil.runtime.config import REQUIRED, MqttConfig, Table, load_toml
 
 DEFAULT_MAP_URL = "https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=17/{lat}/{lon}"
-
-
-@dataclass(frozen=True, slots=True)
-class MqttConfig:
-    """How the hub reaches the broker."""
-
-    host: str
-    port: int = 8883
-    client_id: str = "vigil-hub"
-    tls_ca: Path | None = None
-    username: str | None = None
-    password_file: Path | None = None
-    shared_group: str | None = None
-    keepalive: int = 30
-
-    def settings(self) -> MqttSettings:
-        """Build vigil.runtime.mqtt settings, reading the password file if there is one."""
-        password = None
-        if self.password_file is not None:
-            try:
-                check_private_file(self.password_file)  # a secret: 0600 like the keys
-                password = self.password_file.read_text().strip()
-            except KeyFileError as exc:
-                raise type(exc)(f"mqtt.password_file: {exc}") from exc
-            except OSError as exc:
-                raise BadConfigValue(
-                    f"mqtt.password_file: cannot read {self.password_file}: {exc}"
-                ) from exc
-        return MqttSettings(
-            host=self.host,
-            port=self.port,
-            client_id=self.client_id,
-            username=self.username,
-            password=password,
-            tls_ca=self.tls_ca,
-            keepalive=self.keepalive,
-        )
+MAP_PLACEHOLDERS = ("lat", "lon")  # what vigil.hub.channels.compose passes to map_url.format
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,237 +132,148 @@ class HubConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
 
 
-class _Section:
-    """A TOML table with typed getters whose errors name the key and the file."""
-
-    def __init__(
-        self, doc: Mapping[str, Any], where: str, path: Path, parent: _Section | None = None
-    ) -> None:
-        self.doc, self.where, self.path = doc, where, path
-        self.seen: set[str] = set()
-        self.children: list[_Section] = []
-        if parent is not None:
-            parent.children.append(self)
-
-    def unknown_keys(self) -> list[str]:
-        """Keys in the file that nothing read: typos, which must not pass silently."""
-        found = [self.key(k) for k in self.doc if k not in self.seen]
-        for child in self.children:
-            found += child.unknown_keys()
-        return found
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def fail(self, name: str, problem: str) -> BadConfigValue:
-        return BadConfigValue(f"{self.path}: {self.key(name)}: {problem}")
-
-    def raw(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        self.seen.add(name)
-        if name not in self.doc:
-            if default is _REQUIRED:
-                raise MissingConfigValue(f"{self.path}: {self.key(name)} is required")
-            return default
-        value = self.doc[name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.fail(name, f"must be {names}, got {value!r:.60}")
-        return value
-
-    def text(self, name: str, default: Any = None) -> Any:
-        value = self.raw(name, str, default)
-        if value is not None and not value.strip():
-            raise self.fail(name, "must not be empty")
-        return value
-
-    def integer(self, name: str, default: Any, low: int, high: int) -> Any:
-        value = self.raw(name, int, default)
-        if value is not None and not low <= value <= high:
-            raise self.fail(name, f"must be in {low}..{high}, got {value}")
-        return value
-
-    def number(self, name: str, default: Any) -> Any:
-        value = self.raw(name, (int, float), default)
-        if isinstance(value, bool) or (value is not None and not math.isfinite(value)):
-            raise self.fail(name, f"must be a finite number, got {value!r}")
-        return None if value is None else float(value)
-
-    def path_(self, name: str, default: Any = None) -> Any:
-        value = self.text(name, default)
-        if value is None or isinstance(value, Path):
-            return value
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.path.parent / p).resolve()
-
-    def table(self, name: str, *, required: bool = False) -> _Section:
-        value = self.raw(name, dict, _REQUIRED if required else {})
-        return _Section(value, self.key(name), self.path, self)
-
-
-_REQUIRED = object()
-
-
 def load_config(path: Path) -> HubConfig:
-    """Read and validate the hub config at `path`."""
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"hub config {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read hub config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise BadConfigValue(f"{path}: not valid TOML: {exc}") from exc
-    top = _Section(doc, "", path)
+    """Read and validate the hub config at `path`; raise a `ConfigError` naming key and file."""
+    top = load_toml(path)
     hub = top.table("hub", required=True)
     channels = _channels(top.table("channels"))
-    escalation = _escalation(top.table("escalation"), channels)
-    map_url = hub.text("map_url", DEFAULT_MAP_URL)
-    if "{lat}" not in map_url or "{lon}" not in map_url:
-        raise hub.fail("map_url", "must contain {lat} and {lon}")
-    silent_after = hub.number("silent_after", 600.0)
-    if not silent_after > 0:
-        raise hub.fail("silent_after", "must be > 0 seconds")
-    keys_path = hub.path_("keys", _REQUIRED)
+    keys_path = hub.path("keys")
     config = HubConfig(
-        path=path,
+        path=top.file,
         keys_path=keys_path,
         store_url=_store_url(top.table("store", required=True)),
-        mqtt=_mqtt(top.table("mqtt", required=True)),
+        mqtt=MqttConfig.read(top.table("mqtt", required=True), client_id="vigil-hub", shared=True),
         broker=_broker(top.table("broker")),
-        escalation=escalation,
+        escalation=_escalation(top.table("escalation"), channels),
         channels=MappingProxyType(channels),
-        silent_after=silent_after,
-        map_url=map_url,
+        silent_after=hub.number("silent_after", 600.0, above=0),
+        map_url=_map_url(hub),
         audit=_audit(top.table("audit"), keys_path.parent / "audit-anchors.txt"),
     )
-    unknown = top.unknown_keys()
-    if unknown:
-        raise BadConfigValue(f"{path}: unknown key {unknown[0]} (a typo?)")
+    top.check_unknown()
     return config
 
 
-def _store_url(s: _Section) -> str:
-    url: str = s.text("url", _REQUIRED)
+def _map_url(hub: Table) -> str:
+    """Refuse at load a template that `str.format(lat=..., lon=...)` would fail on at delivery."""
+    url = hub.text("map_url", DEFAULT_MAP_URL)
+    allowed = " and ".join(f"{{{name}}}" for name in MAP_PLACEHOLDERS)
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in Formatter().parse(url) if f is not None]
+    except ValueError as exc:  # an unmatched brace
+        raise hub.fail(
+            "map_url", f"is not a template: {exc}; write a literal brace as {{{{"
+        ) from exc
+    for name, spec, conversion in fields:
+        if name not in MAP_PLACEHOLDERS or spec or conversion:
+            shown = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            raise hub.fail(
+                "map_url", f"has the placeholder {shown}; the allowed ones are {allowed}"
+            )
+    if {name for name, _, _ in fields} != set(MAP_PLACEHOLDERS):
+        raise hub.fail("map_url", f"must contain {allowed}, got {url!r}")
+    return url
+
+
+def _store_url(s: Table) -> str:
+    url = s.text("url")
     if url.startswith("sqlite:///"):
         rest = url.removeprefix("sqlite:///")
         if not rest:
             raise s.fail("url", "names no database file")
-        p = Path(rest) if rest.startswith("/") else (s.path.parent / rest).resolve()
+        p = Path(rest) if rest.startswith("/") else (s.file.parent / rest).resolve()
         return f"sqlite:///{p}"
     if url.startswith(("postgresql://", "postgres://")):
         return url
     raise s.fail("url", f"must start with sqlite:/// or postgresql://, got {url!r}")
 
 
-def _mqtt(s: _Section) -> MqttConfig:
-    group = s.text("shared_group")
-    if group is not None and any(c in group for c in "/+#"):
-        raise s.fail("shared_group", "must not contain '/', '+' or '#'")
-    return MqttConfig(
-        host=s.text("host", _REQUIRED),
-        port=s.integer("port", 8883, 1, 65535),
-        client_id=s.text("client_id", "vigil-hub"),
-        tls_ca=s.path_("tls_ca"),
-        username=s.text("username"),
-        password_file=s.path_("password_file"),
-        shared_group=group,
-        keepalive=s.integer("keepalive", 30, 5, 3600),
-    )
-
-
-def _audit(s: _Section, default_anchor: Path) -> AuditConfig:
-    every = s.integer("checkpoint_every", 100, 1, 1_000_000)
+def _audit(s: Table, default_anchor: Path) -> AuditConfig:
+    every = s.integer("checkpoint_every", 100, low=1, high=1_000_000)
     interval = s.number("checkpoint_interval", 300.0)
     try:
         policy = CheckpointPolicy(every, interval)
     except ValueError as exc:
         raise s.fail("checkpoint_interval", str(exc)) from exc
-    return AuditConfig(s.path_("anchor_file") or default_anchor, policy)
+    return AuditConfig(s.path("anchor_file", None) or default_anchor, policy)
 
 
-def _broker(s: _Section) -> BrokerConfig:
+def _broker(s: Table) -> BrokerConfig:
     return BrokerConfig(
         device_host=s.text("device_host", "127.0.0.1"),
-        device_port=s.integer("device_port", 8883, 1, 65535),
-        ca_file=s.path_("ca_file"),
-        password_file=s.path_("password_file"),
+        device_port=s.integer("device_port", 8883, low=1, high=65535),
+        ca_file=s.path("ca_file", None),
+        password_file=s.path("password_file", None),
     )
 
 
-def _channels(s: _Section) -> dict[str, Channel]:
+def _channels(s: Table) -> dict[str, Channel]:
     out: dict[str, Channel] = {}
-    for name in s.doc:
-        c = s.table(name)
+    for name, c in s.subtables().items():
         # A bare URL may hold tokens: label it by channel and scheme, never by the URL.
         recipients = [
             Recipient(label=f"{name} #{i + 1} ({u.split('://', 1)[0]})", url=u)
-            for i, u in enumerate(_strings(c, "urls"))
+            for i, u in enumerate(_urls(c, "urls"))
         ]
-        for i, item in enumerate(c.raw("recipients", list, [])):
-            r = _Section(
-                item if isinstance(item, dict) else {}, f"{c.key('recipients')}[{i}]", s.path, c
-            )
-            try:
-                recipients.append(
-                    Recipient(
-                        label=r.text("label", _REQUIRED),
-                        url=r.text("url", _REQUIRED),
-                        lat=r.number("lat", None),
-                        lon=r.number("lon", None),
-                    )
-                )
-            except ValueError as exc:
-                if isinstance(exc, ConfigError):
-                    raise
-                raise r.fail("url", str(exc)) from exc
+        recipients += [_recipient(r) for r in c.tables("recipients")]
         if not recipients:
-            raise c.fail("urls", "a channel needs at least one URL or recipient")
-        out[name] = Channel(name, tuple(recipients), public=c.raw("public", bool, False))
+            raise c.fail("urls", "is missing: a channel needs at least one URL or recipient")
+        out[name] = Channel(name, tuple(recipients), public=c.boolean("public", False))
     return out
 
 
-def _strings(s: _Section, name: str) -> list[str]:
-    values = s.raw(name, list, [])
+def _recipient(r: Table) -> Recipient:
+    label, url = r.text("label"), _urls(r, "url")[0]
+    lat = r.number("lat", None, low=-90, high=90)
+    lon = r.number("lon", None, low=-180, high=180)
+    if (lat is None) != (lon is None):
+        raise r.fail(
+            "lon" if lon is None else "lat", "is missing: give both lat and lon, or neither"
+        )
+    return Recipient(label=label, url=url, lat=lat, lon=lon)
+
+
+def _urls(s: Table, name: str) -> tuple[str, ...]:
+    """Apprise URLs: a list under `urls`, one string under `url`."""
+    values = s.strings(name) if name == "urls" else (s.text(name),)
     for v in values:
-        if not isinstance(v, str) or "://" not in v:
+        if "://" not in v:
             raise s.fail(name, f"holds {v!r:.60}, not a URL like 'scheme://...'")
-    return list(values)
+    return values
 
 
-def _escalation(s: _Section, channels: Mapping[str, Channel]) -> EscalationConfig:
-    tiers = []
-    for i, item in enumerate(s.raw("tiers", list, [])):
-        t = _Section(item if isinstance(item, dict) else {}, f"{s.key('tiers')}[{i}]", s.path, s)
-        names = t.raw("channels", list, _REQUIRED)
+def _escalation(s: Table, channels: Mapping[str, Channel]) -> EscalationConfig:
+    tiers: list[Tier] = []
+    for i, t in enumerate(s.tables("tiers")):
+        names = t.strings("channels", default=REQUIRED)
+        if not names:
+            raise t.fail("channels", "is empty: a tier needs at least one channel")
         for n in names:
             if n == "contacts" and n not in channels:
                 continue  # the wearer's own contacts, from the device registry
             if n not in channels:
                 raise t.fail("channels", f"names channel {n!r}, which [channels] does not define")
             if channels[n].public:
-                raise t.fail("channels", f"{n!r} is public: it is sent only after verification")
-        try:
-            tiers.append(
-                Tier(
-                    name=t.text("name", f"tier {i + 1}"),
-                    delay=t.number("delay", 0.0),
-                    channels=tuple(names),
-                    radius_km=t.number("radius_km", None),
+                raise t.fail(
+                    "channels", f"names {n!r}, which is public: sent only after verification"
                 )
+        delay = t.number("delay", 0.0, low=0)
+        if tiers and delay < tiers[-1].delay:
+            raise t.fail(
+                "delay", f"{delay:g} is before the previous tier's: list tiers in order of delay"
             )
-        except ValueError as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise t.fail("delay", str(exc)) from exc
-    try:
-        return EscalationConfig(
-            tiers=tuple(tiers),
-            retry_attempts=s.integer("retry_attempts", 5, 1, 100),
-            retry_backoff=s.number("retry_backoff", 2.0),
-            retry_max=s.number("retry_max", 300.0),
-        )
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise s.fail("tiers", str(exc)) from exc
+        radius = t.number("radius_km", None, above=0)
+        tiers.append(Tier(t.text("name", f"tier {i + 1}"), delay, names, radius))
+    retry_max = s.number("retry_max", 300.0, above=0, high=86400)
+    return EscalationConfig(
+        tiers=tuple(tiers),
+        retry_attempts=s.integer("retry_attempts", 5, low=1, high=100),
+        retry_backoff=s.number("retry_backoff", 2.0, above=0, high=retry_max),
+        retry_max=retry_max,
+    )

@@ -12,6 +12,7 @@ import os
 import socket
 
 _LOG = logging.getLogger(__name__)
+_STATUS_MAX = 400  # one readable line in `systemctl status`
 
 
 def sd_notify(state: str) -> bool:
@@ -30,3 +31,13 @@ def sd_notify(state: str) -> bool:
         _LOG.warning("sd_notify %s failed: %s", state.partition("=")[0], exc)
         return False
     return True
+
+
+def sd_status(text: str) -> bool:
+    """Show `text` as the unit's status line in `systemctl status` (e.g. the broker state).
+
+    Control characters are replaced: a newline would start a new assignment, and a
+    host name from a config file must never be able to send READY=1 or WATCHDOG=1.
+    """
+    line = "".join(c if c.isprintable() else " " for c in text)[:_STATUS_MAX]
+    return sd_notify(f"STATUS={line}")
