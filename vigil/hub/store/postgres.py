@@ -11,7 +11,7 @@ from psycopg.rows import DictRow, dict_row
 from vigil.errors import StorageError
 from vigil.hub.store import schema
 from vigil.hub.store.repo import Cursor, Row
-from vigil.hub.store.sql import SqlStore
+from vigil.hub.store.sql import SqlStore, first_line
 
 
 class _Cursor:
@@ -52,8 +52,12 @@ class PostgresStore(SqlStore):
             # Autocommit: transactions are the explicit BEGIN ... COMMIT of `SqlStore`.
             self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
         except psycopg.Error as exc:
-            raise StorageError(f"cannot connect to the PostgreSQL store: {exc}") from exc
-        self._open(create=create)
+            raise StorageError(f"cannot connect to the PostgreSQL store: {first_line(exc)}") from exc
+        try:
+            self._open(create=create)
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _cursor(self) -> Cursor:
         return _Cursor(self._conn.cursor())

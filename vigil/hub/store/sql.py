@@ -32,6 +32,12 @@ from vigil.hub.store.repositories import Transaction
 _LOG = logging.getLogger(__name__)
 
 
+def first_line(exc: BaseException) -> str:
+    """A driver's message on one line (PostgreSQL adds CONTEXT and HINT lines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class SqlStore(ABC):
     """Transactions, savepoints and migrations over one backend connection."""
 
@@ -81,7 +87,7 @@ class SqlStore(ABC):
                     yield Transaction(cur, self.dialect)
                 except self.errors as exc:
                     self._undo(cur, undo, level)
-                    raise StorageError(f"{self.where}: {exc}") from exc
+                    raise StorageError(f"{self.where}: {first_line(exc)}") from exc
                 except BaseException:
                     self._undo(cur, undo, level)
                     raise
@@ -96,7 +102,7 @@ class SqlStore(ABC):
         except self.errors as exc:
             if statement == "COMMIT":
                 self._undo(cur, "ROLLBACK", 1)
-            raise StorageError(f"{self.where}: {exc}") from exc
+            raise StorageError(f"{self.where}: {first_line(exc)}") from exc
 
     def _undo(self, cur: Cursor, statement: str, level: int) -> None:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from vigil.errors import StorageError, StoreMissing, StoreNotWritable
 from vigil.hub.store import schema
 from vigil.hub.store.repo import Cursor
-from vigil.hub.store.sql import SqlStore
+from vigil.hub.store.sql import SqlStore, first_line
 
 _PRAGMAS = (
     "journal_mode = WAL",
@@ -41,8 +41,12 @@ class SqliteStore(SqlStore):
             for pragma in _PRAGMAS:
                 self._conn.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open {self.where}: {exc}") from exc
-        self._open(create=True)  # the file exists by now (checked, or just created)
+            raise StorageError(f"cannot open {self.where}: {first_line(exc)}") from exc
+        try:
+            self._open(create=True)  # the file exists by now (checked, or just created)
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _cursor(self) -> Cursor:
         return self._conn.cursor()
