@@ -101,22 +101,28 @@ def _snapshot(store: Store, alert_id: int) -> tuple[object, ...]:
                 tx.deliveries.for_alert(alert_id))  # fmt: skip
 
 
-CASES = [  # (action, alert state before, verified before, what the wearer is told)
-    ("ack", AlertState.OPEN, False, "acknowledged"),
-    ("resolve", AlertState.ACKNOWLEDGED, False, "resolved"),
-    ("false-alarm", AlertState.OPEN, False, "resolved"),
-    ("verify", AlertState.ACKNOWLEDGED, False, None),
-    ("broadcast", AlertState.ACKNOWLEDGED, True, None),
+@dataclass(frozen=True)
+class Case:
+    action: str
+    before: AlertState
+    verified: bool
+    told: str | None  # what the wearer is told (downlink kind), if anything
+
+
+CASES = [
+    Case("ack", AlertState.OPEN, False, "acknowledged"),
+    Case("resolve", AlertState.ACKNOWLEDGED, False, "resolved"),
+    Case("false-alarm", AlertState.OPEN, False, "resolved"),
+    Case("verify", AlertState.ACKNOWLEDGED, False, None),
+    Case("broadcast", AlertState.ACKNOWLEDGED, True, None),
 ]
 
 
-@pytest.mark.parametrize(("action", "before", "verified", "told"), CASES,
-                         ids=[c[0] for c in CASES])  # fmt: skip
+@pytest.mark.parametrize("case", CASES, ids=[c.action for c in CASES])
 @pytest.mark.parametrize("refused", ["audit", "downlinks"])
-def test_an_operator_action_is_all_or_nothing(
-    db: Db, action: str, before: AlertState, verified: bool, told: str | None, refused: str
-) -> None:
-    alert = _alarm(db.store, state=before, verified=verified)
+def test_an_operator_action_is_all_or_nothing(db: Db, case: Case, refused: str) -> None:
+    action, told = case.action, case.told
+    alert = _alarm(db.store, state=case.before, verified=case.verified)
     untouched = _snapshot(db.store, alert.id)
     writes_there = refused == "audit" or told is not None
     with db.refusing(refused):

@@ -70,7 +70,9 @@ class HubService:
 
     def audit(self, tx: Transaction, action: str, subject: str, detail: str = "") -> None:
         """Append the hub's own audit entry within the caller's transaction."""
-        tx.audit.append(at=self.clock(), actor="hub", action=action, subject=subject, detail=detail)
+        tx.audit.append(
+            at=self.clock(), actor="hub", action=action, subject=subject, detail=detail
+        )
 
     def active_device(self, device_id: DeviceId) -> DeviceRecord:
         with self.store.read() as tx:
@@ -81,9 +83,7 @@ class HubService:
     def handle(self, topic: str, payload: bytes) -> None:
         """Process one MQTT message; bad input is counted and dropped, never raised."""
         now = self.clock()
-        decoded = pipeline.decode(
-            topic, payload, hub_keys=self.keys, registry=self.active_device
-        )
+        decoded = pipeline.decode(topic, payload, hub_keys=self.keys, registry=self.active_device)
         if isinstance(decoded, pipeline.Rejected):
             self._reject(decoded.reason, decoded.detail, decoded.device, now)
         elif isinstance(decoded, pipeline.ConnectionLost):
@@ -212,9 +212,7 @@ class HubService:
             for device, reason in found:
                 alert = tx.alerts.open(alerts.device_silent(device, now=now, reason=reason))
                 self.audit(tx, "device silent", f"alert {alert.id}", reason)
-                _LOG.warning(
-                    "device %s silent: %s (alert %s)", device.device_id, reason, alert.id
-                )
+                _LOG.warning("device %s silent: %s (alert %s)", device.device_id, reason, alert.id)
         for device, _ in found:  # remembered only once the alerts are committed
             self._silent[device.device_id] = now
 

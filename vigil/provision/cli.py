@@ -122,9 +122,7 @@ def _run_device(args: argparse.Namespace) -> str:
 
 def register_revoke(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`revoke`: revoke at the hub, remove the broker password, reload the broker."""
-    r = sub.add_parser(
-        "revoke", help="revoke a device at the hub, then remove its broker access"
-    )
+    r = sub.add_parser("revoke", help="revoke a device at the hub, then remove its broker access")
     r.add_argument("device_id")
     r.add_argument("--hub-config", type=Path, required=True)
     r.add_argument(

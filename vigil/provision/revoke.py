@@ -98,15 +98,19 @@ def _revoke_at_hub(cfg: HubConfig, device_id: DeviceId) -> str:
 
 def _remove_password(cfg: HubConfig, device_id: DeviceId) -> Step:
     if cfg.broker is None or cfg.broker.password_file is None:
-        return Step("broker password", State.SKIPPED, "the hub config has no [broker] "
-                    "password_file", "remove the device's password on the broker's machine")  # fmt: skip
+        return Step(
+            "broker password",
+            State.SKIPPED,
+            "the hub config has no [broker] password_file",
+            "remove the device's password on the broker's machine",
+        )
     passwd = cfg.broker.password_file
 
     def remove() -> str:
         return "removed" if remove_user(passwd, device_id.hex) else "none was found"
 
-    return _attempt("broker password", remove,
-                    left=f"remove user {device_id.hex} from {passwd} and reload mosquitto")  # fmt: skip
+    left = f"remove user {device_id.hex} from {passwd} and reload mosquitto"
+    return _attempt("broker password", remove, left=left)
 
 
 def _reload_broker(pid_file: Path) -> str:

@@ -45,8 +45,16 @@ class AuditLog(Repository):
             (after,),
         )
         return [
-            AuditEntry(int(r["id"]), r["at"], r["actor"], r["action"], r["subject"],
-                       r["detail"], r["prev_hash"], r["hash"])  # fmt: skip
+            AuditEntry(
+                int(r["id"]),
+                r["at"],
+                r["actor"],
+                r["action"],
+                r["subject"],
+                r["detail"],
+                r["prev_hash"],
+                r["hash"],
+            )
             for r in rows
         ]
 

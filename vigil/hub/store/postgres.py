@@ -52,7 +52,9 @@ class PostgresStore(SqlStore):
             # Autocommit: transactions are the explicit BEGIN ... COMMIT of `SqlStore`.
             self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
         except psycopg.Error as exc:
-            raise StorageError(f"cannot connect to the PostgreSQL store: {first_line(exc)}") from exc
+            raise StorageError(
+                f"cannot connect to the PostgreSQL store: {first_line(exc)}"
+            ) from exc
         try:
             self._open(create=create)
         except BaseException:

@@ -75,11 +75,15 @@ def _check_path(path: Path, *, create: bool) -> None:
                 "(or fix store.url in the hub config)"
             )
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise StoreNotWritable(f"cannot create the SQLite store {path}: {folder} is not "
-                                   "writable by this user (run as the hub's user)")  # fmt: skip
+            raise StoreNotWritable(
+                f"cannot create the SQLite store {path}: {folder} is not writable "
+                "by this user (run as the hub's user)"
+            )
         return
     # WAL needs the folder too (the -wal and -shm files live beside the database).
     for needed in (path, folder):
         if not os.access(needed, os.W_OK):
-            raise StoreNotWritable(f"the SQLite store {path} cannot be written: {needed} is "
-                                   "not writable by this user (run as the hub's user)")  # fmt: skip
+            raise StoreNotWritable(
+                f"the SQLite store {path} cannot be written: {needed} is not writable "
+                "by this user (run as the hub's user)"
+            )

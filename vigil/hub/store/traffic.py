@@ -121,9 +121,13 @@ class Downlinks(Repository):
         )
         return [
             PendingDownlink(
-                id=int(r["id"]), device_id=DeviceId.parse(r["device_id"]), seq=r["seq"],
-                kind=r["kind"], arg=r["arg"], created_at=r["created_at"],
-            )  # fmt: skip
+                id=int(r["id"]),
+                device_id=DeviceId.parse(r["device_id"]),
+                seq=r["seq"],
+                kind=r["kind"],
+                arg=r["arg"],
+                created_at=r["created_at"],
+            )
             for r in rows
         ]
 
