@@ -1,4 +1,4 @@
-"""Opening the hub store: a misspelt, missing or unwritable path is one clear line, no traceback."""
+"""Opening the hub store: a misspelt, missing or unwritable path is one clear line."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _as_unprivileged(action: Callable[[], None]) -> str:
             text = "no error"
         except (StoreMissing, StoreNotWritable) as exc:
             text = f"{type(exc).__name__}: {exc}"
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised here
+        except BaseException as exc:
             text = f"unexpected {type(exc).__name__}: {exc}"
         finally:
             os.write(write, text.encode())
