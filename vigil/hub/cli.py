@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("alerts", parents=[common], help="active alerts")
     a.add_argument("--all", action="store_true", help="include closed alerts")
     a.add_argument("--id", type=int, help="show one alert with its positions and deliveries")
+    _add_actions(sub, common)
+    _add_registry(sub, common)
+    return p
+
+
+def _add_actions(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """The operator's actions on one alert."""
     for name, text in (
         ("ack", "take an alert: stops escalation, tells the wearer"),
         ("resolve", "close an alert: help arrived"),
@@ -84,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("alert", type=int, help="alert number (see `vigil-hub alerts`)")
         s.add_argument("--by", default=_user(), help="operator name for the audit log")
         s.add_argument("--note", help="a note kept with the alert")
+
+
+def _add_registry(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """The device registry, the audit log, counters and the hub's keys."""
     e = sub.add_parser("enroll", parents=[common], help="add a device to the registry")
     e.add_argument("--device-id", required=True)
     e.add_argument("--label", required=True, help="owner label responders will see")
@@ -103,7 +118,6 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "pubkey", parents=[common], help="print the hub's public keys as a device [hub] section"
     )
-    return p
 
 
 def _user() -> str:
