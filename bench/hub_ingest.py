@@ -25,7 +25,7 @@ from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import BrokerConfig, HubConfig
 from vigil.hub.daemon import HubService
 from vigil.hub.pipeline import Uplink, decode
-from vigil.hub.store import open_store
+from vigil.hub.store import Store, open_store
 from vigil.runtime.config import MqttConfig
 from vigil.wire import DeviceId, DeviceKeys, Heartbeat, HubKeys, Message, seal_uplink
 from vigil.wire.topics import up_topic
@@ -76,33 +76,40 @@ def _config(url: str, keys: Path) -> HubConfig:
                      BrokerConfig("127.0.0.1"))  # fmt: skip
 
 
+def _enrolled(url: str, device_id: DeviceId, device: DeviceKeys) -> Store:
+    """A new store with the benchmark's device enrolled."""
+    store = open_store(url, create=True)
+    with store.transaction() as tx:
+        tx.devices.enroll(device_id, label="bench", public_keys=device.public())
+    return store
+
+
 def main(n: int = 1000) -> None:
     hub, device_id, device, envs = _envelopes(n)
     topic = up_topic(device_id)
     with tempfile.TemporaryDirectory() as tmp:
         base = _baseline(Path(tmp) / "raw.db", envs)
 
-        store = open_store(f"sqlite:///{tmp}/verify.db")
-        store.enroll_device(device_id, label="bench", public_keys=device.public())
-        record = store.active_device(device_id)
+        store = _enrolled(f"sqlite:///{tmp}/verify.db", device_id, device)
+        with store.read() as tx:
+            record = tx.devices.active(device_id)
         start = time.perf_counter()
         for env in envs:
             decode(topic, env, hub_keys=hub, registry=lambda _: record)
         verify_only = time.perf_counter() - start
         store.close()
 
-        store = open_store(f"sqlite:///{tmp}/verify2.db")
-        store.enroll_device(device_id, label="bench", public_keys=device.public())
+        store = _enrolled(f"sqlite:///{tmp}/verify2.db", device_id, device)
         start = time.perf_counter()
         for env in envs:
-            up = decode(topic, env, hub_keys=hub, registry=store.active_device)
-            assert isinstance(up, Uplink)  # noqa: S101 - a benchmark of valid input
-            store.accept_uplink(device_id, up.message, received_at=time.time())
+            with store.transaction() as tx:  # one transaction per message, as the hub does
+                up = decode(topic, env, hub_keys=hub, registry=tx.devices.active)
+                assert isinstance(up, Uplink)  # noqa: S101 - a benchmark of valid input
+                tx.uplinks.accept(device_id, up.message, received_at=time.time())
         verify_store = time.perf_counter() - start
         store.close()
 
-        store = open_store(f"sqlite:///{tmp}/hub.db")
-        store.enroll_device(device_id, label="bench", public_keys=device.public())
+        store = _enrolled(f"sqlite:///{tmp}/hub.db", device_id, device)
         service = HubService(_config(f"sqlite:///{tmp}/hub.db", Path(tmp) / "hub.key"),
                              store=store, hub_keys=hub, notifier=AppriseNotifier())  # fmt: skip
         service.transport = _NullTransport()
@@ -110,7 +117,8 @@ def main(n: int = 1000) -> None:
         for env in envs:
             service.handle(topic, env)
         full = time.perf_counter() - start
-        assert store.count_uplinks() == n  # noqa: S101
+        with store.read() as tx:
+            assert tx.uplinks.count() == n  # noqa: S101
         store.close()
 
     print(f"== hub ingest, {n} heartbeats, SQLite WAL synchronous=FULL ==")  # noqa: T201
@@ -141,8 +149,9 @@ def _postgres(n: int, hub: HubKeys, device_id: DeviceId, device: DeviceKeys,
         for seq, env in enumerate(envs):
             admin.execute(f"INSERT INTO {schema}.raw VALUES (%s, %s, %s)", ("d", seq, env))  # noqa: S608
         base = time.perf_counter() - start
-        store = open_store(f"{PG_URL}?options={quote(f'-csearch_path={schema}')}")
-        store.enroll_device(device_id, label="bench", public_keys=device.public())
+        store = _enrolled(
+            f"{PG_URL}?options={quote(f'-csearch_path={schema}')}", device_id, device
+        )
         service = HubService(_config(PG_URL, Path("hub.key")), store=store, hub_keys=hub,
                              notifier=AppriseNotifier())  # fmt: skip
         service.transport = _NullTransport()

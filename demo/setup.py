@@ -31,6 +31,7 @@ def prepare(work: Path, *, broker: Broker, smtp: SmtpSink, hook: WebhookSink) ->
     hub_public = run([str(BIN / "vigil-hub"), "keygen", "--out", str(hub_dir / "hub.key")])
     hub_config = hub_dir / "hub.toml"
     hub_config.write_text(_hub_toml(broker, smtp, hook))
+    run([str(BIN / "vigil-hub"), "--config", str(hub_config), "init"])  # creates the store
     device_id, keys, label = DeviceId.generate(), DeviceKeys.generate(), "Demo wearer (Oaxaca)"
     keys.save(device_dir / "device.key")
     public = keys.public().to_text()

@@ -127,11 +127,23 @@ class StorageError(VigilError, OSError):
     """The durable store failed (disk full, corrupt database); free space or restore."""
 
 
+class StoreMissing(StorageError, FileNotFoundError):
+    """The store does not exist yet; create it with `vigil-hub init` (or check store.url)."""
+
+
+class StoreNotWritable(StorageError, PermissionError):
+    """The store or its folder cannot be written by this user; fix ownership or store.url."""
+
+
 # -- hub registry and alerts ------------------------------------------------------
 
 
 class AlreadyEnrolled(VigilError, ValueError):
     """The device id is enrolled with other keys; revoke it first or provision a new id."""
+
+
+class RevokeIncomplete(VigilError):
+    """A step of a revocation failed; fix what it names and run the same command again."""
 
 
 class NoSuchAlert(VigilError, LookupError):

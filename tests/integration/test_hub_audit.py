@@ -25,6 +25,11 @@ from vigil.hub.store import open_store
 pytestmark = pytest.mark.integration
 
 
+def hub_audit(service: HubService, *args: str) -> None:
+    with service.store.transaction() as tx:
+        service.audit(tx, *args)
+
+
 def write_config(folder: Path, extra: str = "") -> Path:
     """A hub config (no broker needed: only the store and the keys are used)."""
     folder.mkdir(exist_ok=True)
@@ -35,6 +40,7 @@ def write_config(folder: Path, extra: str = "") -> Path:
         '[hub]\nkeys = "hub.key"\n[store]\nurl = "sqlite:///hub.db"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\n{extra}'
     )
+    assert main(["init", "--config", str(path)], out=io.StringIO()) == 0
     return path
 
 
@@ -193,7 +199,8 @@ def test_a_deleted_anchor_file_and_unanchored_entries_are_reported(
 ) -> None:
     operator_actions(config, 2)
     store = open_store(load_config(config).store_url)
-    store.append_audit(at=1.0, actor="hub", action="escalated", subject="alert 1")
+    with store.transaction() as tx:
+        tx.audit.append(at=1.0, actor="hub", action="escalated", subject="alert 1")
     store.close()
     status, out = cli(config, "audit", "verify")
     assert status == 0
@@ -234,7 +241,8 @@ def hub_service(config: Path, clock: FakeClock) -> HubService:
 
 
 def actions(service: HubService) -> list[str]:
-    return [e.action for e in service.store.audit_entries()]
+    with service.store.read() as tx:
+        return [e.action for e in tx.audit.entries()]
 
 
 def test_the_hub_signs_every_n_entries_every_t_seconds_and_on_stop(tmp_path: Path) -> None:
@@ -242,7 +250,7 @@ def test_the_hub_signs_every_n_entries_every_t_seconds_and_on_stop(tmp_path: Pat
     clock = FakeClock()
     service = hub_service(config, clock)
     try:
-        service.audit("device silent", "alert 1", "no heartbeat")
+        hub_audit(service, "device silent", "alert 1", "no heartbeat")
         service.tick()
         clock.advance(59)
         service.tick()
@@ -254,10 +262,10 @@ def test_the_hub_signs_every_n_entries_every_t_seconds_and_on_stop(tmp_path: Pat
         service.tick()  # an idle hub adds nothing
         assert len(actions(service)) == 2
         for _ in range(3):
-            service.audit("escalated", "alert 1")
+            hub_audit(service, "escalated", "alert 1")
         service.tick()  # a flood is signed every 3 entries, without waiting
         assert actions(service)[-2:] == ["escalated", "checkpoint"]
-        service.audit("escalated", "alert 1")
+        hub_audit(service, "escalated", "alert 1")
         service.checkpoints.flush(clock())  # what serve() does on stop
         assert actions(service)[-1] == "checkpoint"
     finally:
@@ -275,11 +283,11 @@ def test_the_hub_refuses_to_sign_a_tampered_log(
     clock = FakeClock()
     service = hub_service(config, clock)
     try:
-        service.audit("device silent", "alert 1", "no heartbeat")
+        hub_audit(service, "device silent", "alert 1", "no heartbeat")
         with database(config) as db:
             db.execute("UPDATE audit SET detail = 'nothing' WHERE id = 1")
         db.close()
-        service.audit("escalated", "alert 1")
+        hub_audit(service, "escalated", "alert 1")
         service.tick()
         clock.advance(300)
         with caplog.at_level(logging.ERROR, logger="vigil.hub.checkpoints"):

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.hubrig import wearable, write_config
+from tests.support.hubrig import T0, wearable, write_config
 from tests.support.parties import parties
+from tests.support.peek import write
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
 from vigil.hub.cli import main
@@ -41,6 +42,7 @@ def sinks() -> Iterator[tuple[SmtpSink, WebhookSink]]:
 @pytest.fixture
 def config(tmp_path: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]) -> Path:
     path = write_config(tmp_path, broker=mosquitto, smtp=sinks[0], hook=sinks[1])
+    assert cli(path, "init")[0] == 0
     keys = parties().device.public().to_text()
     status, _ = cli(path, "enroll", "--device-id", parties().device_id.hex, "--label", "Ana",
                     "--signing", keys["signing"], "--kem", keys["kem"])  # fmt: skip
@@ -139,9 +141,9 @@ def test_run_as_a_service_with_operator_commands(
 
 def test_tail_is_plain_when_piped_and_coloured_on_request(config: Path) -> None:
     store = open_store(load_config(config).store_url)
-    store.accept_uplink(parties().device_id, Message(seq=4, body=Heartbeat(battery=70)),
-                        received_at=1_764_000_000.0)  # fmt: skip
-    store.count_rejection("BadSignature", at=1.0)
+    heartbeat = Message(seq=4, body=Heartbeat(battery=70))
+    write(store, lambda tx: tx.uplinks.accept(parties().device_id, heartbeat, received_at=T0))
+    write(store, lambda tx: tx.rejections.count("BadSignature", at=1.0))
     store.close()
     plain = hub_cmd(config, "tail", "--once").stdout
     assert "\x1b[" not in plain
@@ -194,8 +196,8 @@ def test_tail_follows_live(config: Path) -> None:
     try:
         wait_until(lambda: any("enroll" in line for line in lines), what="existing events")
         store = open_store(load_config(config).store_url)
-        store.accept_uplink(parties().device_id, Message(seq=9, body=Alarm(Trigger.TAMPER)),
-                            received_at=1_764_000_000.0)  # fmt: skip
+        alarm = Message(seq=9, body=Alarm(Trigger.TAMPER))
+        write(store, lambda tx: tx.uplinks.accept(parties().device_id, alarm, received_at=T0))
         store.close()
         line = wait_until(lambda: [x for x in lines if "alarm" in x], what="live alarm line")[0]
         assert "trigger=tamper" in line

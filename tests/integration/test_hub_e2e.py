@@ -16,6 +16,7 @@ import pytest
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
 from tests.support.parties import parties
+from tests.support.peek import peek
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
 from vigil.hub.cli import main
@@ -36,6 +37,7 @@ def sinks() -> Iterator[tuple[SmtpSink, WebhookSink]]:
 @pytest.fixture
 def config(tmp_path: Path, mosquitto: Broker, sinks: tuple[SmtpSink, WebhookSink]) -> Path:
     path = write_config(tmp_path, broker=mosquitto, smtp=sinks[0], hook=sinks[1])
+    assert cli(path, "init")[0] == 0
     enroll(path, label="Ana (Oaxaca)")
     return path
 
@@ -89,8 +91,8 @@ def test_alarm_reaches_responders_and_wearer_feels_receipts(
         second = device.wait_for("stored", 2)
         assert [m.body.seq for m in second] == [1, 1]  # type: ignore[union-attr]
         assert second[0].seq != second[1].seq  # downlink seqs never repeat
-        assert hub.store.count_uplinks() == 1
-        assert len(hub.store.list_alerts()) == 1
+        assert peek(hub.store, lambda tx: tx.uplinks.count()) == 1
+        assert len(peek(hub.store, lambda tx: tx.alerts.all())) == 1
 
         # Nobody took it within 2 minutes: the partners are told.
         clock.advance(121)
@@ -105,7 +107,7 @@ def test_alarm_reaches_responders_and_wearer_feels_receipts(
         assert device.bad_downlinks == 0
         assert len(smtp.messages) == 1
         assert len(posts(hook, "/operators")) == 1
-        deliveries = hub.store.deliveries(1)
+        deliveries = peek(hub.store, lambda tx: tx.deliveries.for_alert(1))
         assert sorted((d.step, d.status) for d in deliveries) == [
             ("operators", "sent"), ("operators", "sent"), ("partners", "sent")]  # fmt: skip
     status, out = cli(config, "audit", "verify")
@@ -125,7 +127,7 @@ def test_acknowledging_stops_escalation(
         assert cli(config, "ack", "1")[0] == 0
         clock.advance(600)
         hub.escalate(clock.now)
-        assert hub.store.fired_steps(1) == {"operators"}
+        assert peek(hub.store, lambda tx: tx.deliveries.fired_steps(1)) == {"operators"}
         assert posts(hook, "/partners") == []
 
 
@@ -144,7 +146,7 @@ def test_duress_cancel_escalates_at_once_and_shows_as_duress(
         (partners,) = wait_until(lambda: posts(hook, "/partners"), what="partners webhook")
         assert partners["title"].startswith("[Vigil] DURESS")
         assert "made to cancel" in partners["message"]
-        alert = hub.store.get_alert(1)
+        alert = peek(hub.store, lambda tx: tx.alerts.get(1))
         assert alert.active
         assert alert.duress
         status, out = cli(config, "alerts")
@@ -162,10 +164,13 @@ def test_real_cancel_closes_and_stops(
         device.send(Message(seq=7, body=Alarm(Trigger.BUTTON)))
         device.send(Message(seq=8, body=Cancel(alarm_seq=7)))
         device.wait_for("stored", 2)
-        wait_until(lambda: hub.store.get_alert(1).state.value == "cancelled", what="cancelled")
+        wait_until(
+            lambda: peek(hub.store, lambda tx: tx.alerts.get(1)).state.value == "cancelled",
+            what="cancelled",
+        )
         clock.advance(600)
         hub.escalate(clock.now)
-        assert "partners" not in hub.store.fired_steps(1)
+        assert "partners" not in peek(hub.store, lambda tx: tx.deliveries.fired_steps(1))
 
 
 def test_heartbeat_then_silence_and_will_raise_device_silent(
@@ -183,17 +188,26 @@ def test_heartbeat_then_silence_and_will_raise_device_silent(
         bea.wait_for("stored")
         bea.publish(b"")  # what the broker sends as bea's Will
         alert = wait_until(
-            lambda: [a for a in hub.store.list_alerts() if a.kind.value == "silent"]
+            lambda: [
+                a for a in peek(hub.store, lambda tx: tx.alerts.all()) if a.kind.value == "silent"
+            ]
         )
         assert [a.device_id for a in alert] == [parties().other_id]
         clock.advance(301)  # ana's deadline passes
         ana_id = parties().device_id
         silent = wait_until(
-            lambda: [a for a in hub.store.list_alerts(active_only=True) if a.device_id == ana_id]
+            lambda: [
+                a
+                for a in peek(hub.store, lambda tx: tx.alerts.all(active_only=True))
+                if a.device_id == ana_id
+            ]
         )
         assert silent[0].last_fix is not None
         assert silent[0].last_fix.lat == pytest.approx(FIX.lat)
         wait_until(lambda: any("SILENT: Ana" in m.text for m in smtp.messages), what="mail")
         # Ana speaks again: her silent alert closes by itself.
         ana.send(Message(seq=3, body=Heartbeat(battery=50)))
-        wait_until(lambda: not hub.store.get_alert(silent[0].id).active, what="closed")
+        wait_until(
+            lambda: not peek(hub.store, lambda tx: tx.alerts.get(silent[0].id)).active,
+            what="closed",
+        )

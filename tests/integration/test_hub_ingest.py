@@ -15,6 +15,7 @@ from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, write_config
 from tests.support.hubstore import store_url
 from tests.support.parties import parties
+from tests.support.peek import peek, write
 from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
 from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import load_config
@@ -45,10 +46,16 @@ def hub(
         broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")  # no broker: no downlinks
         config = load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook))
         config = replace(config, store_url=url)
-        store = open_store(config.store_url)
+        store = open_store(config.store_url, create=True)
         p = parties()
-        store.enroll_device(p.device_id, label="Ana", public_keys=p.device.public())
-        store.enroll_device(p.other_id, label="Bea", public_keys=p.other.public())
+        write(
+            store,
+            lambda tx: tx.devices.enroll(p.device_id, label="Ana", public_keys=p.device.public()),
+        )
+        write(
+            store,
+            lambda tx: tx.devices.enroll(p.other_id, label="Bea", public_keys=p.other.public()),
+        )
         clock = FakeClock()
         yield HubService(config, store=store, hub_keys=p.hub, notifier=AppriseNotifier(),
                          clock=clock), clock, hook  # fmt: skip
@@ -87,12 +94,12 @@ def test_hostile_input_is_counted_and_never_stored(
     expected: dict[str, int] = {}
     for *_, reason in cases:
         expected[reason] = expected.get(reason, 0) + 1
-    assert service.store.rejections() == expected
-    assert service.store.count_uplinks() == 0
-    assert service.store.list_alerts() == []
+    assert peek(service.store, lambda tx: tx.rejections.totals()) == expected
+    assert peek(service.store, lambda tx: tx.uplinks.count()) == 0
+    assert peek(service.store, lambda tx: tx.alerts.all()) == []
     # The loop lives on: the genuine message is taken afterwards.
     service.handle(topic, good)
-    assert service.store.count_uplinks() == 1
+    assert peek(service.store, lambda tx: tx.uplinks.count()) == 1
 
 
 def test_unknown_revoked_and_replayed_devices(
@@ -107,11 +114,11 @@ def test_unknown_revoked_and_replayed_devices(
     service.handle(up_topic(stranger_id), env)
     service.handle(up_topic(p.device_id), seal(Message(seq=5000, body=Heartbeat())))
     service.handle(up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat())))  # too old
-    service.store.revoke_device(p.device_id)
+    write(service.store, lambda tx: tx.devices.revoke(p.device_id, now=0.0))
     service.handle(up_topic(p.device_id), seal(Message(seq=5001, body=Alarm(Trigger.BUTTON))))
-    assert service.store.rejections() == {
+    assert peek(service.store, lambda tx: tx.rejections.totals()) == {
         "UnknownDevice": 1, "ReplayedMessage": 1, "RevokedDevice": 1}  # fmt: skip
-    assert service.store.count_uplinks() == 1
+    assert peek(service.store, lambda tx: tx.uplinks.count()) == 1
     assert service.rejected["RevokedDevice"] == 1
 
 
@@ -124,7 +131,7 @@ def test_random_bytes_never_raise_or_store(
 ) -> None:
     service, _, _ = hub
     service.handle(up_topic(parties().device_id), payload)
-    assert service.store.count_uplinks() == 0
+    assert peek(service.store, lambda tx: tx.uplinks.count()) == 0
 
 
 def test_stored_but_unhandled_uplink_is_repaired(
@@ -134,12 +141,14 @@ def test_stored_but_unhandled_uplink_is_repaired(
     p = parties()
     alarm = Message(seq=20, body=Alarm(Trigger.TAMPER, battery=9))
     # As if the hub died right after the store committed, before the handler ran.
-    assert service.store.accept_uplink(p.device_id, alarm, received_at=clock.now)
-    assert service.store.list_alerts() == []
+    assert write(
+        service.store, lambda tx: tx.uplinks.accept(p.device_id, alarm, received_at=clock.now)
+    )
+    assert peek(service.store, lambda tx: tx.alerts.all()) == []
     assert service.recover() == 1
-    (alert,) = service.store.list_alerts()
+    (alert,) = peek(service.store, lambda tx: tx.alerts.all())
     assert (alert.alarm_seq, alert.trigger, alert.battery) == (20, "tamper", 9)
-    assert service.store.unprocessed_uplinks() == []
+    assert peek(service.store, lambda tx: tx.uplinks.unprocessed()) == []
     assert service.recover() == 0
 
 
@@ -148,11 +157,16 @@ def test_resend_of_a_stored_but_unhandled_uplink_finishes_it(
 ) -> None:
     service, clock, _ = hub
     alarm = Message(seq=21, body=Alarm(Trigger.BUTTON))
-    assert service.store.accept_uplink(parties().device_id, alarm, received_at=clock.now)
+    assert write(
+        service.store,
+        lambda tx: tx.uplinks.accept(parties().device_id, alarm, received_at=clock.now),
+    )
     service.handle(up_topic(parties().device_id), seal(alarm))  # the wearer's resend
-    (alert,) = service.store.list_alerts()
+    (alert,) = peek(service.store, lambda tx: tx.alerts.all())
     assert alert.alarm_seq == 21
-    assert [(d.kind, d.arg) for d in service.store.pending_downlinks()] == [("stored", 21)]
+    assert [(d.kind, d.arg) for d in peek(service.store, lambda tx: tx.downlinks.pending())] == [
+        ("stored", 21)
+    ]
 
 
 def test_positions_attach_and_later_tiers_get_the_newest(
@@ -165,9 +179,11 @@ def test_positions_attach_and_later_tiers_get_the_newest(
     service.handle(topic, seal(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=first))))
     clock.advance(60)
     service.handle(topic, seal(Message(seq=2, body=Position(alarm_seq=1, fix=later))))
-    assert [(f.lat, f.lon) for f in service.store.positions(1)] == [(17.1, -96.8)]
-    assert service.store.get_alert(1).last_fix.lat == 17.1  # type: ignore[union-attr]
-    device = service.store.get_device(parties().device_id)
+    assert [(f.lat, f.lon) for f in peek(service.store, lambda tx: tx.alerts.positions(1))] == [
+        (17.1, -96.8)
+    ]
+    assert peek(service.store, lambda tx: tx.alerts.get(1)).last_fix.lat == 17.1  # type: ignore[union-attr]
+    device = peek(service.store, lambda tx: tx.devices.get(parties().device_id))
     assert device is not None
     assert device.last_fix is not None
     assert device.last_fix.lat == 17.1
@@ -184,13 +200,13 @@ def test_duress_cancel_that_overtook_its_alarm_still_raises_one(
     service, _, _ = hub
     topic = up_topic(parties().device_id)
     service.handle(topic, seal(Message(seq=31, body=Cancel(alarm_seq=30, duress=True))))
-    (alert,) = service.store.list_alerts()
+    (alert,) = peek(service.store, lambda tx: tx.alerts.all())
     assert alert.duress
     assert alert.active
     service.handle(topic, seal(Message(seq=30, body=Alarm(Trigger.BUTTON))))
-    assert len(service.store.list_alerts()) == 1  # the late alarm joins it
+    assert len(peek(service.store, lambda tx: tx.alerts.all())) == 1  # the late alarm joins it
     service.handle(topic, seal(Message(seq=33, body=Cancel(alarm_seq=32))))  # unknown: ignored
-    assert len(service.store.list_alerts()) == 1
+    assert len(peek(service.store, lambda tx: tx.alerts.all())) == 1
 
 
 def test_failed_deliveries_retry_with_backoff_and_are_all_stored(
@@ -202,16 +218,18 @@ def test_failed_deliveries_retry_with_backoff_and_are_all_stored(
     service.tick()
     start = clock.now
     service.deliver()  # email to the SMTP sink's port may fail or not; look at the webhook
-    hook_delivery = next(d for d in service.store.deliveries(1) if "json" in d.label)
-    assert service.store.attempts(hook_delivery.id)[0][2] is False
+    hook_delivery = next(
+        d for d in peek(service.store, lambda tx: tx.deliveries.for_alert(1)) if "json" in d.label
+    )
+    assert peek(service.store, lambda tx: tx.deliveries.attempts(hook_delivery.id))[0][2] is False
     clock.now = start + 4.9  # backoff 5 s: not yet
     service.deliver()
-    assert len(service.store.attempts(hook_delivery.id)) == 1
+    assert len(peek(service.store, lambda tx: tx.deliveries.attempts(hook_delivery.id))) == 1
     clock.now = start + 5
     service.deliver()  # second failure, next in 10 s
     clock.now = start + 15
     service.deliver()
-    attempts = service.store.attempts(hook_delivery.id)
+    attempts = peek(service.store, lambda tx: tx.deliveries.attempts(hook_delivery.id))
     assert [(a[1] - start, a[2]) for a in attempts] == [(0, False), (5, False), (15, True)]
     assert "500" in attempts[0][3]
     assert len([p for p in hook.posts if p.path == "/operators"]) == 1
@@ -230,10 +248,12 @@ def test_delivery_gives_up_after_the_configured_attempts(
     for _ in range(5):
         service.deliver()
         clock.advance(100)
-    hook_delivery = next(d for d in service.store.deliveries(1) if "json" in d.label)
+    hook_delivery = next(
+        d for d in peek(service.store, lambda tx: tx.deliveries.for_alert(1)) if "json" in d.label
+    )
     assert hook_delivery.status == "failed"
     assert hook_delivery.attempts == 3
-    assert len(service.store.attempts(hook_delivery.id)) == 3
+    assert len(peek(service.store, lambda tx: tx.deliveries.attempts(hook_delivery.id))) == 3
 
 
 def test_heartbeat_records_when_the_devices_gps_last_had_a_fix(
@@ -242,11 +262,11 @@ def test_heartbeat_records_when_the_devices_gps_last_had_a_fix(
     service, clock, _ = hub
     p = parties()
     service.handle(up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat(battery=80))))
-    record = service.store.get_device(p.device_id)
+    record = peek(service.store, lambda tx: tx.devices.get(p.device_id))
     assert record is not None
     assert (record.battery, record.gps_fix_at) == (80, None)
     heartbeat = Heartbeat(battery=79, fix_age=30.0, signal=60)
     service.handle(up_topic(p.device_id), seal(Message(seq=2, body=heartbeat)))
-    record = service.store.get_device(p.device_id)
+    record = peek(service.store, lambda tx: tx.devices.get(p.device_id))
     assert record is not None
     assert (record.battery, record.gps_fix_at) == (79, clock() - 30.0)

@@ -14,6 +14,7 @@ from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
 from tests.support.hubstore import postgres_url
 from tests.support.parties import parties
+from tests.support.peek import peek, write
 from tests.support.postgres import PostgresServer
 from tests.support.sinks import smtp_sink, webhook_sink
 from tests.support.wait import wait_until
@@ -43,7 +44,12 @@ def test_two_hubs_split_the_load_without_doing_anything_twice(
         with running_hub(first, clock, store_url=url) as a, \
                 running_hub(second, clock, store_url=url) as b:  # fmt: skip
             p = parties()
-            a.store.enroll_device(p.device_id, label="Ana", public_keys=p.device.public())
+            write(
+                a.store,
+                lambda tx: tx.devices.enroll(
+                    p.device_id, label="Ana", public_keys=p.device.public()
+                ),
+            )
             with wearable(mosquitto) as device:
                 for seq in range(1, 21):
                     device.send(Message(seq=seq, body=Heartbeat(battery=80)))
@@ -52,11 +58,17 @@ def test_two_hubs_split_the_load_without_doing_anything_twice(
                 assert sorted(m.body.seq for m in receipts) == list(range(1, 22))  # type: ignore[union-attr]
                 wait_until(lambda: [x for x in hook.posts if x.path == "/operators"], 20)
                 wait_until(lambda: smtp.messages, 20)
-            assert a.store.count_uplinks() == 21
-            assert len(a.store.list_alerts()) == 1
+            assert peek(a.store, lambda tx: tx.uplinks.count()) == 21
+            assert len(peek(a.store, lambda tx: tx.alerts.all())) == 1
             # Let both delivery threads look again: nobody is told twice.
             clock.advance(30)
-            wait_until(lambda: all(d.status == "sent" for d in b.store.deliveries(1)), 10)
+            wait_until(
+                lambda: all(
+                    d.status == "sent"
+                    for d in peek(b.store, lambda tx: tx.deliveries.for_alert(1))
+                ),
+                10,
+            )
             assert len([x for x in hook.posts if x.path == "/operators"]) == 1
             assert len(smtp.messages) == 1
             assert a.accepted > 0  # the broker split the load...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import tomllib
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from tests.support.locked_broker import LockedBroker, locked_broker, tls_client
 from tests.support.wait import wait_until
 from vigil.device.config import load_config as load_device_config
+from vigil.hub.cli import main as hub_main
 from vigil.hub.store import open_store
 from vigil.hub.store.records import DeviceRecord
 from vigil.provision.broker import set_password
@@ -41,6 +43,7 @@ device_port = {locked.broker.port}
 ca_file = "{locked.certs.ca}"
 password_file = "{locked.files.passwd}"
 """)
+        assert hub_main(["init", "--config", str(hub_toml)], out=io.StringIO()) == 0
         yield hub_toml, locked
 
 
@@ -73,10 +76,7 @@ def test_provisioned_device_is_enrolled_configured_and_can_connect(
         assert (out / secret).stat().st_mode & 0o777 == 0o600
     cfg = load_device_config(on_this_machine(out))
     keys = DeviceKeys.load(out / "device.key")
-    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
-    record = store.get_device(cfg.device_id)
-    store.close()
-    assert record is not None
+    record = hub_record(tmp_path, cfg.device_id)
     assert record.label == "Ana (Oaxaca)"
     assert list(record.contacts) == [contact]
     assert record.public_keys.to_text() == keys.public().to_text()
@@ -110,10 +110,7 @@ def test_rerun_is_idempotent_and_new_keys_need_force(
     assert provision(hub_toml, out, "--force") == 0
     assert (out / "device.key").read_bytes() != first_key
     device_id = DeviceId.parse(re.findall(r'id = "([0-9a-f]{32})"', first_id)[0])
-    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
-    record = store.get_device(device_id)
-    store.close()
-    assert record is not None
+    record = hub_record(tmp_path, device_id)
     assert not record.revoked
     assert record.public_keys.to_text() == DeviceKeys.load(out / "device.key").public().to_text()
 
@@ -124,6 +121,7 @@ def test_revoke_removes_broker_access_and_hub_acceptance(
     hub_toml, locked = setup
     out = tmp_path / "wearable-03"
     assert provision(hub_toml, out) == 0
+    capsys.readouterr()
     cfg = load_device_config(on_this_machine(out))
     assert cfg.device_id.hex in locked.files.passwd.read_text()
     locked.broker.restart()
@@ -140,13 +138,15 @@ def test_revoke_removes_broker_access_and_hub_acceptance(
         # mosquitto re-reads the password file on reload and drops the open connection
         wait_until(lambda: not device.connected, 10, what="the revoked device to be dropped")
         wait_until(lambda: seen.refusals, 10, what="its reconnection to be refused")
-    assert "broker reloaded" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines() == [
+        "hub: done: revoked: the hub refuses its messages",
+        "broker password: done: removed",
+        f"broker reload: done: SIGHUP sent to mosquitto (pid {locked.broker.process.pid}); "
+        "it drops the device's connection",
+        f"revoked {cfg.device_id}",
+    ]
     assert cfg.device_id.hex not in locked.files.passwd.read_text()
-    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
-    record = store.get_device(cfg.device_id)
-    store.close()
-    assert record is not None
-    assert record.revoked
+    assert hub_record(tmp_path, cfg.device_id).revoked
 
 
 def test_hub_config_without_broker_section_is_a_clear_error(
@@ -164,7 +164,8 @@ def test_hub_config_without_broker_section_is_a_clear_error(
 def hub_record(tmp_path: Path, device_id: DeviceId) -> DeviceRecord:
     store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     try:
-        record = store.get_device(device_id)
+        with store.read() as tx:
+            record = tx.devices.get(device_id)
     finally:
         store.close()
     assert record is not None
@@ -241,13 +242,17 @@ def test_revoke_cuts_broker_access_even_when_the_hub_does_not_know_the_device(
         argv = ["revoke", stray.hex, "--hub-config", str(hub_toml),
                 "--broker-pid-file", str(pid_file)]  # fmt: skip
         assert main(argv) == 1
-        assert "not enrolled at this hub (but broker password removed)" in capsys.readouterr().err
+        out, err = capsys.readouterr()
+        assert f"hub: failed: device {stray} is not enrolled" in out
+        assert "broker password: done: removed" in out
+        assert "broker reload: done" in out
+        assert "incomplete; left to do: fix the hub's store (or --hub-config)" in err
         wait_until(lambda: not dev.connected, 10, what="the stray device to be dropped")
     assert stray.hex not in locked.files.passwd.read_text()
 
 
 def test_without_a_reload_the_broker_still_admits_a_revoked_device(
-    setup: tuple[Path, LockedBroker], tmp_path: Path
+    setup: tuple[Path, LockedBroker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # What the guide warns of: mosquitto reads its password file only at start and reload.
     hub_toml, locked = setup
@@ -258,6 +263,7 @@ def test_without_a_reload_the_broker_still_admits_a_revoked_device(
     wait_until(lambda: connects(locked, cfg.device_id, cfg.mqtt_password(), out / "ca.pem"),
                10, what="the reload (SIGHUP is asynchronous) to admit the device")  # fmt: skip
     assert main(["revoke", cfg.device_id.hex, "--hub-config", str(hub_toml)]) == 0
+    assert "broker reload: skipped: no --broker-pid-file" in capsys.readouterr().out
     assert hub_record(tmp_path, cfg.device_id).revoked
     assert cfg.device_id.hex not in locked.files.passwd.read_text()
     assert connects(locked, cfg.device_id, cfg.mqtt_password(), out / "ca.pem")
@@ -265,3 +271,32 @@ def test_without_a_reload_the_broker_still_admits_a_revoked_device(
                  "--broker-pid-file", str(pid_file)]) == 0  # fmt: skip
     wait_until(lambda: not connects(locked, cfg.device_id, cfg.mqtt_password(), out / "ca.pem"),
                10, what="the reloaded broker to refuse the device")  # fmt: skip
+
+
+def test_revoke_with_a_wrong_pid_file_revokes_at_the_hub_and_says_what_is_left(
+    setup: tuple[Path, LockedBroker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub_toml, locked = setup
+    out = tmp_path / "wearable-07"
+    assert provision(hub_toml, out) == 0
+    cfg = load_device_config(on_this_machine(out))
+    capsys.readouterr()
+    wrong = tmp_path / "no-such-mosquitto.pid"
+    argv = ["revoke", cfg.device_id.hex, "--hub-config", str(hub_toml),
+            "--broker-pid-file", str(wrong)]  # fmt: skip
+    assert main(argv) == 1
+    printed, err = capsys.readouterr()
+    lines = printed.splitlines()
+    assert lines[0] == "hub: done: revoked: the hub refuses its messages"
+    assert lines[1] == "broker password: done: removed"
+    assert lines[2].startswith(f"broker reload: failed: cannot reload the broker from {wrong}")
+    assert len(lines) == 3
+    assert err.count("\n") == 1
+    assert "incomplete; left to do: reload mosquitto" in err
+    assert hub_record(tmp_path, cfg.device_id).revoked  # the hub went first
+    assert cfg.device_id.hex not in locked.files.passwd.read_text()
+    # Finishing the job is running it again with the right pid file.
+    pid_file = locked.files.conf.parent / "mosquitto.pid"
+    argv[-1] = str(pid_file)
+    assert main(argv) == 0
+    assert "broker password: done: none was found" in capsys.readouterr().out

@@ -69,6 +69,7 @@ device_port = {port}
 ca_file = "broker/ca.pem"
 password_file = "mosquitto/passwd"
 """)
+    run("vigil-hub", "--config", tmp_path / "hub.toml", "init")  # the guide's section 2
     with running_mosquitto_conf(tmp_path / "mosquitto" / "mosquitto.conf", port) as broker:
         yield tmp_path, broker
 

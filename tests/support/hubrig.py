@@ -145,7 +145,7 @@ def running_hub(
 ) -> Iterator[HubService]:
     """Serve the hub from `config_path` in a thread, on `clock`, until the block ends."""
     config: HubConfig = load_config(config_path)
-    store = open_store(store_url or config.store_url)
+    store = open_store(store_url or config.store_url, create=True)
     service = HubService(
         config, store=store, hub_keys=parties().hub, notifier=AppriseNotifier(), clock=clock
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -19,7 +18,7 @@ from typing import Protocol
 from vigil.hub.alerts import operator_view
 from vigil.hub.config import EscalationConfig
 from vigil.hub.escalation import retry_delay
-from vigil.hub.store import Alert, AlertKind, Delivery, DeviceRecord, Store
+from vigil.hub.store import Alert, AlertKind, Delivery, DeviceRecord, Store, Transaction
 
 if sys.version_info < (3, 13):  # pragma: no branch
     # Apprise's email plugin imports the deprecated `imghdr`; import it first, quietly.
@@ -129,15 +128,22 @@ def deliver_due(
     policy: EscalationConfig,
     map_url: str,
     now: float,
-    audit: Callable[[str, str, str], None] = lambda action, subject, detail: None,
+    actor: str = "hub",
 ) -> int:
-    """Try every delivery that is due; store each attempt; return how many were tried."""
-    due = store.due_deliveries(now)
+    """Try every delivery that is due; store each attempt; return how many were tried.
+
+    No transaction is open while a channel is sending: a slow server holds up
+    nobody's writes. Claiming a delivery and recording its attempt (with its
+    audit entry) are each one transaction.
+    """
+    with store.read() as tx:
+        due = tx.deliveries.due(now)
     for d in due:
-        if not store.claim_delivery(d.id, now=now, lease=CLAIM_LEASE):
-            continue  # another hub instance took it
-        alert = store.get_alert(d.alert_id)
-        device = store.get_device(alert.device_id)
+        with store.transaction() as tx:
+            if not tx.deliveries.claim(d.id, now=now, lease=CLAIM_LEASE):
+                continue  # another hub instance took it
+            alert = tx.alerts.get(d.alert_id)
+            device = tx.devices.get(alert.device_id)
         if device is None:  # pragma: no cover - alerts reference enrolled devices
             continue
         notice = compose(alert, device, now=now, map_url=map_url, step=d.step)
@@ -146,19 +152,20 @@ def deliver_due(
         except Exception as exc:  # a channel plugin bug must not stop the others
             _LOG.exception("delivery %s to %s crashed", d.id, d.label)
             ok, detail = False, f"crashed: {type(exc).__name__}"
-        _record(store, d, ok=ok, detail=detail, policy=policy, now=now, audit=audit)
+        with store.transaction() as tx:
+            _record(tx, d, ok=ok, detail=detail, policy=policy, now=now, actor=actor)
     return len(due)
 
 
 def _record(
-    store: Store,
+    tx: Transaction,
     d: Delivery,
     *,
     ok: bool,
     detail: str,
     policy: EscalationConfig,
     now: float,
-    audit: Callable[[str, str, str], None],
+    actor: str,
 ) -> None:
     attempt = d.attempts + 1
     retry = not ok and attempt < policy.retry_attempts
@@ -167,15 +174,17 @@ def _record(
         if retry
         else None
     )
-    store.record_attempt(d.id, at=now, ok=ok, detail=detail, next_at=next_at)
+    tx.deliveries.record_attempt(d.id, at=now, ok=ok, detail=detail, next_at=next_at)
     outcome = "delivered" if ok else ("retry" if retry else "gave up")
     _LOG.log(
         logging.INFO if ok else logging.WARNING,
         "alert %s step %r to %s (%s): attempt %s %s: %s",
         d.alert_id, d.step, d.label, d.channel, attempt, outcome, detail,
     )  # fmt: skip
-    audit(
-        f"delivery {outcome}",
-        f"alert {d.alert_id}",
-        f"step={d.step} channel={d.channel} to={d.label} attempt={attempt} {detail}",
+    tx.audit.append(
+        at=now,
+        actor=actor,
+        action=f"delivery {outcome}",
+        subject=f"alert {d.alert_id}",
+        detail=f"step={d.step} channel={d.channel} to={d.label} attempt={attempt} {detail}",
     )

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from vigil.errors import AuditTampered, BadConfigValue, ConfigError, StorageError
 from vigil.hub import anchors, audit
+from vigil.hub.store import Store
 from vigil.hub.store.records import AuditEntry
 from vigil.wire.keys import ed25519_from_text
 
@@ -34,15 +35,15 @@ _LOG = logging.getLogger(__name__)
 
 
 class AuditLog(Protocol):
-    """The three store calls checkpoints need (a store, or a transaction's audit repository)."""
+    """The three calls checkpoints need from a transaction's audit repository (`tx.audit`)."""
 
-    def append_audit(
+    def append(
         self, *, at: float, actor: str, action: str, subject: str, detail: str = ""
     ) -> AuditEntry: ...
 
-    def audit_entries(self) -> list[AuditEntry]: ...
+    def entries(self, *, after: int = 0) -> list[AuditEntry]: ...
 
-    def audit_head(self) -> tuple[int, str] | None: ...
+    def head(self) -> tuple[int, str] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +55,30 @@ class Checkpoint:
 
 
 def checkpoint(
-    log: AuditLog, key: Ed25519PrivateKey, *, now: float, anchor_file: Path | None
+    store: Store, key: Ed25519PrivateKey, *, now: float, anchor_file: Path | None
 ) -> Checkpoint | None:
     """Sign the log's head unless it is signed already; None for an empty log.
+
+    The anchor line is written only once the checkpoint entry is committed, so
+    an anchor never covers an entry the database does not hold.
+    """
+    with store.transaction() as tx:
+        done, fresh = sign_head(tx.audit, key, now=now)
+    if fresh and done is not None and anchor_file is not None:
+        append_anchor(anchor_file, done.signed)
+    return done
+
+
+def sign_head(
+    log: AuditLog, key: Ed25519PrivateKey, *, now: float
+) -> tuple[Checkpoint | None, bool]:
+    """Append a signed checkpoint for the head if it needs one; return it and whether it is new.
 
     Refuses (`AuditTampered`) to sign a log that fails verification: a
     signature must never vouch for a tampered chain.
     """
-    entries = log.audit_entries()
-    problems = audit.verify(entries, log.audit_head())
+    entries = log.entries()
+    problems = audit.verify(entries, log.head())
     problems += audit.checkpoint_problems(entries, key.public_key())
     if problems:
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
@@ -71,17 +87,15 @@ def checkpoint(
     target = audit.to_sign(entries)
     if target is None:
         if not entries:
-            return None
-        return Checkpoint(anchors.parse(entries[-1].detail), entries[-1].id)
+            return None, False
+        return Checkpoint(anchors.parse(entries[-1].detail), entries[-1].id), False
     signed = anchors.sign_head(key, entry_id=target.id, hash=target.hash, at=now)
-    entry = log.append_audit(
+    entry = log.append(
         at=now, actor="hub", action=audit.CHECKPOINT, subject=f"entries 1..{target.id}",
         detail=signed.to_line(),
     )  # fmt: skip
     _LOG.info("audit checkpoint: entries 1..%s signed (entry %s)", target.id, entry.id)
-    if anchor_file is not None:
-        append_anchor(anchor_file, signed)
-    return Checkpoint(signed, entry.id)
+    return Checkpoint(signed, entry.id), True
 
 
 def append_anchor(path: Path, signed: anchors.SignedHead) -> None:
@@ -105,19 +119,20 @@ class Checkpointer:
 
     def __init__(
         self,
-        log: AuditLog,
+        store: Store,
         key: Ed25519PrivateKey,
         *,
         policy: audit.CheckpointPolicy,
         anchor_file: Path | None,
     ) -> None:
-        self._log, self._key, self._policy, self._anchor_file = log, key, policy, anchor_file
+        self._store, self._key, self._policy, self._anchor_file = store, key, policy, anchor_file
         self._signed_up_to = 0  # the id of the latest checkpoint entry this hub knows of
         self._waiting_since: float | None = None
 
     def tick(self, now: float) -> Checkpoint | None:
         """Sign the head if the policy says so."""
-        head = self._log.audit_head()
+        with self._store.read() as tx:
+            head = tx.audit.head()
         new = (0 if head is None else head[0]) - self._signed_up_to
         if new <= 0:
             self._waiting_since = None
@@ -131,7 +146,7 @@ class Checkpointer:
     def flush(self, now: float) -> Checkpoint | None:
         """Sign the head now if anything is unsigned (on stop, and when due)."""
         try:
-            done = checkpoint(self._log, self._key, now=now, anchor_file=self._anchor_file)
+            done = checkpoint(self._store, self._key, now=now, anchor_file=self._anchor_file)
         except AuditTampered as exc:
             _LOG.error("%s", exc)
             self._waiting_since = now  # try again after another interval

@@ -28,6 +28,7 @@ from vigil.wire.keys import DevicePublicKeys, HubKeys
 DEFAULT_CONFIG = Path(os.environ.get("VIGIL_HUB_CONFIG", "/etc/vigil/hub.toml"))
 
 EPILOG = """examples:
+  vigil-hub init --config /etc/vigil/hub.toml      # create the store (once, as the hub's user)
   vigil-hub run --config /etc/vigil/hub.toml       # the service (systemd runs this)
   vigil-hub tail                                   # live decoded traffic and alerts
   vigil-hub alerts                                 # active alerts (--all for history)
@@ -59,8 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     # --config is accepted before or after the command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="hub config TOML")
+    sub.add_parser(
+        "init", parents=[common], help="create the store and bring its schema up to date"
+    )
     run = sub.add_parser("run", parents=[common], help="run the hub service")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    run.add_argument(
+        "--create", action="store_true", help="create the store if missing (as 'init' does)"
+    )
     t = sub.add_parser("tail", parents=[common], help="live decoded stream of traffic and alerts")
     t.add_argument("--once", action="store_true", help="print what is there and exit")
     t.add_argument("--colour", "--color", choices=["auto", "always", "never"], default="auto")
@@ -70,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("alerts", parents=[common], help="active alerts")
     a.add_argument("--all", action="store_true", help="include closed alerts")
     a.add_argument("--id", type=int, help="show one alert with its positions and deliveries")
+    _add_actions(sub, common)
+    _add_registry(sub, common)
+    return p
+
+
+def _add_actions(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """The operator's actions on one alert."""
     for name, text in (
         ("ack", "take an alert: stops escalation, tells the wearer"),
         ("resolve", "close an alert: help arrived"),
@@ -81,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("alert", type=int, help="alert number (see `vigil-hub alerts`)")
         s.add_argument("--by", default=_user(), help="operator name for the audit log")
         s.add_argument("--note", help="a note kept with the alert")
+
+
+def _add_registry(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """The device registry, the audit log, counters and the hub's keys."""
     e = sub.add_parser("enroll", parents=[common], help="add a device to the registry")
     e.add_argument("--device-id", required=True)
     e.add_argument("--label", required=True, help="owner label responders will see")
@@ -113,7 +135,6 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "pubkey", parents=[common], help="print the hub's public keys as a device [hub] section"
     )
-    return p
 
 
 def _user() -> str:
@@ -132,9 +153,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             return _keygen(args, out)
         config = load_config(args.config)
         if args.command == "run":
-            return _run(config, args.log_level)
+            return _run(config, args.log_level, create=args.create)
         if args.command == "pubkey":
             return _pubkey(config, out)
+        if args.command == "init":
+            return _init(config, out)
         store = open_store(config.store_url)
         try:
             status = _COMMANDS[args.command](args, config, store, out)
@@ -148,12 +171,23 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return 1
 
 
-def _run(config: HubConfig, level: str) -> int:
+def _init(config: HubConfig, out: TextIO) -> int:
+    store = open_store(config.store_url, create=True)
+    try:
+        version = store.schema_version()
+    finally:
+        store.close()
+    where = config.store_url if config.store_url.startswith("sqlite:") else "PostgreSQL"
+    out.write(f"store ready: {where} (schema {version})\n")
+    return 0
+
+
+def _run(config: HubConfig, level: str, *, create: bool) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    daemon.run(config, stop=stop)
+    daemon.run(config, stop=stop, create=create)
     return 0
 
 
@@ -186,7 +220,9 @@ def _age(now: float, t: float | None) -> str:
 def _devices(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     now = time.time()
     out.write(f"{'DEVICE':<34}{'LABEL':<24}{'STATE':<9}{'SEEN':>7}{'BATT':>6}{'FIX AGE':>9}\n")
-    for d in store.list_devices():
+    with store.read() as tx:
+        devices = tx.devices.all()
+    for d in devices:
         state = "revoked" if d.revoked else ("offline" if d.offline_at else "ok")
         battery = "?" if d.battery is None else f"{d.battery}%"
         fix_at = d.last_fix.taken_at if d.last_fix else None
@@ -202,9 +238,11 @@ def _alerts(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
     if args.id is not None:
         return _show_alert(args.id, config, store, out)
     now = time.time()
-    labels = {d.device_id: d.label for d in store.list_devices()}
+    with store.read() as tx:
+        labels = {d.device_id: d.label for d in tx.devices.all()}
+        listed = tx.alerts.all(active_only=not args.all)
     out.write(f"{'ID':>4}  {'STATE':<13}{'WHO':<24}{'TRIGGER':<16}{'OPENED':>8}  TAKEN BY\n")
-    for a in store.list_alerts(active_only=not args.all):
+    for a in listed:
         who = labels.get(a.device_id, a.device_id.hex[:8])
         out.write(f"{a.id:>4}  {alert_rules.operator_view(a):<13}{who[:23]:<24}"
                   f"{a.trigger or '':<16}{_age(now, a.opened_at):>8}  "
@@ -215,13 +253,16 @@ def _alerts(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
 def _show_alert(alert_id: int, config: HubConfig, store: Store, out: TextIO) -> int:
     from vigil.hub.channels import compose  # noqa: PLC0415 - imports apprise, only needed here
 
-    a = store.get_alert(alert_id)
-    device = store.active_device(a.device_id) if store.get_device(a.device_id) else None
+    with store.read() as tx:
+        a = tx.alerts.get(alert_id)
+        device = tx.devices.get(a.device_id)
+        positions = tx.alerts.positions(a.id)
+        deliveries = tx.deliveries.for_alert(a.id)
     if device is not None:
         out.write(compose(a, device, now=time.time(), map_url=config.map_url).body + "\n")
-    for fix in store.positions(a.id):
+    for fix in positions:
         out.write(f"position {fix.lat:.6f},{fix.lon:.6f} at {fix.taken_at:.0f}\n")
-    for d in store.deliveries(a.id):
+    for d in deliveries:
         error = f", last error: {d.last_error}" if d.last_error else ""
         out.write(f"delivery {d.step} -> {d.label} ({d.channel}): {d.status}, "
                   f"{d.attempts} attempt(s){error}\n")  # fmt: skip
@@ -240,10 +281,11 @@ def _enroll(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
     device_id = DeviceId.parse(args.device_id)
     keys = DevicePublicKeys.from_text({"signing": args.signing, "kem": args.kem})
     now = time.time()
-    store.enroll_device(device_id, label=args.label, public_keys=keys, contacts=args.contact,
-                        now=now)  # fmt: skip
-    store.append_audit(at=now, actor=_user(), action="enroll", subject=f"device {device_id}",
-                       detail=args.label)  # fmt: skip
+    with store.transaction() as tx:
+        tx.devices.enroll(device_id, label=args.label, public_keys=keys, contacts=args.contact,
+                          now=now)  # fmt: skip
+        tx.audit.append(at=now, actor=_user(), action="enroll", subject=f"device {device_id}",
+                        detail=args.label)  # fmt: skip
     out.write(f"enrolled {device_id} ({args.label})\n")
     return 0
 
@@ -251,8 +293,9 @@ def _enroll(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
 def _revoke(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     device_id = DeviceId.parse(args.device_id)
     now = time.time()
-    store.revoke_device(device_id, now=now)
-    store.append_audit(at=now, actor=_user(), action="revoke", subject=f"device {device_id}")
+    with store.transaction() as tx:
+        tx.devices.revoke(device_id, now=now)
+        tx.audit.append(at=now, actor=_user(), action="revoke", subject=f"device {device_id}")
     out.write(f"revoked {device_id}: its messages are refused from now on\n")
     return 0
 
@@ -260,7 +303,8 @@ def _revoke(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
 def _audit(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     if args.action == "anchor":
         return _audit_anchor(args, config, store, out)
-    entries = store.audit_entries()
+    with store.read() as tx:
+        entries, head = tx.audit.entries(), tx.audit.head()
     if args.action == "show":
         for e in entries:
             out.write(f"{e.id:>6} {e.at:.3f} {e.actor} {e.action} {e.subject} {e.detail}\n")
@@ -268,7 +312,7 @@ def _audit(args: argparse.Namespace, config: HubConfig, store: Store, out: TextI
     anchored, findings = _anchors(args.anchor, config, entries)
     needs_key = bool(anchored) or any(e.action == audit.CHECKPOINT for e in entries)
     key = _public_key(args.public_key, config, needed=needs_key)
-    findings += audit.report(entries, store.audit_head(), key=key, anchored=anchored)
+    findings += audit.report(entries, head, key=key, anchored=anchored)
     for f in findings:
         out.write(f"{f}\n")
     problems = sum(not f.ok for f in findings)
@@ -337,8 +381,10 @@ def _sign_action(config: HubConfig, store: Store) -> None:
 
 
 def _stats(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
-    out.write(f"stored uplinks: {store.count_uplinks()}\n")
-    for reason, count in store.rejections().items():
+    with store.read() as tx:
+        stored, rejections = tx.uplinks.count(), tx.rejections.totals()
+    out.write(f"stored uplinks: {stored}\n")
+    for reason, count in rejections.items():
         out.write(f"rejected {reason}: {count}\n")
     return 0
 

@@ -8,6 +8,7 @@ slow SMTP server never delays an ACK. The clock is injected (tests drive it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -20,10 +21,18 @@ from vigil.hub import alerts, escalation, pipeline, watchdog
 from vigil.hub.channels import AppriseNotifier, Notifier, deliver_due
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
-from vigil.hub.store import AlertKind, Store, open_store
+from vigil.hub.store import (
+    AlertKind,
+    DeviceRecord,
+    PendingDownlink,
+    Store,
+    Transaction,
+    open_store,
+)
 from vigil.runtime.mqtt import MqttClient, Transport
 from vigil.runtime.systemd import sd_notify
 from vigil.wire.envelope import seal_downlink
+from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
 from vigil.wire.messages import Acknowledged, ClockSource, DownlinkBody, Message, Resolved, Stored
 from vigil.wire.topics import UP_FILTER, down_topic, shared_up_filter
@@ -56,76 +65,88 @@ class HubService:
         self._silent: dict[object, float] = {}
         self.checkpoints = Checkpointer(store, hub_keys.signing, policy=config.audit.checkpoints,
                                         anchor_file=config.audit.anchor_file)  # fmt: skip
-        for a in store.list_alerts():
-            if a.kind is AlertKind.SILENT:
-                self._silent[a.device_id] = max(a.opened_at, self._silent.get(a.device_id, 0.0))
+        with store.read() as tx:
+            for a in tx.alerts.all():
+                if a.kind is AlertKind.SILENT:
+                    since = self._silent.get(a.device_id, 0.0)
+                    self._silent[a.device_id] = max(a.opened_at, since)
 
-    def audit(self, action: str, subject: str, detail: str = "") -> None:
-        self.store.append_audit(
+    def audit(self, tx: Transaction, action: str, subject: str, detail: str = "") -> None:
+        """Append the hub's own audit entry within the caller's transaction."""
+        tx.audit.append(
             at=self.clock(), actor="hub", action=action, subject=subject, detail=detail
         )
+
+    def active_device(self, device_id: DeviceId) -> DeviceRecord:
+        with self.store.read() as tx:
+            return tx.devices.active(device_id)
 
     # -- ingest ------------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Process one MQTT message; bad input is counted and dropped, never raised."""
         now = self.clock()
-        decoded = pipeline.decode(
-            topic, payload, hub_keys=self.keys, registry=self.store.active_device
-        )
+        decoded = pipeline.decode(topic, payload, hub_keys=self.keys, registry=self.active_device)
         if isinstance(decoded, pipeline.Rejected):
             self._reject(decoded.reason, decoded.detail, decoded.device, now)
         elif isinstance(decoded, pipeline.ConnectionLost):
-            self.store.note_offline(decoded.device_id, at=now)
+            with self.store.transaction() as tx:
+                tx.devices.note_offline(decoded.device_id, at=now)
+                self.audit(tx, "connection lost", f"device {decoded.device_id}", "MQTT Will")
             _LOG.warning("device %s connection lost (Will)", decoded.device_id)
-            self.audit("connection lost", f"device {decoded.device_id}", "MQTT Will")
         else:
             self._ingest(decoded, now)
 
     def _reject(self, reason: str, detail: str, device: str | None, now: float) -> None:
         self.rejected[reason] += 1
-        self.store.count_rejection(reason, at=now)
+        with self.store.transaction() as tx:
+            tx.rejections.count(reason, at=now)
         _LOG.warning("rejected uplink device=%s reason=%s: %s", device, reason, detail)
 
     def _ingest(self, up: pipeline.Uplink, now: float) -> None:
         msg, device_id = up.message, up.device_id
         try:
-            new = self.store.accept_uplink(device_id, msg, received_at=now)
+            with self.store.transaction() as tx:
+                new = tx.uplinks.accept(device_id, msg, received_at=now)
         except ReplayedMessage as exc:
             self._reject("ReplayedMessage", str(exc), device_id.hex, now)
             return
         self.accepted += new
         # The uplink is on disk; its effects and its receipt commit together.
-        with self.store.atomic():
+        with self.store.transaction() as tx:
             if new:
-                self._run_handler(up, received_at=now)
+                self._run_handler(tx, up, received_at=now)
             else:  # a resend: finish what a crash may have interrupted
-                stored = self.store.get_uplink(device_id, msg.seq)
+                stored = tx.uplinks.get(device_id, msg.seq)
                 if stored is not None and not stored.processed:
-                    self._run_handler(up, received_at=stored.received_at)
+                    self._run_handler(tx, up, received_at=stored.received_at)
             # A duplicate gets a fresh receipt too: the first one may have been lost.
-            self.store.queue_downlink(device_id, Stored.KIND, msg.seq, now=now)
+            tx.downlinks.queue(device_id, Stored.KIND, msg.seq, now=now)
         _LOG.info(
             "uplink device=%s seq=%s kind=%s %s", device_id, msg.seq, msg.kind,
             "stored" if new else "duplicate",
         )  # fmt: skip
         self.flush_downlinks()
 
-    def _run_handler(self, up: pipeline.Uplink, *, received_at: float) -> None:
-        device = self.store.active_device(up.device_id)
-        ctx = pipeline.Context(self.store, device, up.message, received_at, self.audit)
+    def _run_handler(self, tx: Transaction, up: pipeline.Uplink, *, received_at: float) -> None:
+        device = tx.devices.active(up.device_id)
+        audit = functools.partial(self.audit, tx)
+        ctx = pipeline.Context(tx, device, up.message, received_at, audit)
         summary = pipeline.handle(ctx)
-        self.store.mark_processed(up.device_id, up.message.seq)
+        tx.uplinks.mark_processed(up.device_id, up.message.seq)
         _LOG.info("device=%s seq=%s kind=%s: %s", up.device_id, up.message.seq,
                   up.message.kind, summary)  # fmt: skip
 
     def recover(self) -> int:
         """Run the handlers of uplinks stored before a crash but not processed."""
-        pending = self.store.unprocessed_uplinks()
+        with self.store.read() as tx:
+            pending = tx.uplinks.unprocessed()
         for u in pending:
             try:
                 message = _decode_stored(u.payload)
-                self._run_handler(pipeline.Uplink(u.device_id, message), received_at=u.received_at)
+                with self.store.transaction() as tx:
+                    up = pipeline.Uplink(u.device_id, message)
+                    self._run_handler(tx, up, received_at=u.received_at)
             except VigilError:
                 _LOG.exception("cannot recover uplink device=%s seq=%s", u.device_id, u.seq)
         return len(pending)
@@ -137,32 +158,42 @@ class HubService:
         if self.transport is None or not self.transport.connected:
             return 0
         sent = 0
-        for d in self.store.pending_downlinks(now=self.clock()):
+        with self.store.read() as tx:
+            pending = tx.downlinks.pending(now=self.clock())
+        for d in pending:
             now = self.clock()
-            if not self.store.claim_downlink(d.id, now=now, lease=DOWNLINK_LEASE):
-                continue  # another hub instance is sending it
-            device = self.store.get_device(d.device_id)
-            if device is None or device.revoked:
-                self.store.mark_downlink_sent(d.id, at=now)  # nobody to tell any more
-                continue
-            body: DownlinkBody = _DOWNLINKS[d.kind](d.arg)
-            message = Message(seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP)
-            envelope = seal_downlink(
-                message, device_id=d.device_id, hub_keys=self.keys, device=device.public_keys
-            )
-            try:
-                self.transport.publish(down_topic(d.device_id), envelope, qos=1)
-            except TransportError as exc:
-                self.store.release_downlink(d.id)
-                _LOG.warning("downlink device=%s seq=%s kind=%s waits: %s",
-                             d.device_id, d.seq, d.kind, exc)  # fmt: skip
+            with self.store.transaction() as tx:
+                if not tx.downlinks.claim(d.id, now=now, lease=DOWNLINK_LEASE):
+                    continue  # another hub instance is sending it
+                device = tx.devices.get(d.device_id)
+                if device is None or device.revoked:
+                    tx.downlinks.mark_sent(d.id, at=now)  # nobody to tell any more
+                    continue
+            if not self._publish(d, device, now):
                 break
-            self.store.mark_downlink_sent(d.id, at=now)
             sent += 1
-            _LOG.info(
-                "downlink device=%s seq=%s kind=%s arg=%s", d.device_id, d.seq, d.kind, d.arg
-            )
         return sent
+
+    def _publish(self, d: PendingDownlink, device: DeviceRecord, now: float) -> bool:
+        """Seal and publish one claimed downlink; False (and released) if the broker is away."""
+        assert self.transport is not None  # noqa: S101 - checked by flush_downlinks
+        body: DownlinkBody = _DOWNLINKS[d.kind](d.arg)
+        message = Message(seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP)
+        envelope = seal_downlink(
+            message, device_id=d.device_id, hub_keys=self.keys, device=device.public_keys
+        )
+        try:
+            self.transport.publish(down_topic(d.device_id), envelope, qos=1)
+        except TransportError as exc:
+            with self.store.transaction() as tx:
+                tx.downlinks.release(d.id)
+            _LOG.warning("downlink device=%s seq=%s kind=%s waits: %s",
+                         d.device_id, d.seq, d.kind, exc)  # fmt: skip
+            return False
+        with self.store.transaction() as tx:
+            tx.downlinks.mark_sent(d.id, at=now)
+        _LOG.info("downlink device=%s seq=%s kind=%s arg=%s", d.device_id, d.seq, d.kind, d.arg)
+        return True
 
     # -- periodic work --------------------------------------------------------------------------
 
@@ -175,32 +206,35 @@ class HubService:
         self.checkpoints.tick(now)
 
     def watch(self, now: float) -> None:
-        found = watchdog.silent_devices(
-            self.store.list_devices(),
-            now=now,
-            silent_after=self.config.silent_after,
-            last_silent_alert=self._silent,  # type: ignore[arg-type]
-        )
-        for device, reason in found:
-            alert = self.store.open_alert(alerts.device_silent(device, now=now, reason=reason))
+        with self.store.transaction() as tx:
+            found = watchdog.silent_devices(
+                tx.devices.all(),
+                now=now,
+                silent_after=self.config.silent_after,
+                last_silent_alert=self._silent,  # type: ignore[arg-type]
+            )
+            for device, reason in found:
+                alert = tx.alerts.open(alerts.device_silent(device, now=now, reason=reason))
+                self.audit(tx, "device silent", f"alert {alert.id}", reason)
+                _LOG.warning("device %s silent: %s (alert %s)", device.device_id, reason, alert.id)
+        for device, _ in found:  # remembered only once the alerts are committed
             self._silent[device.device_id] = now
-            _LOG.warning("device %s silent: %s (alert %s)", device.device_id, reason, alert.id)
-            self.audit("device silent", f"alert {alert.id}", reason)
 
     def escalate(self, now: float) -> None:
         tiers, channels = self.config.escalation.tiers, self.config.channels
-        for alert in self.store.list_alerts(active_only=True):
-            fired = self.store.fired_steps(alert.id)
-            for tier in escalation.due_tiers(alert, tiers, fired, now=now):
-                device = self.store.get_device(alert.device_id)
-                if device is None:  # pragma: no cover - alerts reference enrolled devices
-                    continue
-                planned = escalation.recipients(tier, channels, device, alert)
-                if self.store.fire_step(alert.id, tier.name, planned, now=now):
-                    _LOG.info("alert %s escalated to %s (%s recipients)",
-                              alert.id, tier.name, len(planned))  # fmt: skip
-                    self.audit("escalated", f"alert {alert.id}",
-                               f"step={tier.name} recipients={len(planned)}")  # fmt: skip
+        with self.store.transaction() as tx:
+            for alert in tx.alerts.all(active_only=True):
+                fired = tx.deliveries.fired_steps(alert.id)
+                for tier in escalation.due_tiers(alert, tiers, fired, now=now):
+                    device = tx.devices.get(alert.device_id)
+                    if device is None:  # pragma: no cover - alerts reference enrolled devices
+                        continue
+                    planned = escalation.recipients(tier, channels, device, alert)
+                    if tx.deliveries.fire_step(alert.id, tier.name, planned, now=now):
+                        _LOG.info("alert %s escalated to %s (%s recipients)",
+                                  alert.id, tier.name, len(planned))  # fmt: skip
+                        self.audit(tx, "escalated", f"alert {alert.id}",
+                                   f"step={tier.name} recipients={len(planned)}")  # fmt: skip
 
     def deliver(self) -> int:
         """Send every notice that is due (first attempts and retries)."""
@@ -210,7 +244,6 @@ class HubService:
             policy=self.config.escalation,
             map_url=self.config.map_url,
             now=self.clock(),
-            audit=self.audit,
         )
 
 
@@ -274,9 +307,9 @@ def _deliveries(service: HubService, stop: threading.Event, interval: float) -> 
 
 
 def run(config: HubConfig, *, stop: threading.Event, clock: Callable[[], float] = time.time,
-        notifier: Notifier | None = None) -> None:  # fmt: skip
-    """Start the hub from `config` and serve until `stop` is set."""
-    store = open_store(config.store_url)
+        notifier: Notifier | None = None, create: bool = False) -> None:  # fmt: skip
+    """Start the hub from `config` and serve until `stop` is set (`create`: a missing store)."""
+    store = open_store(config.store_url, create=create)
     try:
         keys = HubKeys.load(config.keys_path)
         service = HubService(

@@ -1,5 +1,9 @@
-"""What operators do to alerts (used by the CLI): each action is stored, audited, and
-the wearer is told through a queued downlink that the running hub publishes."""
+"""What operators do to alerts (used by the CLI).
+
+Each action is one transaction: the alert's new state, the downlink that tells
+the wearer, the planned broadcast and the audit entry commit together or not
+at all. The running hub publishes the queued downlink.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Mapping
 
 from vigil.hub import alerts, escalation
 from vigil.hub.config import Channel
-from vigil.hub.store import Alert, AlertKind, Store
+from vigil.hub.store import Alert, AlertKind, Store, Transaction
 from vigil.wire.messages import Acknowledged, Resolved
 
 _LOG = logging.getLogger(__name__)
@@ -27,36 +31,36 @@ def act(
     note: str | None = None,
 ) -> Alert:
     """Apply `action` to alert `alert_id` on behalf of operator `by`; return the new alert."""
-    alert = store.get_alert(alert_id)
-    if action == "broadcast":
-        planned = escalation.broadcast_recipients(alert, channels or {})
-        store.fire_step(alert.id, escalation.PUBLIC_STEP, planned, now=now)
-        _audit(
-            store,
-            alert,
-            at=now,
-            by=by,
-            action="public broadcast",
-            detail=f"{len(planned)} recipients",
-        )
-        return alert
-    if action == "ack":
-        updated = alerts.acknowledge(alert, by=by, now=now)
-        downlink = Acknowledged.KIND
-    elif action == "verify":
-        updated, downlink = alerts.verify(alert, by=by, now=now), ""
-    elif action in ("resolve", "false-alarm"):
-        updated = alerts.close(alert, false_alarm=action == "false-alarm", now=now, note=note)
-        downlink = Resolved.KIND
-    else:
+    if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; choose one of {', '.join(ACTIONS)}")
-    store.save_alert(updated)
-    if downlink and alert.kind is AlertKind.ALARM and alert.alarm_seq is not None:
-        seq = store.queue_downlink(alert.device_id, downlink, alert.alarm_seq, now=now)
-        _LOG.info("queued %s seq %s for device %s", downlink, seq, alert.device_id)
-    _audit(store, alert, at=now, by=by, action=action, detail=note or "")
+    with store.transaction() as tx:
+        alert = tx.alerts.get(alert_id)
+        if action == "broadcast":
+            planned = escalation.broadcast_recipients(alert, channels or {})
+            tx.deliveries.fire_step(alert.id, escalation.PUBLIC_STEP, planned, now=now)
+            _audit(tx, alert, at=now, by=by, action="public broadcast",
+                   detail=f"{len(planned)} recipients")  # fmt: skip
+            return alert
+        updated, downlink = _transition(alert, action, by=by, now=now, note=note)
+        tx.alerts.save(updated)
+        if downlink and alert.kind is AlertKind.ALARM and alert.alarm_seq is not None:
+            seq = tx.downlinks.queue(alert.device_id, downlink, alert.alarm_seq, now=now)
+            _LOG.info("queued %s seq %s for device %s", downlink, seq, alert.device_id)
+        _audit(tx, alert, at=now, by=by, action=action, detail=note or "")
     return updated
 
 
-def _audit(store: Store, alert: Alert, *, at: float, by: str, action: str, detail: str) -> None:
-    store.append_audit(at=at, actor=by, action=action, subject=f"alert {alert.id}", detail=detail)
+def _transition(
+    alert: Alert, action: str, *, by: str, now: float, note: str | None
+) -> tuple[Alert, str]:
+    """The alert after `action`, and the downlink kind that tells the wearer ("" for none)."""
+    if action == "ack":
+        return alerts.acknowledge(alert, by=by, now=now), Acknowledged.KIND
+    if action == "verify":
+        return alerts.verify(alert, by=by, now=now), ""
+    closed = alerts.close(alert, false_alarm=action == "false-alarm", now=now, note=note)
+    return closed, Resolved.KIND
+
+
+def _audit(tx: Transaction, alert: Alert, *, at: float, by: str, action: str, detail: str) -> None:
+    tx.audit.append(at=at, actor=by, action=action, subject=f"alert {alert.id}", detail=detail)

@@ -4,9 +4,10 @@
 empty Will payload) or a `Rejected` with the reason (the `VigilError` class
 name) for the shell to count and log. Forged input never reaches the store.
 
-Handlers run after the uplink is stored and before it is marked processed;
-they are idempotent, so a crash in between is repaired by running them again
-(on the device's resend, or at start-up).
+Handlers run after the uplink is stored and before it is marked processed,
+inside one transaction (`Context.tx`) with its receipt; they are idempotent, so
+a crash in between is repaired by running them again (on the device's resend,
+or at start-up).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import VigilError
 from vigil.hub import alerts
-from vigil.hub.store import AlertKind, AlertState, DeviceRecord, Store
+from vigil.hub.store import AlertKind, AlertState, DeviceRecord, Transaction
 from vigil.wire.envelope import open_uplink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
@@ -79,7 +80,9 @@ Audit = Callable[[str, str, str], None]  # (action, subject, detail)
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    store: Store
+    """What a handler gets: the open transaction's repositories, the sender, the message."""
+
+    tx: Transaction
     device: DeviceRecord
     message: Message
     received_at: float
@@ -90,8 +93,8 @@ def _alarm(ctx: Context, body: Alarm) -> str:
     draft = alerts.from_alarm(
         ctx.device.device_id, ctx.message.seq, body, received_at=ctx.received_at
     )
-    alert = ctx.store.open_alert(draft)
-    ctx.store.note_device_state(ctx.device.device_id, battery=body.battery, fix=draft.last_fix)
+    alert = ctx.tx.alerts.open(draft)
+    ctx.tx.devices.note_state(ctx.device.device_id, battery=body.battery, fix=draft.last_fix)
     ctx.audit(
         "alert opened", f"alert {alert.id}", f"trigger={body.trigger.value} seq={alert.alarm_seq}"
     )
@@ -99,8 +102,8 @@ def _alarm(ctx: Context, body: Alarm) -> str:
 
 
 def _cancel(ctx: Context, body: Cancel) -> str:
-    store, device_id = ctx.store, ctx.device.device_id
-    alert = store.find_alert(device_id, body.alarm_seq)
+    tx, device_id = ctx.tx, ctx.device.device_id
+    alert = tx.alerts.find(device_id, body.alarm_seq)
     if alert is None:
         if not body.duress:
             return f"cancel of unknown alarm {body.alarm_seq} ignored"
@@ -108,32 +111,32 @@ def _cancel(ctx: Context, body: Cancel) -> str:
         draft = alerts.from_alarm(
             device_id, body.alarm_seq, Alarm(Trigger.DURESS), received_at=ctx.received_at
         )
-        alert = store.open_alert(draft)
+        alert = tx.alerts.open(draft)
     updated = alerts.cancel(alert, duress=body.duress, now=ctx.received_at)
     if updated != alert:
-        store.save_alert(updated)
+        tx.alerts.save(updated)
         what = "duress cancel" if body.duress else "cancelled by wearer"
         ctx.audit(what, f"alert {alert.id}", f"seq={body.alarm_seq}")
     return f"alert {alert.id} {alerts.operator_view(updated)}"
 
 
 def _position(ctx: Context, body: Position) -> str:
-    store, device_id = ctx.store, ctx.device.device_id
+    tx, device_id = ctx.tx, ctx.device.device_id
     fix = alerts.last_fix(body.fix, received_at=ctx.received_at)
-    store.note_device_state(device_id, fix=fix)
-    alert = store.find_alert(device_id, body.alarm_seq)
+    tx.devices.note_state(device_id, fix=fix)
+    alert = tx.alerts.find(device_id, body.alarm_seq)
     if alert is None:
         return f"position for unknown alarm {body.alarm_seq} kept as last fix"
-    store.add_position(alert.id, device_id, ctx.message.seq, fix)
+    tx.alerts.add_position(alert.id, device_id, ctx.message.seq, fix)
     updated = alerts.attach_position(alert, fix, now=ctx.received_at)
     if updated != alert:
-        store.save_alert(updated)
+        tx.alerts.save(updated)
     return f"position for alert {alert.id}"
 
 
 def _heartbeat(ctx: Context, body: Heartbeat) -> str:
     fix_at = None if body.fix_age is None else ctx.received_at - body.fix_age
-    ctx.store.note_device_state(ctx.device.device_id, battery=body.battery, gps_fix_at=fix_at)
+    ctx.tx.devices.note_state(ctx.device.device_id, battery=body.battery, gps_fix_at=fix_at)
     return "heartbeat"
 
 
@@ -164,10 +167,10 @@ def handle(ctx: Context) -> str:
 
 def _end_silence(ctx: Context) -> None:
     """A silent device spoke again: close its open (not yet taken) silent alert."""
-    for alert in ctx.store.list_alerts(active_only=True):
+    for alert in ctx.tx.alerts.all(active_only=True):
         silent = alert.kind is AlertKind.SILENT and alert.state is AlertState.OPEN
         if silent and alert.device_id == ctx.device.device_id:
             closed = alerts.close(alert, false_alarm=False, now=ctx.received_at,
                                   note="device spoke again")  # fmt: skip
-            ctx.store.save_alert(replace(closed, note="device spoke again"))
+            ctx.tx.alerts.save(replace(closed, note="device spoke again"))
             ctx.audit("silent alert closed", f"alert {alert.id}", "device spoke again")

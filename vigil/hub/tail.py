@@ -61,8 +61,21 @@ class Follower:
         return f"\x1b[{code}m{text}\x1b[0m" if self.colour and code else text
 
     def poll(self) -> Iterator[tuple[float, str]]:
-        events: list[tuple[float, str]] = []
-        for u in self.store.recent_uplinks(after=self.since):
+        with self.store.read() as tx:  # one consistent view per poll
+            uplinks = tx.uplinks.recent(after=self.since)
+            entries = tx.audit.entries(after=self._audit_id)
+            rejections = tx.rejections.totals()
+        events = [*self._uplink_events(uplinks), *self._audit_events(entries)]
+        for reason, count in rejections.items():
+            new = count - self._rejections.get(reason, 0)
+            if new > 0:
+                self._rejections[reason] = count
+                line = f"reject {reason} x{new} (total {count})"
+                events.append((time.time(), self._paint("reject", line)))
+        yield from sorted(events, key=lambda ev: ev[0])
+
+    def _uplink_events(self, uplinks: list[StoredUplink]) -> Iterator[tuple[float, str]]:
+        for u in uplinks:
             key = (u.device_id.hex, u.seq)
             if key not in self._seen:
                 self._seen.add(key)
@@ -70,18 +83,12 @@ class Follower:
                 text = (
                     f"up     {u.device_id.hex[:8]} seq={u.seq:<5} {u.kind:<9} {describe_uplink(u)}"
                 )
-                events.append((u.received_at, self._paint(u.kind, text)))
-        for e in self.store.audit_entries():
-            if e.id > self._audit_id:
-                self._audit_id = e.id
-                events.append((e.at, self._paint("audit", _audit_line(e))))
-        for reason, count in self.store.rejections().items():
-            new = count - self._rejections.get(reason, 0)
-            if new > 0:
-                self._rejections[reason] = count
-                line = f"reject {reason} x{new} (total {count})"
-                events.append((time.time(), self._paint("reject", line)))
-        yield from sorted(events, key=lambda ev: ev[0])
+                yield u.received_at, self._paint(u.kind, text)
+
+    def _audit_events(self, entries: list[AuditEntry]) -> Iterator[tuple[float, str]]:
+        for e in entries:
+            self._audit_id = max(self._audit_id, e.id)
+            yield e.at, self._paint("audit", _audit_line(e))
 
 
 def _audit_line(e: AuditEntry) -> str:

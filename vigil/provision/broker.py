@@ -9,9 +9,11 @@ from a stolen password file stays out of reach regardless.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -138,6 +140,20 @@ def remove_user(passwd: Path, user: str) -> bool:
         return False
     _mosquitto_passwd("-D", str(passwd), user)
     return True
+
+
+def reload_broker(pid_file: Path) -> int:
+    """Send SIGHUP to the mosquitto whose pid is in `pid_file` (it re-reads passwd and ACL).
+
+    Returns the pid. mosquitto 2 then disconnects every client that no longer
+    authenticates (see tests/integration/test_provision_device.py).
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reload the broker from {pid_file}: {exc}") from exc
+    return pid
 
 
 def _mosquitto_passwd(*args: str, stdin: str | None = None) -> None:

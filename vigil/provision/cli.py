@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vigil.errors import ConfigError, VigilError
-from vigil.provision import broker, certs, enrol, sdimage
+from vigil.errors import ConfigError, RevokeIncomplete, VigilError
+from vigil.provision import broker, certs, enrol, revoke, sdimage
 
 EPILOG = """examples:
   vigil-provision broker-certs --out /etc/vigil/broker --host broker.example.org
@@ -121,8 +121,8 @@ def _run_device(args: argparse.Namespace) -> str:
 
 
 def register_revoke(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`revoke`: remove a device's broker password, reload the broker, revoke at the hub."""
-    r = sub.add_parser("revoke", help="remove a device's broker access; the hub refuses it")
+    """`revoke`: revoke at the hub, remove the broker password, reload the broker."""
+    r = sub.add_parser("revoke", help="revoke a device at the hub, then remove its broker access")
     r.add_argument("device_id")
     r.add_argument("--hub-config", type=Path, required=True)
     r.add_argument(
@@ -132,9 +132,16 @@ def register_revoke(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_revoke(args: argparse.Namespace) -> str:
-    return enrol.revoke_device(
+    """Print each step's state on its own line; fail if any step failed, saying what is left."""
+    done = revoke.revoke_device(
         args.device_id, hub_config=args.hub_config, broker_pid_file=args.broker_pid_file
     )
+    for step in done.steps:
+        print(step)  # noqa: T201 - one line per step, for the operator
+    left = "; ".join(done.left_to_do())
+    if not done.complete:
+        raise RevokeIncomplete(f"revoke of {done.device_id} is incomplete; left to do: {left}")
+    return f"revoked {done.device_id}" + (f"; left to do: {left}" if left else "")
 
 
 # --- sd-image (lives here so vigil.provision.sdimage stays pure) ---

@@ -9,9 +9,7 @@ password may be in other hands.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import time
 import tomllib
 from pathlib import Path
@@ -22,12 +20,11 @@ from vigil.errors import (
     BadConfigValue,
     ConfigError,
     KeyFileError,
-    UnknownDevice,
 )
 from vigil.hub.channels import accepts_url
 from vigil.hub.config import BrokerConfig, HubConfig, load_config
-from vigil.hub.store import open_store
-from vigil.provision.broker import new_password, remove_user, set_password
+from vigil.hub.store import DeviceRecord, open_store
+from vigil.provision.broker import new_password, reload_broker, set_password
 from vigil.provision.toml import render_toml
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DeviceKeys, HubKeys, write_atomically
@@ -74,7 +71,7 @@ def provision_device(
             f"device {device_id} ({label}) enrolled; files in {out}. Reload mosquitto "
             "(systemctl reload mosquitto) so it accepts the device's password."
         )
-    _reload_broker(broker_pid_file)
+    reload_broker(broker_pid_file)
     return f"device {device_id} ({label}) enrolled; files in {out}; broker reloaded."
 
 
@@ -93,46 +90,6 @@ def _device_toml(
         "battery": {"capacity_path": _capacity_path()},
     }  # fmt: skip
     return render_toml(doc).encode()
-
-
-def revoke_device(device_id_text: str, *, hub_config: Path, broker_pid_file: Path | None) -> str:
-    """Remove the device's broker password, reload the broker, mark it revoked at the hub.
-
-    The broker goes first: if the hub's store then fails, the device is already
-    cut off. On reload (SIGHUP) mosquitto 2 re-reads the password file and
-    disconnects a connected client that no longer authenticates (see the tests).
-    """
-    device_id = DeviceId.parse(device_id_text)
-    cfg = load_config(hub_config)
-    removed = False
-    if cfg.broker is not None and cfg.broker.password_file is not None:
-        removed = remove_user(cfg.broker.password_file, device_id.hex)
-    if broker_pid_file is not None:
-        _reload_broker(broker_pid_file)
-    broker = "broker password removed" if removed else "no broker password was found"
-    store = open_store(cfg.store_url)
-    try:
-        store.revoke_device(device_id, now=time.time())
-        store.append_audit(at=time.time(), actor="vigil-provision", action="revoke",
-                           subject=f"device {device_id}")  # fmt: skip
-    except UnknownDevice as exc:
-        raise UnknownDevice(f"{exc} at this hub (but {broker})") from exc
-    finally:
-        store.close()
-    if broker_pid_file is None:
-        return (
-            f"revoked {device_id}: the hub refuses it; {broker}. Reload mosquitto "
-            "(systemctl reload mosquitto, or SIGHUP) to drop an open connection."
-        )
-    return f"revoked {device_id}: the hub refuses it; {broker}; broker reloaded."
-
-
-def _reload_broker(pid_file: Path) -> None:
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot reload the broker from {pid_file}: {exc}") from exc
 
 
 def _check_contact(url: str) -> None:
@@ -185,28 +142,36 @@ def _enrol(
     cfg: HubConfig, device_id: DeviceId, keys: DeviceKeys, *, label: str, contacts: list[str],
     replace: bool,
 ) -> None:  # fmt: skip
+    """Enrol (or re-enrol) at the hub: the old keys' revocation, the enrolment and its
+    audit entry commit together or not at all."""
     store = open_store(cfg.store_url)
     try:
-        known = store.get_device(device_id)
-        same = known is not None and known.public_keys.to_text() == keys.public().to_text()
-        if known is not None and known.revoked and same:
-            # The store would quietly revive it; a revoked device's keys may be in other hands.
-            raise AlreadyEnrolled(
-                f"device {device_id} was revoked and these are its old keys; "
-                "pass --force to give it new keys and a new broker password"
-            )
-        if known is not None and not same and not replace:
-            raise AlreadyEnrolled(
-                f"device {device_id} is enrolled at the hub with other keys than this "
-                "folder's device.key; pass --force to replace them"
-            )
-        if known is not None and not same and not known.revoked:
-            store.revoke_device(device_id, now=time.time())  # new keys replace the old ones
-        store.enroll_device(device_id, label=label, public_keys=keys.public(),
-                            contacts=contacts, now=time.time())  # fmt: skip
-        store.append_audit(at=time.time(), actor="vigil-provision", action="enroll",
-                           subject=f"device {device_id}", detail=label)  # fmt: skip
-    except UnknownDevice as exc:  # pragma: no cover - revoke right after get_device
-        raise ConfigError(str(exc)) from exc
+        now = time.time()
+        with store.transaction() as tx:
+            known = tx.devices.get(device_id)
+            same = known is not None and known.public_keys.to_text() == keys.public().to_text()
+            _check_replace(device_id, known, same=same, replace=replace)
+            if known is not None and not same and not known.revoked:
+                tx.devices.revoke(device_id, now=now)  # new keys replace the old ones
+            tx.devices.enroll(device_id, label=label, public_keys=keys.public(),
+                              contacts=contacts, now=now)  # fmt: skip
+            tx.audit.append(at=now, actor="vigil-provision", action="enroll",
+                            subject=f"device {device_id}", detail=label)  # fmt: skip
     finally:
         store.close()
+
+
+def _check_replace(
+    device_id: DeviceId, known: DeviceRecord | None, *, same: bool, replace: bool
+) -> None:
+    if known is not None and known.revoked and same:
+        # The store would quietly revive it; a revoked device's keys may be in other hands.
+        raise AlreadyEnrolled(
+            f"device {device_id} was revoked and these are its old keys; "
+            "pass --force to give it new keys and a new broker password"
+        )
+    if known is not None and not same and not replace:
+        raise AlreadyEnrolled(
+            f"device {device_id} is enrolled at the hub with other keys than this "
+            "folder's device.key; pass --force to replace them"
+        )

@@ -2,73 +2,70 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import DictRow, dict_row
 
 from vigil.errors import StorageError
 from vigil.hub.store import schema
-from vigil.hub.store.sql import Cursor
-from vigil.hub.store.sql_alerts import AlertQueries
+from vigil.hub.store.repo import Cursor, Row
+from vigil.hub.store.sql import SqlStore, first_line
 
 
 class _Cursor:
-    """A psycopg cursor that takes the store's `?` placeholders."""
+    """A psycopg cursor that takes the store's `?` placeholders and reads rows by name."""
 
-    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cur: psycopg.Cursor[DictRow]) -> None:
         self._cur = cur
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._cur.execute(sql.replace("?", "%s"), params)
 
-    def fetchone(self) -> Any:
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
+        return self._cur.executemany(sql.replace("?", "%s"), params)
+
+    def fetchone(self) -> Row | None:
         return self._cur.fetchone()
 
-    def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
+    def fetchall(self) -> list[Row]:
+        return list(self._cur.fetchall())
+
+    def close(self) -> None:
+        self._cur.close()
 
 
-class PostgresStore(AlertQueries):
-    """A store in a PostgreSQL database; the URL may set `options=-csearch_path=...`."""
+class PostgresStore(SqlStore):
+    """A store in a PostgreSQL database; the URL may set `options=-csearch_path=...`.
+
+    Only `create=True` (`vigil-hub init`) makes the tables in an empty schema.
+    """
 
     dialect = schema.POSTGRES
+    errors = (psycopg.Error,)
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = False) -> None:
+        super().__init__()
+        self.where = "PostgreSQL store"
         try:
-            self._conn = psycopg.connect(url, autocommit=True)
+            # Autocommit: transactions are the explicit BEGIN ... COMMIT of `SqlStore`.
+            self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
         except psycopg.Error as exc:
-            raise StorageError(f"cannot connect to PostgreSQL store: {exc}") from exc
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._migrate()
+            raise StorageError(
+                f"cannot connect to the PostgreSQL store: {first_line(exc)}"
+            ) from exc
+        try:
+            self._open(create=create)
+        except BaseException:
+            self._conn.close()
+            raise
 
-    @contextmanager
-    def _begin(self, *, write: bool) -> Iterator[Cursor]:
-        with self._lock:
-            try:
-                if self._depth or not write:
-                    # Inside `atomic()` the outer transaction commits; a lone read is
-                    # one autocommitted statement (no BEGIN/COMMIT round trips).
-                    with self._conn.cursor() as cur:
-                        yield _Cursor(cur)
-                    return
-                self._depth = 1
-                try:
-                    with self._conn.transaction(), self._conn.cursor() as cur:
-                        yield _Cursor(cur)
-                finally:
-                    self._depth = 0
-            except psycopg.Error as exc:
-                raise StorageError(f"PostgreSQL store: {exc}") from exc
+    def _cursor(self) -> Cursor:
+        return _Cursor(self._conn.cursor())
 
-    def _tx(self) -> AbstractContextManager[Cursor]:
-        return self._begin(write=True)
-
-    def _read(self) -> AbstractContextManager[Cursor]:
-        return self._begin(write=False)
+    def _begin_sql(self, *, write: bool) -> str:
+        return "BEGIN" if write else "BEGIN READ ONLY"
 
     def close(self) -> None:
         with self._lock:

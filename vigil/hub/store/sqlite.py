@@ -2,85 +2,88 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from vigil.errors import StorageError
+from vigil.errors import StorageError, StoreMissing, StoreNotWritable
 from vigil.hub.store import schema
-from vigil.hub.store.sql import Cursor
-from vigil.hub.store.sql_alerts import AlertQueries
+from vigil.hub.store.repo import Cursor
+from vigil.hub.store.sql import SqlStore, first_line
+
+_PRAGMAS = (
+    "journal_mode = WAL",
+    "synchronous = FULL",  # an ACK promises the alarm is on disk
+    "foreign_keys = ON",
+    "busy_timeout = 10000",
+)
 
 
-class SqliteStore(AlertQueries):
-    """The default store. Several processes (daemon and CLI) may share the file."""
+class SqliteStore(SqlStore):
+    """The default store. Several processes (daemon and CLI) may share the file.
+
+    Only `create=True` (`vigil-hub init`) makes a new database file: a misspelt
+    path is refused rather than silently becoming an empty store.
+    """
 
     dialect = schema.SQLITE
+    errors = (sqlite3.Error,)
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, create: bool = False) -> None:
+        super().__init__()
         self.path = str(path)
+        self.where = f"SQLite store {self.path}"
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _check_path(Path(self.path), create=create)
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            for pragma in (
-                "journal_mode = WAL",
-                "synchronous = FULL",  # an ACK promises the alarm is on disk
-                "foreign_keys = ON",
-                "busy_timeout = 10000",
-            ):
+            self._conn.row_factory = sqlite3.Row
+            for pragma in _PRAGMAS:
                 self._conn.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._migrate()
-
-    @contextmanager
-    def _begin(self, mode: str) -> Iterator[Cursor]:
-        with self._lock:
-            if self._depth:  # inside `atomic()`: the outer transaction commits
-                yield from self._nested()
-                return
-            cur = self._conn.cursor()
-            self._depth = 1
-            try:
-                cur.execute(f"BEGIN {mode}")
-                yield cur
-                cur.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise StorageError(f"SQLite store {self.path}: {exc}") from exc
-            except BaseException:
-                self._rollback()
-                raise
-            finally:
-                self._depth = 0
-                cur.close()
-
-    def _nested(self) -> Iterator[Cursor]:
-        cur = self._conn.cursor()
-        self._depth += 1
+            raise StorageError(f"cannot open {self.where}: {first_line(exc)}") from exc
         try:
-            yield cur
-        except sqlite3.Error as exc:
-            raise StorageError(f"SQLite store {self.path}: {exc}") from exc
-        finally:
-            self._depth -= 1
-            cur.close()
+            self._open(create=True)  # the file exists by now (checked, or just created)
+        except BaseException:
+            self._conn.close()
+            raise
 
-    def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+    def _cursor(self) -> Cursor:
+        return self._conn.cursor()
 
-    def _tx(self) -> AbstractContextManager[Cursor]:
-        return self._begin("IMMEDIATE")
-
-    def _read(self) -> AbstractContextManager[Cursor]:
-        return self._begin("DEFERRED")
+    def _begin_sql(self, *, write: bool) -> str:
+        # IMMEDIATE takes the write lock up front, so read-modify-write cannot deadlock.
+        return "BEGIN IMMEDIATE" if write else "BEGIN DEFERRED"
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _check_path(path: Path, *, create: bool) -> None:
+    """Refuse, in one line, a store that is missing, or whose folder or file cannot be written."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise StoreMissing(
+            f"the folder of the SQLite store {path} does not exist: create it "
+            f"(owned by the hub's user) or fix store.url in the hub config"
+        )
+    if not path.exists():
+        if not create:
+            raise StoreMissing(
+                f"there is no SQLite store at {path}: create it with 'vigil-hub init' "
+                "(or fix store.url in the hub config)"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreNotWritable(
+                f"cannot create the SQLite store {path}: {folder} is not writable "
+                "by this user (run as the hub's user)"
+            )
+        return
+    # WAL needs the folder too (the -wal and -shm files live beside the database).
+    for needed in (path, folder):
+        if not os.access(needed, os.W_OK):
+            raise StoreNotWritable(
+                f"the SQLite store {path} cannot be written: {needed} is not writable "
+                "by this user (run as the hub's user)"
+            )

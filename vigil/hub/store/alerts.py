@@ -1,0 +1,125 @@
+"""`tx.alerts`: alerts and the positions that follow an alarm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vigil.errors import NoSuchAlert
+from vigil.hub.store.records import Alert, AlertKind, AlertState, LastFix
+from vigil.hub.store.repo import Repository, Row
+from vigil.wire.ids import DeviceId
+
+_COLUMNS = (
+    "id, device_id, kind, state, opened_at, updated_at, alarm_seq, trigger, duress, battery, "
+    "fix_lat, fix_lon, fix_taken_at, fix_received_at, acknowledged_by, acknowledged_at, "
+    "verified_at, closed_at, note"
+)
+_ACTIVE = "state IN ('open', 'acknowledged')"
+
+
+def _alert(r: Row) -> Alert:
+    fix = None
+    if r["fix_lat"] is not None:
+        fix = LastFix(r["fix_lat"], r["fix_lon"], r["fix_taken_at"], r["fix_received_at"])
+    return Alert(
+        id=int(r["id"]),
+        device_id=DeviceId.parse(r["device_id"]),
+        kind=AlertKind(r["kind"]),
+        state=AlertState(r["state"]),
+        opened_at=r["opened_at"],
+        updated_at=r["updated_at"],
+        alarm_seq=r["alarm_seq"],
+        trigger=r["trigger"],
+        duress=bool(r["duress"]),
+        battery=r["battery"],
+        last_fix=fix,
+        acknowledged_by=r["acknowledged_by"],
+        acknowledged_at=r["acknowledged_at"],
+        verified_at=r["verified_at"],
+        closed_at=r["closed_at"],
+        note=r["note"],
+    )
+
+
+def _fix_params(fix: LastFix | None) -> tuple[Any, ...]:
+    return (None,) * 4 if fix is None else (fix.lat, fix.lon, fix.taken_at, fix.received_at)
+
+
+class Alerts(Repository):
+    """Open, change, find and list alerts; keep an alarm's follow-up positions."""
+
+    def open(self, alert: Alert) -> Alert:
+        """Insert `alert` (its id is ignored) unless one exists for (device, alarm_seq).
+
+        Idempotent: a handler re-run after a crash returns the existing alert.
+        Silent-device alerts have no seq; at most one is active per device.
+        """
+        existing = self._existing(alert)
+        if existing is not None:
+            return existing
+        self._cur.execute(
+            "INSERT INTO alerts (device_id, kind, state, opened_at, updated_at, alarm_seq, "
+            "trigger, duress, battery, fix_lat, fix_lon, fix_taken_at, fix_received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (alert.device_id.hex, alert.kind.value, alert.state.value, alert.opened_at,
+             alert.updated_at, alert.alarm_seq, alert.trigger, int(alert.duress),
+             alert.battery, *_fix_params(alert.last_fix)),
+        )  # fmt: skip
+        found = self._existing(alert)
+        assert found is not None  # noqa: S101 - inserted or already there
+        return found
+
+    def _existing(self, alert: Alert) -> Alert | None:
+        params: tuple[str, int | str]
+        if alert.alarm_seq is not None:
+            where = "device_id = ? AND alarm_seq = ?"
+            params = (alert.device_id.hex, alert.alarm_seq)
+        else:
+            where = f"device_id = ? AND kind = ? AND {_ACTIVE}"
+            params = (alert.device_id.hex, alert.kind.value)
+        row = self._one(f"SELECT {_COLUMNS} FROM alerts WHERE {where}", params)  # noqa: S608
+        return None if row is None else _alert(row)
+
+    def save(self, alert: Alert) -> None:
+        """Write the mutable fields of an alert (state, duress, people, fix, note)."""
+        self._cur.execute(
+            "UPDATE alerts SET state = ?, updated_at = ?, duress = ?, battery = ?, "
+            "fix_lat = ?, fix_lon = ?, fix_taken_at = ?, fix_received_at = ?, "
+            "acknowledged_by = ?, acknowledged_at = ?, verified_at = ?, closed_at = ?, "
+            "note = ? WHERE id = ?",
+            (alert.state.value, alert.updated_at, int(alert.duress), alert.battery,
+             *_fix_params(alert.last_fix), alert.acknowledged_by, alert.acknowledged_at,
+             alert.verified_at, alert.closed_at, alert.note, alert.id),
+        )  # fmt: skip
+
+    def get(self, alert_id: int) -> Alert:
+        row = self._one(f"SELECT {_COLUMNS} FROM alerts WHERE id = ?", (alert_id,))  # noqa: S608
+        if row is None:
+            raise NoSuchAlert(f"there is no alert {alert_id}")
+        return _alert(row)
+
+    def find(self, device_id: DeviceId, alarm_seq: int) -> Alert | None:
+        row = self._one(
+            f"SELECT {_COLUMNS} FROM alerts WHERE device_id = ? AND alarm_seq = ?",  # noqa: S608
+            (device_id.hex, alarm_seq),
+        )
+        return None if row is None else _alert(row)
+
+    def all(self, *, active_only: bool = False) -> list[Alert]:
+        where = f"WHERE {_ACTIVE}" if active_only else ""
+        return [_alert(r) for r in self._all(f"SELECT {_COLUMNS} FROM alerts {where} ORDER BY id")]  # noqa: S608
+
+    def add_position(self, alert_id: int, device_id: DeviceId, seq: int, fix: LastFix) -> None:
+        self._cur.execute(
+            "INSERT INTO positions (device_id, seq, alert_id, lat, lon, taken_at, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (device_id.hex, seq, alert_id, fix.lat, fix.lon, fix.taken_at, fix.received_at),
+        )
+
+    def positions(self, alert_id: int) -> list[LastFix]:
+        rows = self._all(
+            "SELECT lat, lon, taken_at, received_at FROM positions WHERE alert_id = ? "
+            "ORDER BY taken_at",
+            (alert_id,),
+        )
+        return [LastFix(r["lat"], r["lon"], r["taken_at"], r["received_at"]) for r in rows]

@@ -1,0 +1,146 @@
+"""`tx.devices`: the registry of enrolled wearables and what they last reported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from vigil.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, UnknownDevice
+from vigil.hub.store.records import DeviceRecord, LastFix
+from vigil.hub.store.repo import Repository, Row
+from vigil.wire.ids import DeviceId
+from vigil.wire.keys import DevicePublicKeys
+from vigil.wire.replay import WINDOW_SIZE
+
+MASK_BYTES = WINDOW_SIZE // 8
+
+_COLUMNS = (
+    "device_id, label, signing_key, kem_key, contacts, enrolled_at, revoked_at, last_seen, "
+    "battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, down_seq, offline_at, gps_fix_at"
+)
+
+
+def _device(row: Row) -> DeviceRecord:
+    fix = None
+    if row["fix_lat"] is not None:
+        fix = LastFix(row["fix_lat"], row["fix_lon"], row["fix_taken_at"], row["fix_received_at"])
+    return DeviceRecord(
+        device_id=DeviceId.parse(row["device_id"]),
+        label=row["label"],
+        public_keys=DevicePublicKeys.from_text(
+            {"signing": row["signing_key"], "kem": row["kem_key"]}
+        ),
+        contacts=tuple(json.loads(row["contacts"])),
+        enrolled_at=row["enrolled_at"],
+        revoked_at=row["revoked_at"],
+        last_seen=row["last_seen"],
+        battery=row["battery"],
+        last_fix=fix,
+        down_seq=row["down_seq"],
+        offline_at=row["offline_at"],
+        gps_fix_at=row["gps_fix_at"],
+    )
+
+
+class Devices(Repository):
+    """Enrol, revoke, look up devices; remember their battery, position and liveness."""
+
+    def enroll(
+        self,
+        device_id: DeviceId,
+        *,
+        label: str,
+        public_keys: DevicePublicKeys,
+        contacts: Sequence[str] = (),
+        now: float = 0.0,
+    ) -> None:
+        """Add a device; re-enrolling the same keys updates label and contacts."""
+        if not label.strip():
+            raise BadConfigValue("a device needs an owner label (--label)")
+        keys = public_keys.to_text()
+        contacts_json = json.dumps(list(contacts))
+        row = self._one(
+            "SELECT signing_key, kem_key, revoked_at FROM devices WHERE device_id = ?",
+            (device_id.hex,),
+        )
+        if row is None:
+            self._cur.execute(
+                "INSERT INTO devices (device_id, label, signing_key, kem_key, contacts, "
+                "enrolled_at, window_mask) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device_id.hex, label, keys["signing"], keys["kem"], contacts_json, now,
+                 bytes(MASK_BYTES)),
+            )  # fmt: skip
+            return
+        same = (row["signing_key"], row["kem_key"]) == (keys["signing"], keys["kem"])
+        if not same and row["revoked_at"] is None:
+            raise AlreadyEnrolled(f"device {device_id} is enrolled with other keys")
+        # Same keys: update. Revoked and new keys: a re-provisioned device starts afresh.
+        reset = "" if same else ", window_highest = -1, window_mask = ?"
+        params: list[Any] = [label, keys["signing"], keys["kem"], contacts_json]
+        params += [] if same else [bytes(MASK_BYTES)]
+        self._cur.execute(
+            "UPDATE devices SET label = ?, signing_key = ?, kem_key = ?, contacts = ?, "  # noqa: S608 - fixed fragments, values are parameters
+            f"revoked_at = NULL{reset} WHERE device_id = ?",
+            (*params, device_id.hex),
+        )
+
+    def revoke(self, device_id: DeviceId, *, now: float) -> None:
+        """Refuse the device's messages from now on (its key may be in other hands)."""
+        self._cur.execute(
+            "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+            (now, device_id.hex),
+        )
+        if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
+            raise UnknownDevice(f"device {device_id} is not enrolled")
+
+    def get(self, device_id: DeviceId) -> DeviceRecord | None:
+        row = self._one(
+            f"SELECT {_COLUMNS} FROM devices WHERE device_id = ?",  # noqa: S608
+            (device_id.hex,),
+        )
+        return None if row is None else _device(row)
+
+    def all(self) -> list[DeviceRecord]:
+        return [_device(r) for r in self._all(f"SELECT {_COLUMNS} FROM devices ORDER BY label")]  # noqa: S608
+
+    def active(self, device_id: DeviceId) -> DeviceRecord:
+        """The enrolled, unrevoked device, or `UnknownDevice` / `RevokedDevice`."""
+        record = self.get(device_id)
+        if record is None:
+            raise UnknownDevice(f"device {device_id} is not enrolled")
+        if record.revoked:
+            raise RevokedDevice(f"device {device_id} was revoked")
+        return record
+
+    def note_state(
+        self,
+        device_id: DeviceId,
+        *,
+        battery: int | None = None,
+        fix: LastFix | None = None,
+        gps_fix_at: float | None = None,
+    ) -> None:
+        """Remember the latest battery level, position and GPS fix time a device reported."""
+        if gps_fix_at is not None:
+            self._cur.execute(
+                "UPDATE devices SET gps_fix_at = ? WHERE device_id = ?",
+                (gps_fix_at, device_id.hex),
+            )
+        if battery is not None:
+            self._cur.execute(
+                "UPDATE devices SET battery = ? WHERE device_id = ?", (battery, device_id.hex)
+            )
+        if fix is not None:
+            self._cur.execute(
+                "UPDATE devices SET fix_lat = ?, fix_lon = ?, fix_taken_at = ?, "
+                "fix_received_at = ? WHERE device_id = ? "
+                "AND (fix_taken_at IS NULL OR fix_taken_at <= ?)",
+                (fix.lat, fix.lon, fix.taken_at, fix.received_at, device_id.hex, fix.taken_at),
+            )
+
+    def note_offline(self, device_id: DeviceId, *, at: float) -> None:
+        """Record that the broker published the device's Will (connection lost)."""
+        self._cur.execute(
+            "UPDATE devices SET offline_at = ? WHERE device_id = ?", (at, device_id.hex)
+        )

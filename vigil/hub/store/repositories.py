@@ -1,0 +1,59 @@
+"""One unit of work's repositories, handed out by `store.transaction()` as `tx`."""
+
+from __future__ import annotations
+
+from vigil.errors import StorageError
+from vigil.hub.store import schema
+from vigil.hub.store.alerts import Alerts
+from vigil.hub.store.auditlog import AuditLog
+from vigil.hub.store.deliveries import Deliveries
+from vigil.hub.store.devices import Devices
+from vigil.hub.store.repo import Cursor, Repository
+from vigil.hub.store.traffic import Downlinks, Rejections, Uplinks
+
+
+class Meta(Repository):
+    """The store's own bookkeeping: which migrations ran."""
+
+    def has_table(self, name: str) -> bool:
+        if self._dialect is schema.POSTGRES:  # honours the URL's search_path
+            row = self._one("SELECT to_regclass(?) IS NOT NULL AS found", (name,))
+        else:
+            row = self._one(
+                "SELECT COUNT(*) > 0 AS found FROM sqlite_master WHERE type = 'table' "
+                "AND name = ?",
+                (name,),
+            )
+        return row is not None and bool(row["found"])
+
+    def version(self) -> int:
+        row = self._one("SELECT MAX(version) AS version FROM schema_version")
+        return 0 if row is None or row["version"] is None else int(row["version"])
+
+    def migrate(self) -> None:
+        """Apply every migration newer than the store's version, in order."""
+        self._cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = self.version()
+        if current > schema.LATEST:
+            raise StorageError(
+                f"the store has schema {current}, newer than this hub ({schema.LATEST})"
+            )
+        for version, _ in schema.MIGRATIONS:
+            if version > current:
+                for stmt in schema.statements(version, self._dialect):
+                    self._cur.execute(stmt)
+                self._cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+
+class Transaction:
+    """The repositories of one open transaction; valid only inside its `with` block."""
+
+    def __init__(self, cur: Cursor, dialect: schema.Dialect) -> None:
+        self.devices = Devices(cur, dialect)
+        self.uplinks = Uplinks(cur, dialect)
+        self.downlinks = Downlinks(cur, dialect)
+        self.rejections = Rejections(cur, dialect)
+        self.alerts = Alerts(cur, dialect)
+        self.deliveries = Deliveries(cur, dialect)
+        self.audit = AuditLog(cur, dialect)
+        self.meta = Meta(cur, dialect)
