@@ -71,7 +71,7 @@ def _postgres_sql(url: str, sql: str) -> None:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
-    with store_url(request.param, tmp_path) as url:
+    with store_url(request, tmp_path) as url:
         store = open_store(url, create=True)
         p = parties()
         with store.transaction() as tx:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hubstore import store_url
+from tests.support.hubstore import postgres_url, store_url
 from tests.support.parties import parties
+from tests.support.postgres import PostgresServer
 from vigil.errors import (
     AlreadyEnrolled,
     NoSuchAlert,
@@ -294,8 +295,8 @@ def test_a_missing_store_is_created_only_on_request(tmp_path: Path) -> None:
         store.close()
 
 
-def test_an_empty_postgresql_schema_is_not_a_store(tmp_path: Path) -> None:
-    with store_url("postgresql", tmp_path) as url:
+def test_an_empty_postgresql_schema_is_not_a_store(postgres: PostgresServer) -> None:
+    with postgres_url(postgres) as url:
         with pytest.raises(StoreMissing, match="vigil-hub init"):
             open_store(url)
         open_store(url, create=True).close()
