@@ -175,7 +175,10 @@ def test_enrol_and_revoke_are_all_or_nothing(
     assert cli.main(enroll, out=io.StringIO()) == 0
     assert cli.main(revoke, out=io.StringIO()) == 0
     with db.store.read() as tx:
-        assert [e.action for e in tx.audit.entries()] == ["enroll", "revoke"]
+        assert [e.action for e in tx.audit.entries() if e.action != "checkpoint"] == [
+            "enroll",
+            "revoke",
+        ]
         assert tx.devices.active(new).label == "Bea"
         revoked = tx.devices.get(parties().device_id)
     assert revoked is not None
