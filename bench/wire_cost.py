@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bench.timing import per_op, report
 from vigil.wire import (
+    AgedFix,
     Alarm,
     ClockSource,
     DeviceId,
@@ -26,7 +27,10 @@ from vigil.wire import (
 
 def main() -> None:
     hub, device, device_id = HubKeys.generate(), DeviceKeys.generate(), DeviceId.generate()
-    fix = Fix(52.52, 13.405, 1764000000.0, 1, 8, 0.9, 3.2)
+    fix = AgedFix(
+        Fix(lat=52.52, lon=13.405, fix_time=1764000000.0, quality=1, satellites=8, hdop=0.9),
+        age=3.2,
+    )
     message = Message(1, Alarm(Trigger.BUTTON, fix, 80), 1764000000.0, ClockSource.NTP)
     print("== wire: seal/open per alarm message ==")  # noqa: T201
     for suite in Suite:

@@ -25,12 +25,14 @@ from tests.support.wait import wait_until
 from vigil.hub.cli import main
 from vigil.hub.config import load_config
 from vigil.hub.store import open_store
-from vigil.wire import Alarm, Fix, Heartbeat, HubPublicKeys, Message, Trigger
+from vigil.wire import AgedFix, Alarm, Fix, Heartbeat, HubPublicKeys, Message, Trigger
 
 pytestmark = pytest.mark.integration
 
 VIGIL_HUB = [sys.executable, "-m", "vigil.hub.cli"]
-FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=3.0)
+FIX = AgedFix(
+    Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9), age=3.0
+)
 
 
 @pytest.fixture

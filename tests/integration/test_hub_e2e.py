@@ -20,12 +20,14 @@ from tests.support.peek import peek
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
 from vigil.hub.cli import main
-from vigil.wire import Alarm, Cancel, ClockSource, Fix, Heartbeat, Message, Trigger
+from vigil.wire import AgedFix, Alarm, Cancel, ClockSource, Fix, Heartbeat, Message, Trigger
 from vigil.wire.keys import DevicePublicKeys
 
 pytestmark = pytest.mark.integration
 
-FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=42.0)
+FIX = AgedFix(
+    Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9), age=42.0
+)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from vigil.hub.config import load_config
 from vigil.hub.daemon import HubService
 from vigil.hub.store import open_store
 from vigil.wire import (
+    AgedFix,
     Alarm,
     Cancel,
     DeviceId,
@@ -174,8 +175,12 @@ def test_positions_attach_and_later_tiers_get_the_newest(
 ) -> None:
     service, clock, hook = hub
     topic = up_topic(parties().device_id)
-    first = Fix(lat=17.0, lon=-96.7, fix_time=None, quality=1, satellites=5, hdop=1.0, age=10.0)
-    later = Fix(lat=17.1, lon=-96.8, fix_time=None, quality=1, satellites=6, hdop=1.0, age=1.0)
+    first = AgedFix(
+        Fix(lat=17.0, lon=-96.7, fix_time=None, quality=1, satellites=5, hdop=1.0), age=10.0
+    )
+    later = AgedFix(
+        Fix(lat=17.1, lon=-96.8, fix_time=None, quality=1, satellites=6, hdop=1.0), age=1.0
+    )
     service.handle(topic, seal(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=first))))
     clock.advance(60)
     service.handle(topic, seal(Message(seq=2, body=Position(alarm_seq=1, fix=later))))

@@ -32,13 +32,13 @@ from vigil.device.core import (
     TamperOpened,
     Tick,
 )
+from vigil.wire.fix import AgedFix, Fix
 from vigil.wire.messages import (
     Acknowledged,
     Alarm,
     Cancel,
     Checkin,
     Config,
-    Fix,
     Heartbeat,
     Message,
     Position,
@@ -76,11 +76,12 @@ def taps(start: float, gesture: str) -> list[tuple[Event, list[Action]]]:
     return steps
 
 
-FIX = GpsFix(at=5.0, lat=52.5, lon=13.4, fix_time=1_700_000_000.0, quality=1, satellites=7)
+BERLIN = Fix(lat=52.5, lon=13.4, fix_time=1_700_000_000.0, quality=1, satellites=7)
+FIX = GpsFix(at=5.0, fix=BERLIN)
 
 
-def wire_fix(age: float) -> Fix:
-    return Fix(52.5, 13.4, 1_700_000_000.0, 1, 7, None, age)
+def wire_fix(age: float) -> AgedFix:
+    return AgedFix(BERLIN, age=age)
 
 
 SEND_ALARM = Send(0, Alarm(Trigger.BUTTON))
@@ -358,11 +359,12 @@ def test_memory_restores_an_active_alarm_after_a_restart() -> None:
     assert again.memory() == Memory()
 
 
-FIX_AT_1000 = GpsFix(at=1000.0, lat=52.5, lon=13.4, fix_time=None, quality=1, satellites=7)
+UNDATED = Fix(lat=52.5, lon=13.4, fix_time=None, quality=1, satellites=7)
+FIX_AT_1000 = GpsFix(at=1000.0, fix=UNDATED)
 
 
-def wire_fix_at(age: float) -> Fix:
-    return Fix(52.5, 13.4, None, 1, 7, None, age)
+def wire_fix_at(age: float) -> AgedFix:
+    return AgedFix(UNDATED, age=age)
 
 
 def test_deadline_covers_hold_gap_and_tamper() -> None:
@@ -409,7 +411,7 @@ EVENT_MAKERS: list[Callable[[float], Event]] = [
     T,
     TamperOpened,
     TamperClosed,
-    lambda t: GpsFix(at=t, lat=1.0, lon=2.0),
+    lambda t: GpsFix(at=t, fix=Fix(lat=1.0, lon=2.0)),
     lambda t: down(t, Stored(0)),
     lambda t: down(t, Acknowledged(0)),
     lambda t: down(t, Resolved(0)),

@@ -14,8 +14,18 @@ from vigil.device.daemon import MEMORY_KEY, Daemon, mqtt_settings
 from vigil.device.outbox import Outbox
 from vigil.errors import StorageError
 from vigil.wire.envelope import open_uplink, seal_downlink, seal_uplink
+from vigil.wire.fix import Fix
 from vigil.wire.keys import HubKeys
-from vigil.wire.messages import Alarm, Cancel, ClockSource, Heartbeat, Message, Stored, Trigger
+from vigil.wire.messages import (
+    Alarm,
+    Cancel,
+    ClockSource,
+    Heartbeat,
+    Kind,
+    Message,
+    Stored,
+    Trigger,
+)
 from vigil.wire.topics import down_topic, up_topic
 
 
@@ -102,7 +112,7 @@ def test_gps_time_then_ntp_time(
     dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder], tmp_path: Path
 ) -> None:
     daemon, clock, _ = parts
-    daemon.post(GpsFix(at=clock.now, lat=1.0, lon=2.0, fix_time=1_750_000_000.0))
+    daemon.post(GpsFix(at=clock.now, fix=Fix(lat=1.0, lon=2.0, fix_time=1_750_000_000.0)))
     daemon.step()
     clock.now += 5
     hold(daemon, clock)
@@ -218,7 +228,7 @@ def test_disk_full_keeps_the_alarm_in_memory_and_sends_it(dev: ProvisionedDevice
 
     def fill() -> None:
         for seq in range(200):
-            outbox.put(seq, "heartbeat", bytes(600))
+            outbox.put(seq, Kind.HEARTBEAT, bytes(600))
 
     with pytest.raises(StorageError, match="full"):
         fill()

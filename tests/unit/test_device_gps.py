@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import nmea_checks, nmea_log
 from tests.support.wait import wait_until
-from vigil.device.drivers.gps import GpsReader, NmeaDecoder, Reading
+from vigil.device.drivers.gps import GpsReader, NmeaDecoder
+from vigil.device.events import GpsFix
 
 CHK_FILES = nmea_checks()
 
@@ -32,9 +33,9 @@ def oracle(chk: Path) -> tuple[list[tuple[float, float]], bool]:
     return fixes, bool(tpv) and tpv[-1].get("mode", 0) >= 2
 
 
-def feed_through_loop(data: bytes) -> tuple[GpsReader, list[Reading]]:
+def feed_through_loop(data: bytes) -> tuple[GpsReader, list[GpsFix]]:
     port = serial.serial_for_url("loop://", timeout=0.05)
-    fixes: list[Reading] = []
+    fixes: list[GpsFix] = []
     reader = GpsReader(port, on_fix=fixes.append, not_before=0)
     reader.start()
     writer = threading.Thread(target=port.write, args=(data + b"\r\n",))
@@ -58,10 +59,10 @@ def test_capture_through_serial_matches_gpsd(chk: Path) -> None:
         last = reader.last_fix()
         assert last is not None
         assert last == fixes[-1]
-        assert last.lat == pytest.approx(expected[-1][0], abs=1e-4)
-        assert last.lon == pytest.approx(expected[-1][1], abs=1e-4)
+        assert last.fix.lat == pytest.approx(expected[-1][0], abs=1e-4)
+        assert last.fix.lon == pytest.approx(expected[-1][1], abs=1e-4)
         gpsd_points = {(round(a, 3), round(b, 3)) for a, b in expected}
-        assert all((round(f.lat, 3), round(f.lon, 3)) in gpsd_points for f in fixes[-3:])
+        assert all((round(f.fix.lat, 3), round(f.fix.lon, 3)) in gpsd_points for f in fixes[-3:])
 
 
 def test_no_fix_capture_gives_no_fix_and_counts_why() -> None:
@@ -91,18 +92,18 @@ def test_cr_only_line_ends_and_other_talkers() -> None:
     fixes = d.feed(capture(nmea_log("pynmea2-data.log")) + b"\r", at=0.0)
     assert len(fixes) == 1  # the one GGA; RTE, R00, foobar and IIMWV are skipped
     assert d.stats["garbage"] == 1
-    assert fixes[0].satellites > 0
+    assert fixes[0].fix.satellites > 0
 
 
 def test_gps_time_only_when_plausible() -> None:
     line = b"$GPRMC,081836,A,3751.65,S,14507.36,E,000.0,360.0,130998,011.3,E*62"
     old = NmeaDecoder().feed_line(line, at=5.0)  # 1998: a week-rollover date, not trusted
     assert old is not None
-    assert old.fix_time is None
+    assert old.fix.fix_time is None
     trusted = NmeaDecoder(not_before=0).feed_line(line, at=5.0)
     assert trusted is not None
-    assert trusted.fix_time == 905674716.0
-    assert (round(trusted.lat, 4), round(trusted.lon, 4)) == (-37.8608, 145.1227)
+    assert trusted.fix.fix_time == 905674716.0
+    assert (round(trusted.fix.lat, 4), round(trusted.fix.lon, 4)) == (-37.8608, 145.1227)
     assert trusted.age(12.5) == 7.5
 
 
@@ -119,7 +120,7 @@ def test_stale_position_in_a_void_rmc_is_not_trusted() -> None:
 def test_reader_over_a_pty() -> None:
     master, slave = os.openpty()
     port = serial.Serial(os.ttyname(slave), 9600, timeout=0.05)
-    fixes: list[Reading] = []
+    fixes: list[GpsFix] = []
     reader = GpsReader(port, on_fix=fixes.append, not_before=0)
     reader.start()
     try:
@@ -129,7 +130,7 @@ def test_reader_over_a_pty() -> None:
         wait_until(lambda: len(fixes) >= 50, 20, what="fixes over the pty")
         last = reader.last_fix()
         assert last is not None
-        assert last.lat == pytest.approx(44.0688, abs=1e-3)
+        assert last.fix.lat == pytest.approx(44.0688, abs=1e-3)
     finally:
         reader.stop()
         os.close(master)

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigil.device.outbox import HARD_LIMIT, Outbox
+from vigil.device.outbox import HARD_LIMIT, PRIORITY, Outbox
 from vigil.errors import StorageError
+from vigil.wire.messages import Kind
 from vigil.wire.replay import ReplayWindow, Verdict
 
 
@@ -24,14 +25,14 @@ def env(seq: int) -> bytes:
 def test_put_then_reopen_keeps_entries_and_counter(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = Outbox.open(path)
-    box.put(0, "heartbeat", env(0))
-    box.put(1, "alarm", env(1))
+    box.put(0, Kind.HEARTBEAT, env(0))
+    box.put(1, Kind.ALARM, env(1))
     box.close()
     box = Outbox.open(path)
     assert box.next_seq == 2
     assert [(e.seq, e.kind, e.envelope) for e in box.due(0.0)] == [
-        (1, "alarm", env(1)),
-        (0, "heartbeat", env(0)),
+        (1, Kind.ALARM, env(1)),
+        (0, Kind.HEARTBEAT, env(0)),
     ]
 
 
@@ -42,9 +43,10 @@ def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> N
         "import os, signal, sys\n"
         "from pathlib import Path\n"
         "from vigil.device.outbox import Outbox\n"
+        "from vigil.wire.messages import Kind\n"
         "box = Outbox.open(Path(sys.argv[1]))\n"
         "for seq in range(box.next_seq, box.next_seq + 3):\n"
-        "    box.put(seq, 'alarm', b'x' * 40)\n"
+        "    box.put(seq, Kind.ALARM, b'x' * 40)\n"
         "box.ack(box.next_seq - 1)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -55,15 +57,15 @@ def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> N
     assert box.next_seq == 6  # the acked seqs 2 and 5 are never handed out again
     assert box.pending() == [0, 1, 3, 4]
     with pytest.raises(StorageError, match="already used"):
-        box.put(5, "alarm", b"y")
+        box.put(5, Kind.ALARM, b"y")
     with pytest.raises(StorageError, match="already used"):
-        box.put(2, "alarm", b"y")
+        box.put(2, Kind.ALARM, b"y")
 
 
 def test_counter_survives_an_empty_outbox(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = Outbox.open(path)
-    box.put(10, "heartbeat", env(10))
+    box.put(10, Kind.HEARTBEAT, env(10))
     assert box.ack(10)
     assert not box.ack(10)
     box.close()
@@ -72,7 +74,7 @@ def test_counter_survives_an_empty_outbox(tmp_path: Path) -> None:
 
 def test_durability_pragmas(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3")
-    box.put(0, "alarm", b"e")
+    box.put(0, Kind.ALARM, b"e")
     conn = sqlite3.connect(tmp_path / "o.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert box._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
@@ -81,7 +83,15 @@ def test_durability_pragmas(tmp_path: Path) -> None:
 
 def test_priority_alarms_then_cancels_then_positions_then_heartbeats(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3")
-    kinds = ["heartbeat", "position", "alarm", "heartbeat", "cancel", "alarm", "checkin"]
+    kinds = [
+        Kind.HEARTBEAT,
+        Kind.POSITION,
+        Kind.ALARM,
+        Kind.HEARTBEAT,
+        Kind.CANCEL,
+        Kind.ALARM,
+        Kind.CHECKIN,
+    ]
     for seq, kind in enumerate(kinds):
         box.put(seq, kind, env(seq))
     assert box.pending() == [2, 5, 4, 6, 1, 0, 3]
@@ -90,21 +100,21 @@ def test_priority_alarms_then_cancels_then_positions_then_heartbeats(tmp_path: P
 def test_full_outbox_drops_oldest_heartbeats_never_alarms(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3", capacity=16)
     for seq in range(8):
-        box.put(seq, "heartbeat", env(seq))
+        box.put(seq, Kind.HEARTBEAT, env(seq))
     for seq in range(8, 16):
-        box.put(seq, "alarm", env(seq))
-    assert box.put(16, "position", env(16)) == [0]
-    assert box.put(17, "alarm", env(17)) == [1]
+        box.put(seq, Kind.ALARM, env(seq))
+    assert box.put(16, Kind.POSITION, env(16)) == [0]
+    assert box.put(17, Kind.ALARM, env(17)) == [1]
     assert len(box) == 16
     for seq in range(18, 24):  # the six remaining heartbeats make room, oldest first
-        assert box.put(seq, "alarm", env(seq)) == [seq - 16]
-    assert box.put(24, "alarm", env(24)) == [16]  # then the position
-    assert box.put(25, "alarm", env(25)) == []  # then alarms go over capacity
+        assert box.put(seq, Kind.ALARM, env(seq)) == [seq - 16]
+    assert box.put(24, Kind.ALARM, env(24)) == [16]  # then the position
+    assert box.put(25, Kind.ALARM, env(25)) == []  # then alarms go over capacity
     with pytest.raises(StorageError, match="cannot queue a heartbeat"):
-        box.put(26, "heartbeat", env(26))
+        box.put(26, Kind.HEARTBEAT, env(26))
     with pytest.raises(StorageError, match="cannot queue a cancel"):
-        box.put(27, "cancel", env(27))
-    assert all(e.kind == "alarm" for e in box.due(0.0, limit=100))
+        box.put(27, Kind.CANCEL, env(27))
+    assert all(e.kind is Kind.ALARM for e in box.due(0.0, limit=100))
     assert len(box) == 17
 
 
@@ -116,8 +126,8 @@ def test_alarms_have_a_hard_limit_inside_the_replay_window() -> None:
 
 def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3", retry_initial=10, retry_max=40)
-    box.put(0, "alarm", env(0))
-    box.put(1, "heartbeat", env(1))
+    box.put(0, Kind.ALARM, env(0))
+    box.put(1, Kind.HEARTBEAT, env(1))
     box.mark_sent(0, now=100.0)
     assert [e.seq for e in box.due(100.0)] == [1]
     assert box.next_retry() == 110.0
@@ -163,9 +173,9 @@ def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.sampled_from(["alarm", "cancel", "position", "heartbeat"]), max_size=60))
+@given(st.lists(st.sampled_from(list(PRIORITY)), max_size=60))
 def test_alarms_are_never_dropped(
-    tmp_path_factory: pytest.TempPathFactory, kinds: list[str]
+    tmp_path_factory: pytest.TempPathFactory, kinds: list[Kind]
 ) -> None:
     box = Outbox.open(tmp_path_factory.mktemp("o") / "o.sqlite3", capacity=16)
     stored_alarms = []
@@ -173,9 +183,9 @@ def test_alarms_are_never_dropped(
         try:
             box.put(seq, kind, env(seq))
         except StorageError:
-            assert kind != "alarm"
+            assert kind is not Kind.ALARM
             continue
-        if kind == "alarm":
+        if kind is Kind.ALARM:
             stored_alarms.append(seq)
     pending = box.pending()
     assert [s for s in pending if s in stored_alarms] == stored_alarms

@@ -12,10 +12,12 @@ from vigil.hub import alerts, audit, escalation, watchdog
 from vigil.hub.channels import compose
 from vigil.hub.config import Channel, Recipient, Tier
 from vigil.hub.store.records import Alert, AlertKind, AlertState, AuditEntry, DeviceRecord, LastFix
-from vigil.wire import Alarm, Fix, Trigger
+from vigil.wire import AgedFix, Alarm, Fix, Trigger
 
 NOW = 1_764_000_000.0
-FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=30.0)
+FIX = AgedFix(
+    Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9), age=30.0
+)
 TIERS = (
     Tier("operators", 0, ("ops",)),
     Tier("partners", 120, ("partners",)),
@@ -42,7 +44,7 @@ def device() -> DeviceRecord:
                         battery=61)  # fmt: skip
 
 
-def alarm(trigger: Trigger = Trigger.BUTTON, fix: Fix | None = FIX) -> Alert:
+def alarm(trigger: Trigger = Trigger.BUTTON, fix: AgedFix | None = FIX) -> Alert:
     a = alerts.from_alarm(
         parties().device_id, 7, Alarm(trigger, fix=fix, battery=80), received_at=NOW
     )

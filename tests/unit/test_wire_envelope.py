@@ -25,6 +25,7 @@ from vigil.errors import (
 from vigil.wire import (
     BUCKETS,
     Acknowledged,
+    AgedFix,
     Alarm,
     Cancel,
     Checkin,
@@ -52,10 +53,11 @@ from vigil.wire.envelope import HEADER_BYTES, MAX_ENVELOPE
 from vigil.wire.replay import MAX_SEQ
 
 P = parties()
-FIX = Fix(lat=-33.8688197, lon=151.2092955, fix_time=1764000000.0, quality=1, satellites=9,
-          hdop=0.8, age=4.5)  # fmt: skip
-WIDE_FIX = Fix(lat=-89.12345678901234, lon=-179.12345678901234, fix_time=7_000_000_000.123456,
-               quality=9, satellites=99, hdop=99.99, age=315_000_000.123456)  # fmt: skip
+FIX = AgedFix(Fix(lat=-33.8688197, lon=151.2092955, fix_time=1764000000.0, quality=1,
+                  satellites=9, hdop=0.8), age=4.5)  # fmt: skip
+WIDE_FIX = AgedFix(Fix(lat=-89.12345678901234, lon=-179.12345678901234,
+                       fix_time=7_000_000_000.123456, quality=9, satellites=99, hdop=99.99),
+                   age=315_000_000.123456)  # fmt: skip
 UPLINK_BODIES = [
     Alarm(Trigger.BUTTON, FIX, 87),
     Alarm(Trigger.TAMPER, None, None),
@@ -240,13 +242,16 @@ def test_unknown_suite_is_rejected() -> None:
 # -- properties -------------------------------------------------------------------------------
 
 fixes = st.builds(
-    Fix,
-    lat=st.floats(-90, 90),
-    lon=st.floats(-180, 180),
-    fix_time=st.none() | st.floats(0, 7_258_118_400),
-    quality=st.integers(0, 9),
-    satellites=st.integers(0, 99),
-    hdop=st.none() | st.floats(0, 99.99),
+    AgedFix,
+    st.builds(
+        Fix,
+        lat=st.floats(-90, 90),
+        lon=st.floats(-180, 180),
+        fix_time=st.none() | st.floats(0, 7_258_118_400),
+        quality=st.integers(0, 9),
+        satellites=st.integers(0, 99),
+        hdop=st.none() | st.floats(0, 99.99),
+    ),
     age=st.floats(0, 315_360_000),
 )
 seqs = st.integers(0, MAX_SEQ)

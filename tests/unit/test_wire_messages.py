@@ -11,20 +11,24 @@ from hypothesis import strategies as st
 
 from vigil.errors import MalformedMessage, UnknownKind
 from vigil.wire import (
+    AgedFix,
     Alarm,
     Cancel,
+    Checkin,
     ClockSource,
     Direction,
     Fix,
     Heartbeat,
+    Kind,
     Message,
+    Position,
     Stored,
     Trigger,
 )
-from vigil.wire.messages import decode_payload, encode_payload
+from vigil.wire.messages import DOWNLINK_KINDS, UPLINK_KINDS, decode_payload, encode_payload
 
-GOOD = Message(5, Alarm(Trigger.TAMPER, Fix(1.0, 2.0, None, 1, 4, None, 0.0), 9), 1e9,
-               ClockSource.GPS)  # fmt: skip
+GOOD = Message(5, Alarm(Trigger.TAMPER, AgedFix(Fix(lat=1.0, lon=2.0, satellites=4), age=0.0), 9),
+               1e9, ClockSource.GPS)  # fmt: skip
 
 
 def doc() -> dict[str, object]:
@@ -93,7 +97,9 @@ def test_downlink_kinds_decode_only_on_the_downlink() -> None:
 
 def test_values_are_validated_where_they_are_made() -> None:
     with pytest.raises(MalformedMessage):
-        Fix(lat=float("nan"), lon=0, fix_time=None, quality=1, satellites=1, hdop=None, age=0)
+        Fix(lat=float("nan"), lon=0, fix_time=None, quality=1, satellites=1, hdop=None)
+    with pytest.raises(MalformedMessage):
+        AgedFix(Fix(lat=1.0, lon=2.0), age=-1.0)
     with pytest.raises(MalformedMessage):
         Cancel(alarm_seq=1, duress=1)  # type: ignore[arg-type]
     with pytest.raises(MalformedMessage):
@@ -123,3 +129,69 @@ def test_any_alarm_body_decodes_or_raises_malformed(body: dict[str, object]) -> 
     d["body"] = body
     with contextlib.suppress(MalformedMessage):
         decode_payload(json.dumps(d).encode(), Direction.UP)
+
+
+# Bytes made by the encoder before the fix type and the kind enum were introduced: the
+# wire format is the spec (docs/protocol.md), not the Python types behind it.
+TAMPER_FIX = Fix(lat=1.0, lon=2.5, fix_time=1764000000.0, quality=2, satellites=4, hdop=0.9)
+GOLDEN = [
+    (
+        Message(5, Alarm(Trigger.TAMPER, AgedFix(TAMPER_FIX, age=3.5), 9), 1e9, ClockSource.GPS),
+        b'{"body":{"battery":9,"fix":{"age":3.5,"fix_time":1764000000.0,"hdop":0.9,"lat":1.0,'
+        b'"lon":2.5,"quality":2,"satellites":4},"trigger":"tamper"},"clock":"gps",'
+        b'"kind":"alarm","sent_at":1000000000.0,"seq":5}',
+    ),
+    (
+        Message(7, Position(3, AgedFix(Fix(lat=-1.0, lon=-2.5), age=0.0))),
+        b'{"body":{"alarm_seq":3,"fix":{"age":0.0,"fix_time":null,"hdop":null,"lat":-1.0,'
+        b'"lon":-2.5,"quality":1,"satellites":0}},"clock":"unsynced","kind":"position",'
+        b'"sent_at":null,"seq":7}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("message", "payload"), GOLDEN, ids=["alarm", "position"])
+def test_payload_bytes_are_unchanged(message: Message, payload: bytes) -> None:
+    assert encode_payload(message) == payload
+    assert decode_payload(payload, Direction.UP) == message
+
+
+def test_every_body_has_one_kind_and_the_wire_carries_its_string() -> None:
+    bodies = {**UPLINK_KINDS, **DOWNLINK_KINDS}
+    assert set(bodies) == set(Kind)
+    for kind, cls in bodies.items():
+        assert cls.KIND is kind
+    decoded = decode_payload(encode_payload(Message(1, Checkin())), Direction.UP)
+    assert decoded.kind is Kind.CHECKIN
+    assert json.loads(encode_payload(Message(1, Checkin())))["kind"] == "checkin"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lat": 90.000001},
+        {"lat": -90.5},
+        {"lon": 180.01},
+        {"lon": float("inf")},
+        {"lat": True},
+        {"lat": "52.5"},
+        {"quality": 10},
+        {"quality": 1.0},
+        {"satellites": -1},
+        {"satellites": 100},
+        {"hdop": 100.0},
+        {"hdop": float("nan")},
+        {"fix_time": -1.0},
+        {"fix_time": 1e12},
+    ],
+    ids=repr,
+)
+def test_a_fix_refuses_values_out_of_range(bad: dict[str, object]) -> None:
+    with pytest.raises(MalformedMessage, match=next(iter(bad))):
+        Fix(**{"lat": 52.5, "lon": 13.4, **bad})  # type: ignore[arg-type]
+
+
+def test_a_fix_is_frozen() -> None:
+    fix = Fix(lat=52.5, lon=13.4)
+    with pytest.raises(AttributeError):
+        fix.lat = 0.0  # type: ignore[misc]

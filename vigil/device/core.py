@@ -72,13 +72,13 @@ from vigil.device.events import (
     TamperOpened,
     Tick,
 )
+from vigil.wire.fix import AgedFix
 from vigil.wire.messages import (
     Acknowledged,
     Alarm,
     Cancel,
     Checkin,
     Config,
-    Fix,
     Heartbeat,
     Message,
     Position,
@@ -380,7 +380,7 @@ class AlarmCore:
                 self._send(Position(alarm_seq=s.alarms[-1], fix=fix), out)
         if s.next_heartbeat is not None and now >= s.next_heartbeat:
             s.next_heartbeat = now + cfg.heartbeat_interval
-            fix_age = None if s.fix is None else round(max(0.0, now - s.fix.at), 1)
+            fix_age = None if s.fix is None else round(s.fix.age(now), 1)
             self._send(Heartbeat(s.battery, fix_age, s.signal), out)
 
     # -- helpers -------------------------------------------------------------------------
@@ -390,16 +390,6 @@ class AlarmCore:
         out.append(Send(seq, body))
         return seq
 
-    def _wire_fix(self, now: float) -> Fix | None:
+    def _wire_fix(self, now: float) -> AgedFix | None:
         f = self._s.fix
-        if f is None:
-            return None
-        return Fix(
-            lat=f.lat,
-            lon=f.lon,
-            fix_time=f.fix_time,
-            quality=f.quality,
-            satellites=f.satellites,
-            hdop=f.hdop,
-            age=round(max(0.0, now - f.at), 1),
-        )
+        return None if f is None else AgedFix(f.fix, age=round(f.age(now), 1))

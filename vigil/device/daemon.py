@@ -41,7 +41,6 @@ from vigil.device.core import (
     Tick,
 )
 from vigil.device.drivers.battery import read_battery
-from vigil.device.drivers.gps import Reading
 from vigil.device.drivers.link import WIRELESS, read_link_quality
 from vigil.device.outbox import PRIORITY, Entry, Outbox
 from vigil.errors import StorageError, TransportError, VigilError
@@ -129,22 +128,12 @@ class Daemon:
     def post(self, event: Event) -> None:
         self._queue.put(event)
 
-    def on_fix(self, reading: Reading) -> None:
+    def on_fix(self, fix: GpsFix) -> None:
         """GPS thread: pass on a fix, at most one per second."""
-        if reading.at - self._last_gps_post < GPS_EVERY:
+        if fix.at - self._last_gps_post < GPS_EVERY:
             return
-        self._last_gps_post = reading.at
-        self._queue.put(
-            GpsFix(
-                at=reading.at,
-                lat=reading.lat,
-                lon=reading.lon,
-                fix_time=reading.fix_time,
-                quality=reading.quality,
-                satellites=reading.satellites,
-                hdop=reading.hdop,
-            )
-        )
+        self._last_gps_post = fix.at
+        self._queue.put(fix)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         self._queue.put(_Downlink(topic, payload))
@@ -296,9 +285,9 @@ class Daemon:
         """Wall time for `sent_at`: NTP when synchronised, else GPS, else none (no RTC)."""
         if self._ntp_flag.exists():
             return self._wall(), ClockSource.NTP
-        fix = self._last_fix
-        if fix is not None and fix.fix_time is not None:
-            return fix.fix_time + max(0.0, self._clock() - fix.at), ClockSource.GPS
+        seen = self._last_fix
+        if seen is not None and seen.fix.fix_time is not None:
+            return seen.fix.fix_time + seen.age(self._clock()), ClockSource.GPS
         return None, ClockSource.UNSYNCED
 
     def _note_fix(self, fix: GpsFix) -> None:
@@ -308,8 +297,8 @@ class Daemon:
             _LOG.info(
                 "device %s gps fix acquired: quality %s, %s satellites",
                 self.cfg.device_id,
-                fix.quality,
-                fix.satellites,
+                fix.fix.quality,
+                fix.fix.satellites,
             )
 
     def _save_memory(self) -> None:

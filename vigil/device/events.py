@@ -9,6 +9,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from vigil.wire.fix import Fix
 from vigil.wire.messages import Message, UplinkBody
 
 _GESTURE_RE = re.compile(r"[.-]{1,8}")
@@ -95,12 +96,11 @@ class GpsFix:
     """A good fix from the receiver, observed at monotonic time `at`."""
 
     at: float
-    lat: float
-    lon: float
-    fix_time: float | None = None
-    quality: int = 1
-    satellites: int = 0
-    hdop: float | None = None
+    fix: Fix
+
+    def age(self, now: float) -> float:
+        """Seconds since the fix was observed (never negative)."""
+        return max(0.0, now - self.at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ outbox is full the oldest heartbeat goes first, then the oldest position; an
 alarm, cancel or check-in is never dropped.
 
     outbox = Outbox.open(state_dir / "outbox.sqlite3", capacity=512)
-    outbox.put(seq, "alarm", envelope)
+    outbox.put(seq, Kind.ALARM, envelope)
     for entry in outbox.due(now): publish(entry.envelope); outbox.mark_sent(entry.seq, now)
     outbox.ack(seq)   # on a verified `stored`
 """
@@ -25,13 +25,20 @@ from pathlib import Path
 from typing import Final
 
 from vigil.errors import StorageError
+from vigil.wire.messages import Kind
 from vigil.wire.replay import WINDOW_SIZE, ReplayWindow
 
 _LOG = logging.getLogger(__name__)
 
-PRIORITY: Final = {"alarm": 3, "cancel": 2, "checkin": 2, "position": 1, "heartbeat": 0}
+PRIORITY: Final = {
+    Kind.ALARM: 3,
+    Kind.CANCEL: 2,
+    Kind.CHECKIN: 2,
+    Kind.POSITION: 1,
+    Kind.HEARTBEAT: 0,
+}
 # Kinds that may be dropped when the outbox is full, in the order they are dropped.
-DROPPABLE: Final = ("heartbeat", "position")
+DROPPABLE: Final = (Kind.HEARTBEAT, Kind.POSITION)
 # The hub's replay window is 4096 seqs; an outbox this size never falls outside it.
 HARD_LIMIT: Final = 3072
 
@@ -56,7 +63,7 @@ CREATE TABLE IF NOT EXISTS downlink_window (
 @dataclass(frozen=True, slots=True)
 class Entry:
     seq: int
-    kind: str
+    kind: Kind
     envelope: bytes
 
 
@@ -122,7 +129,7 @@ class Outbox:
             (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
             return int(count)
 
-    def put(self, seq: int, kind: str, envelope: bytes) -> list[int]:
+    def put(self, seq: int, kind: Kind, envelope: bytes) -> list[int]:
         """Commit one sealed uplink durably; return the seqs dropped to make room.
 
         Raise `StorageError` if `seq` was already handed out, or if a message
@@ -150,7 +157,7 @@ class Outbox:
         except sqlite3.Error as exc:
             _LOG.error("outbox: cannot persist the seq counter past %s either: %s", seq, exc)
 
-    def _put_locked(self, seq: int, kind: str, envelope: bytes) -> list[int]:
+    def _put_locked(self, seq: int, kind: Kind, envelope: bytes) -> list[int]:
         if seq < self._next_seq_locked():
             raise StorageError(f"seq {seq} was already used; refusing to repeat it")
         dropped: list[int] = []
@@ -158,9 +165,10 @@ class Outbox:
         try:
             (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
             if count >= self.capacity:
-                dropped = self._make_room(kind, limit=HARD_LIMIT if kind == "alarm" else None)
+                dropped = self._make_room(kind, limit=HARD_LIMIT if kind is Kind.ALARM else None)
             self._conn.execute(
-                "INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, kind, PRIORITY[kind], envelope)
+                "INSERT INTO outbox VALUES (?, ?, ?, ?)",
+                (seq, kind.value, PRIORITY[kind], envelope),
             )
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             self._conn.execute("COMMIT")
@@ -172,13 +180,13 @@ class Outbox:
             self._forget(old)
         return dropped
 
-    def _make_room(self, kind: str, *, limit: int | None) -> list[int]:
+    def _make_room(self, kind: Kind, *, limit: int | None) -> list[int]:
         """Drop the oldest droppable entry, or fail; alarms may go over capacity up to `limit`."""
         for victim_kind in DROPPABLE:
             if PRIORITY[victim_kind] > PRIORITY[kind]:
                 break
             row = self._conn.execute(
-                "SELECT seq FROM outbox WHERE kind = ? ORDER BY seq LIMIT 1", (victim_kind,)
+                "SELECT seq FROM outbox WHERE kind = ? ORDER BY seq LIMIT 1", (victim_kind.value,)
             ).fetchone()
             if row is not None:
                 self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
@@ -199,7 +207,7 @@ class Outbox:
                 kind, envelope = self._conn.execute(
                     "SELECT kind, envelope FROM outbox WHERE seq = ?", (seq,)
                 ).fetchone()
-                out.append(Entry(seq, str(kind), bytes(envelope)))
+                out.append(Entry(seq, Kind(kind), bytes(envelope)))
             return out
 
     def pending(self) -> list[int]:

@@ -24,13 +24,15 @@ from dataclasses import replace
 
 from vigil.errors import BadTransition
 from vigil.hub.store.records import Alert, AlertKind, AlertState, DeviceRecord, LastFix
+from vigil.wire.fix import AgedFix
 from vigil.wire.ids import DeviceId
-from vigil.wire.messages import Alarm, Fix, Trigger
+from vigil.wire.messages import Alarm, Trigger
 
 
-def last_fix(fix: Fix, *, received_at: float) -> LastFix:
+def last_fix(reported: AgedFix, *, received_at: float) -> LastFix:
     """Place a wire fix on the hub's clock: taken `age` seconds before it arrived."""
-    return LastFix(fix.lat, fix.lon, taken_at=received_at - fix.age, received_at=received_at)
+    fix, taken_at = reported.fix, received_at - reported.age
+    return LastFix(fix.lat, fix.lon, taken_at=taken_at, received_at=received_at)
 
 
 def from_alarm(device_id: DeviceId, seq: int, alarm: Alarm, *, received_at: float) -> Alert:

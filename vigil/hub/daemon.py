@@ -34,13 +34,21 @@ from vigil.runtime.systemd import sd_notify
 from vigil.wire.envelope import seal_downlink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
-from vigil.wire.messages import Acknowledged, ClockSource, DownlinkBody, Message, Resolved, Stored
+from vigil.wire.messages import (
+    Acknowledged,
+    ClockSource,
+    DownlinkBody,
+    Kind,
+    Message,
+    Resolved,
+    Stored,
+)
 from vigil.wire.topics import UP_FILTER, down_topic, shared_up_filter
 
 _LOG = logging.getLogger(__name__)
 DOWNLINK_LEASE = 10.0  # s a hub holds a downlink it publishes; then another may send it
 WATCHDOG_PING = 1.0  # s between WATCHDOG=1 pings (WatchdogSec is several times longer)
-_DOWNLINKS: dict[str, type[Stored] | type[Acknowledged] | type[Resolved]] = {
+_DOWNLINKS: dict[Kind, type[Stored] | type[Acknowledged] | type[Resolved]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved)
 }
 
@@ -121,7 +129,7 @@ class HubService:
                 if stored is not None and not stored.processed:
                     self._run_handler(tx, up, received_at=stored.received_at)
             # A duplicate gets a fresh receipt too: the first one may have been lost.
-            tx.downlinks.queue(device_id, Stored.KIND, msg.seq, now=now)
+            tx.downlinks.queue(device_id, Stored.KIND.value, msg.seq, now=now)
         _LOG.info(
             "uplink device=%s seq=%s kind=%s %s", device_id, msg.seq, msg.kind,
             "stored" if new else "duplicate",
@@ -177,7 +185,7 @@ class HubService:
     def _publish(self, d: PendingDownlink, device: DeviceRecord, now: float) -> bool:
         """Seal and publish one claimed downlink; False (and released) if the broker is away."""
         assert self.transport is not None  # noqa: S101 - checked by flush_downlinks
-        body: DownlinkBody = _DOWNLINKS[d.kind](d.arg)
+        body: DownlinkBody = _DOWNLINKS[Kind(d.kind)](d.arg)
         message = Message(seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP)
         envelope = seal_downlink(
             message, device_id=d.device_id, hub_keys=self.keys, device=device.public_keys

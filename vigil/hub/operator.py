@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from vigil.hub import alerts, escalation
 from vigil.hub.config import Channel
 from vigil.hub.store import Alert, AlertKind, Store, Transaction
-from vigil.wire.messages import Acknowledged, Resolved
+from vigil.wire.messages import Acknowledged, Kind, Resolved
 
 _LOG = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def act(
             return alert
         updated, downlink = _transition(alert, action, by=by, now=now, note=note)
         tx.alerts.save(updated)
-        if downlink and alert.kind is AlertKind.ALARM and alert.alarm_seq is not None:
-            seq = tx.downlinks.queue(alert.device_id, downlink, alert.alarm_seq, now=now)
+        if downlink is not None and alert.kind is AlertKind.ALARM and alert.alarm_seq is not None:
+            seq = tx.downlinks.queue(alert.device_id, downlink.value, alert.alarm_seq, now=now)
             _LOG.info("queued %s seq %s for device %s", downlink, seq, alert.device_id)
         _audit(tx, alert, at=now, by=by, action=action, detail=note or "")
     return updated
@@ -52,12 +52,12 @@ def act(
 
 def _transition(
     alert: Alert, action: str, *, by: str, now: float, note: str | None
-) -> tuple[Alert, str]:
-    """The alert after `action`, and the downlink kind that tells the wearer ("" for none)."""
+) -> tuple[Alert, Kind | None]:
+    """The alert after `action`, and the downlink kind that tells the wearer (None: none)."""
     if action == "ack":
         return alerts.acknowledge(alert, by=by, now=now), Acknowledged.KIND
     if action == "verify":
-        return alerts.verify(alert, by=by, now=now), ""
+        return alerts.verify(alert, by=by, now=now), None
     closed = alerts.close(alert, false_alarm=action == "false-alarm", now=now, note=note)
     return closed, Resolved.KIND
 

@@ -34,12 +34,14 @@ def describe_uplink(u: StoredUplink) -> str:
     if isinstance(body, Alarm):
         parts = [f"trigger={body.trigger.value}", f"battery={body.battery}"]
         if body.fix is not None:
-            parts.append(f"fix={body.fix.lat:.5f},{body.fix.lon:.5f} age={body.fix.age:.0f}s")
+            fix = body.fix.fix
+            parts.append(f"fix={fix.lat:.5f},{fix.lon:.5f} age={body.fix.age:.0f}s")
         return " ".join(parts)
     if isinstance(body, Cancel):
         return f"alarm_seq={body.alarm_seq}"  # a duress cancel shows in the audit, not here
     if isinstance(body, Position):
-        return f"alarm_seq={body.alarm_seq} fix={body.fix.lat:.5f},{body.fix.lon:.5f}"
+        fix = body.fix.fix
+        return f"alarm_seq={body.alarm_seq} fix={fix.lat:.5f},{fix.lon:.5f}"
     if isinstance(body, Heartbeat):
         return f"battery={body.battery} fix_age={body.fix_age} signal={body.signal}"
     return ""

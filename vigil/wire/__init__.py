@@ -17,6 +17,7 @@ from vigil.wire.envelope import (
     seal_downlink,
     seal_uplink,
 )
+from vigil.wire.fix import AgedFix, Fix
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DeviceKeys, DevicePublicKeys, HubKeys, HubPublicKeys, Suite
 from vigil.wire.messages import (
@@ -29,8 +30,8 @@ from vigil.wire.messages import (
     Config,
     Direction,
     DownlinkBody,
-    Fix,
     Heartbeat,
+    Kind,
     Message,
     Position,
     Resolved,
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_ENVELOPE",
     "VERSION",
     "Acknowledged",
+    "AgedFix",
     "Alarm",
     "Body",
     "Cancel",
@@ -61,6 +63,7 @@ __all__ = [
     "Heartbeat",
     "HubKeys",
     "HubPublicKeys",
+    "Kind",
     "Message",
     "Position",
     "ReplayWindow",

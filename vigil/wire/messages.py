@@ -3,7 +3,9 @@
 Uplink kinds (device -> hub): alarm, cancel, position, heartbeat, checkin.
 Downlink kinds (hub -> device): stored, acknowledged, resolved, config.
 Every message carries the sender's sequence number, its send time and where
-that time came from (the Pi has no RTC). See docs/protocol.md §4.
+that time came from (the Pi has no RTC). See docs/protocol.md §4. Kinds are
+the `Kind` enum; code compares members (`message.kind is Kind.ALARM`), and
+only the encoder and decoder see the strings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, TypeAlias
 
 from vigil.errors import MalformedMessage, UnknownKind
+from vigil.wire.fix import MAX_AGE, MAX_TIME, AgedFix, check_float, check_int
 from vigil.wire.replay import MAX_SEQ
 
 MAX_BATTERY = 100
@@ -44,63 +47,33 @@ class ClockSource(enum.StrEnum):
     UNSYNCED = "unsynced"
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if type(value) is not int or not low <= value <= high:
-        raise MalformedMessage(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-
-
-def _check_float(name: str, value: object, low: float, high: float) -> None:
-    if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:  # type: ignore[arg-type,operator]
-        raise MalformedMessage(f"{name} must be a number in [{low}, {high}], got {value!r}")
-
-
 def _check_optional_int(name: str, value: object, low: int, high: int) -> None:
     if value is not None:
-        _check_int(name, value, low, high)
+        check_int(name, value, low, high)
 
 
-# Up to year 2200; a fix or send time outside that is a broken clock or an attack.
-_MAX_TIME = 7_258_118_400.0
-_MAX_AGE = 10 * 365 * 86400.0
+class Kind(enum.StrEnum):
+    """Every message kind; its value is the `kind` string on the wire."""
 
-
-@dataclass(frozen=True, slots=True)
-class Fix:
-    """A GPS position as sent on the wire, with its age when the message was made.
-
-    `quality` is the NMEA GGA fix quality (1 GPS, 2 DGPS, ...), `hdop` may be
-    unknown, `fix_time` is the receiver's UTC time of the fix (Unix seconds) or
-    None when the receiver gave no date.
-    """
-
-    lat: float
-    lon: float
-    fix_time: float | None
-    quality: int
-    satellites: int
-    hdop: float | None
-    age: float
-
-    def __post_init__(self) -> None:
-        _check_float("lat", self.lat, -90.0, 90.0)
-        _check_float("lon", self.lon, -180.0, 180.0)
-        if self.fix_time is not None:
-            _check_float("fix_time", self.fix_time, 0.0, _MAX_TIME)
-        _check_int("quality", self.quality, 0, 9)
-        _check_int("satellites", self.satellites, 0, 99)
-        if self.hdop is not None:
-            _check_float("hdop", self.hdop, 0.0, 99.99)
-        _check_float("age", self.age, 0.0, _MAX_AGE)
+    ALARM = "alarm"
+    CANCEL = "cancel"
+    POSITION = "position"
+    HEARTBEAT = "heartbeat"
+    CHECKIN = "checkin"
+    STORED = "stored"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    CONFIG = "config"
 
 
 @dataclass(frozen=True, slots=True)
 class Alarm:
     """Help needed now. Carries the last fix (never waits for one) and the battery level."""
 
-    KIND: ClassVar[str] = "alarm"
+    KIND: ClassVar[Kind] = Kind.ALARM
     DIRECTION: ClassVar[Direction] = Direction.UP
     trigger: Trigger
-    fix: Fix | None = None
+    fix: AgedFix | None = None
     battery: int | None = None
 
     def __post_init__(self) -> None:
@@ -113,13 +86,13 @@ class Alarm:
 class Cancel:
     """The wearer cancels alarm `alarm_seq`; `duress` marks a cancel given under coercion."""
 
-    KIND: ClassVar[str] = "cancel"
+    KIND: ClassVar[Kind] = Kind.CANCEL
     DIRECTION: ClassVar[Direction] = Direction.UP
     alarm_seq: int
     duress: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
         if type(self.duress) is not bool:
             raise MalformedMessage(f"duress must be true or false, got {self.duress!r}")
 
@@ -128,14 +101,14 @@ class Cancel:
 class Position:
     """A follow-up position while alarm `alarm_seq` is active."""
 
-    KIND: ClassVar[str] = "position"
+    KIND: ClassVar[Kind] = Kind.POSITION
     DIRECTION: ClassVar[Direction] = Direction.UP
     alarm_seq: int
-    fix: Fix
+    fix: AgedFix
 
     def __post_init__(self) -> None:
-        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
-        if not isinstance(self.fix, Fix):
+        check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        if not isinstance(self.fix, AgedFix):
             raise MalformedMessage("a position needs a fix")
 
 
@@ -143,7 +116,7 @@ class Position:
 class Heartbeat:
     """Still alive: battery %, age of the last fix (s), link quality % (None = unknown)."""
 
-    KIND: ClassVar[str] = "heartbeat"
+    KIND: ClassVar[Kind] = Kind.HEARTBEAT
     DIRECTION: ClassVar[Direction] = Direction.UP
     battery: int | None = None
     fix_age: float | None = None
@@ -152,7 +125,7 @@ class Heartbeat:
     def __post_init__(self) -> None:
         _check_optional_int("battery", self.battery, 0, MAX_BATTERY)
         if self.fix_age is not None:
-            _check_float("fix_age", self.fix_age, 0.0, _MAX_AGE)
+            check_float("fix_age", self.fix_age, 0.0, MAX_AGE)
         _check_optional_int("signal", self.signal, 0, 100)
 
 
@@ -160,7 +133,7 @@ class Heartbeat:
 class Checkin:
     """The wearer checked in on time (the check-in gesture)."""
 
-    KIND: ClassVar[str] = "checkin"
+    KIND: ClassVar[Kind] = Kind.CHECKIN
     DIRECTION: ClassVar[Direction] = Direction.UP
 
 
@@ -168,36 +141,36 @@ class Checkin:
 class Stored:
     """The hub has uplink `seq` on disk: the device may drop it from its outbox."""
 
-    KIND: ClassVar[str] = "stored"
+    KIND: ClassVar[Kind] = Kind.STORED
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     seq: int
 
     def __post_init__(self) -> None:
-        _check_int("seq", self.seq, 0, MAX_SEQ)
+        check_int("seq", self.seq, 0, MAX_SEQ)
 
 
 @dataclass(frozen=True, slots=True)
 class Acknowledged:
     """A human responder took alarm `alarm_seq`: help is on the way."""
 
-    KIND: ClassVar[str] = "acknowledged"
+    KIND: ClassVar[Kind] = Kind.ACKNOWLEDGED
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     alarm_seq: int
 
     def __post_init__(self) -> None:
-        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
 
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
     """Alarm `alarm_seq` is closed: stop sending follow-up positions."""
 
-    KIND: ClassVar[str] = "resolved"
+    KIND: ClassVar[Kind] = Kind.RESOLVED
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     alarm_seq: int
 
     def __post_init__(self) -> None:
-        _check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
 
 
 Setting: TypeAlias = bool | int | float | str
@@ -207,7 +180,7 @@ Setting: TypeAlias = bool | int | float | str
 class Config:
     """New device settings (flat name -> value); the device validates names and ranges."""
 
-    KIND: ClassVar[str] = "config"
+    KIND: ClassVar[Kind] = Kind.CONFIG
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     settings: Mapping[str, Setting] = field(default_factory=dict)
 
@@ -228,10 +201,10 @@ UplinkBody: TypeAlias = Alarm | Cancel | Position | Heartbeat | Checkin
 DownlinkBody: TypeAlias = Stored | Acknowledged | Resolved | Config
 Body: TypeAlias = UplinkBody | DownlinkBody
 
-UPLINK_KINDS: dict[str, type[UplinkBody]] = {
+UPLINK_KINDS: dict[Kind, type[UplinkBody]] = {
     k.KIND: k for k in (Alarm, Cancel, Position, Heartbeat, Checkin)
 }
-DOWNLINK_KINDS: dict[str, type[DownlinkBody]] = {
+DOWNLINK_KINDS: dict[Kind, type[DownlinkBody]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved, Config)
 }
 
@@ -246,9 +219,9 @@ class Message:
     clock: ClockSource = ClockSource.UNSYNCED
 
     def __post_init__(self) -> None:
-        _check_int("seq", self.seq, 0, MAX_SEQ)
+        check_int("seq", self.seq, 0, MAX_SEQ)
         if self.sent_at is not None:
-            _check_float("sent_at", self.sent_at, 0.0, _MAX_TIME)
+            check_float("sent_at", self.sent_at, 0.0, MAX_TIME)
         if not isinstance(self.clock, ClockSource):
             raise MalformedMessage(f"clock must be one of {[c.value for c in ClockSource]}")
         if (self.sent_at is None) != (self.clock is ClockSource.UNSYNCED):
@@ -259,31 +232,19 @@ class Message:
         return self.body.DIRECTION
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         return self.body.KIND
 
 
 # -- encoding ----------------------------------------------------------------------
 
 
-def _fix_to_json(fix: Fix) -> dict[str, Any]:
-    return {
-        "lat": fix.lat,
-        "lon": fix.lon,
-        "fix_time": fix.fix_time,
-        "quality": fix.quality,
-        "satellites": fix.satellites,
-        "hdop": fix.hdop,
-        "age": fix.age,
-    }
-
-
 def _body_to_json(body: Body) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(body):
         name, value = f.name, getattr(body, f.name)
-        if isinstance(value, Fix):
-            value = _fix_to_json(value)
+        if isinstance(value, AgedFix):
+            value = value.to_json()
         elif isinstance(value, enum.Enum):
             value = value.value
         elif isinstance(value, Mapping):
@@ -295,7 +256,7 @@ def _body_to_json(body: Body) -> dict[str, Any]:
 def encode_payload(message: Message) -> bytes:
     """Canonical JSON: compact, sorted keys, UTF-8, no NaN."""
     doc = {
-        "kind": message.kind,
+        "kind": message.kind.value,
         "seq": message.seq,
         "sent_at": message.sent_at,
         "clock": message.clock.value,
@@ -316,15 +277,10 @@ def _exact_keys(where: str, doc: object, keys: set[str]) -> dict[str, Any]:
     return doc
 
 
-def _fix_from_json(doc: object) -> Fix:
-    doc = _exact_keys("fix", doc, {f.name for f in fields(Fix)})
-    return Fix(**doc)
-
-
 def _body_from_json(cls: type[Body], doc: object) -> Body:
     values = _exact_keys(f"{cls.KIND} body", doc, {f.name for f in fields(cls)})
     if values.get("fix") is not None:
-        values["fix"] = _fix_from_json(values["fix"])
+        values["fix"] = AgedFix.from_json(values["fix"])
     if "trigger" in values:
         try:
             values["trigger"] = Trigger(values["trigger"])
@@ -335,13 +291,17 @@ def _body_from_json(cls: type[Body], doc: object) -> Body:
 
 def decode_payload(data: bytes, direction: Direction) -> Message:
     """Parse a payload made by `encode_payload`; raise `MalformedMessage` on anything else."""
-    kinds: Mapping[str, type[Body]] = UPLINK_KINDS if direction is Direction.UP else DOWNLINK_KINDS
+    up = direction is Direction.UP
+    kinds: Mapping[Kind, type[Body]] = UPLINK_KINDS if up else DOWNLINK_KINDS
     try:
         doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedMessage(f"payload is not UTF-8 JSON: {exc}") from exc
     top = _exact_keys("message", doc, {"kind", "seq", "sent_at", "clock", "body"})
-    cls = kinds.get(top["kind"]) if isinstance(top["kind"], str) else None
+    try:
+        cls = kinds.get(Kind(top["kind"]))
+    except (ValueError, TypeError):  # not a kind at all, or not even a string
+        cls = None
     if cls is None:
         raise UnknownKind(f"unknown {direction.name.lower()}link kind {top['kind']!r}")
     try:

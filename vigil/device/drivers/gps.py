@@ -4,7 +4,8 @@ Wiring: the receiver's TX goes to the Pi's RXD (GPIO 15, header pin 10), its
 RX to TXD (GPIO 14); enable the UART with `enable_uart=1` and
 `dtoverlay=disable-bt`, and open `/dev/serial0` (9600 baud for most modules).
 
-`NmeaDecoder` is pure: bytes in, `Reading`s out. It understands RMC, GGA and
+`NmeaDecoder` is pure: bytes in, `GpsFix` events (a `vigil.wire.Fix` observed
+at a monotonic time) out. It understands RMC, GGA and
 GSA from any talker (GP, GN, GL, BD, GA...), resynchronises after binary
 garbage, and counts and skips bad checksums, truncated lines, garbage and
 no-fix sentences; none of them is fatal. `GpsReader` runs a decoder over a
@@ -12,7 +13,7 @@ pyserial port in its own thread and keeps the last good fix.
 
     reader = GpsReader(serial.Serial("/dev/serial0", 9600, timeout=0.5), on_fix=print)
     reader.start()
-    reader.last_fix()   # -> Reading | None, `at` is time.monotonic() of the sentence
+    reader.last_fix()   # -> GpsFix | None, `at` is time.monotonic() of the sentence
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pynmea2
+
+from vigil.device.events import GpsFix
+from vigil.wire.fix import MAX_HDOP, Fix
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,22 +39,6 @@ MAX_LINE = 255  # NMEA says 82; a longer run is garbage (or binary) and must not
 NOT_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()
 _NOT_AFTER = dt.datetime(2200, 1, 1, tzinfo=dt.UTC).timestamp()
 _SPLIT = re.compile(rb"[\r\n]+")
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """A good fix: position, receiver UTC time (None if unknown or implausible), quality."""
-
-    at: float
-    lat: float
-    lon: float
-    fix_time: float | None
-    quality: int
-    satellites: int
-    hdop: float | None
-
-    def age(self, now: float) -> float:
-        return max(0.0, now - self.at)
 
 
 class NmeaDecoder:
@@ -70,7 +57,7 @@ class NmeaDecoder:
         self._hdop: float | None = None
         self._quality_seen = False
 
-    def feed(self, data: bytes, at: float) -> list[Reading]:
+    def feed(self, data: bytes, at: float) -> list[GpsFix]:
         """Consume raw bytes (any line ends); return the fixes completed by them."""
         self._buffer += data
         *lines, self._buffer = _SPLIT.split(self._buffer)
@@ -84,7 +71,7 @@ class NmeaDecoder:
                 out.append(reading)
         return out
 
-    def feed_line(self, raw: bytes, at: float) -> Reading | None:
+    def feed_line(self, raw: bytes, at: float) -> GpsFix | None:
         """Parse one line; return a fix if it carried a good one."""
         start = raw.rfind(b"$")  # resync after binary garbage or a collision
         if start < 0 or len(raw) > MAX_LINE:
@@ -109,7 +96,7 @@ class NmeaDecoder:
             self.stats["malformed"] += 1
             return None
 
-    def _interpret(self, sentence: Any, at: float) -> Reading | None:
+    def _interpret(self, sentence: Any, at: float) -> GpsFix | None:
         kind = getattr(sentence, "sentence_type", "")
         if kind == "RMC":
             return self._rmc(sentence, at)
@@ -124,14 +111,14 @@ class NmeaDecoder:
         self.stats["ignored"] += 1
         return None
 
-    def _rmc(self, s: Any, at: float) -> Reading | None:
+    def _rmc(self, s: Any, at: float) -> GpsFix | None:
         if s.status != "A":
             self._lost()
             return None
         self._date = s.datestamp if s.datestamp else None
         return self._position(s, at)
 
-    def _gga(self, s: Any, at: float) -> Reading | None:
+    def _gga(self, s: Any, at: float) -> GpsFix | None:
         quality = int(s.gps_qual or 0)
         if quality == 0:
             self._lost()
@@ -139,28 +126,25 @@ class NmeaDecoder:
         self._quality, self._quality_seen = quality, True
         self._satellites = min(99, int(s.num_sats or 0))
         hdop = float(s.horizontal_dil) if s.horizontal_dil else None
-        self._hdop = hdop if hdop is not None and 0 <= hdop <= 99.99 else None
+        self._hdop = hdop if hdop is not None and 0 <= hdop <= MAX_HDOP else None
         return self._position(s, at)
 
-    def _position(self, s: Any, at: float) -> Reading | None:
-        if not s.lat or not s.lon:
-            self.stats["malformed"] += 1
+    def _position(self, s: Any, at: float) -> GpsFix | None:
+        """A fix from a sentence with a position; `Fix` itself rejects out-of-range values."""
+        if not s.lat or not s.lon or (float(s.latitude), float(s.longitude)) == (0.0, 0.0):
+            self.stats["malformed"] += 1  # 0,0 is a receiver's placeholder, not a place
             return None
-        lat, lon = float(s.latitude), float(s.longitude)
-        if not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat, lon) == (0.0, 0.0):
-            self.stats["malformed"] += 1
-            return None
-        self.stats["good"] += 1
-        self.has_fix = True
-        return Reading(
-            at=at,
-            lat=lat,
-            lon=lon,
+        fix = Fix(  # a MalformedMessage (ValueError) here is counted as malformed by the caller
+            lat=float(s.latitude),
+            lon=float(s.longitude),
             fix_time=self._fix_time(s.timestamp),
             quality=self._quality if self._quality_seen else 1,
             satellites=self._satellites,
             hdop=self._hdop,
         )
+        self.stats["good"] += 1
+        self.has_fix = True
+        return GpsFix(at, fix)
 
     def _fix_time(self, timestamp: dt.time | None) -> float | None:
         if self._date is None or timestamp is None:
@@ -198,7 +182,7 @@ class GpsReader:
         self,
         port: SerialPort,
         *,
-        on_fix: Callable[[Reading], None] | None = None,
+        on_fix: Callable[[GpsFix], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         not_before: float = NOT_BEFORE,
     ) -> None:
@@ -206,7 +190,7 @@ class GpsReader:
         self._on_fix = on_fix
         self._clock = clock
         self.decoder = NmeaDecoder(not_before=not_before)
-        self._last: Reading | None = None
+        self._last: GpsFix | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gps-reader", daemon=True)
@@ -224,7 +208,7 @@ class GpsReader:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def last_fix(self) -> Reading | None:
+    def last_fix(self) -> GpsFix | None:
         with self._lock:
             return self._last
 
