@@ -125,7 +125,7 @@ def test_alarms_have_a_hard_limit_inside_the_replay_window() -> None:
 
 
 def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.sqlite3", retry_initial=10, retry_max=40)
+    box = Outbox.open(tmp_path / "o.sqlite3", retry_initial=10, retry_max=40, rand=lambda: 1.0)
     box.put(0, Kind.ALARM, env(0))
     box.put(1, Kind.HEARTBEAT, env(1))
     box.mark_sent(0, now=100.0)
@@ -141,6 +141,19 @@ def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
     assert [e.seq for e in box.due(0.0)] == [0, 1]
     assert box.ack(0)
     assert box.next_retry() is None
+
+
+def test_retries_are_jittered(tmp_path: Path) -> None:
+    draws = iter([0.25, 0.0, 0.5])
+    box = Outbox.open(
+        tmp_path / "o.sqlite3", retry_initial=10, retry_max=40, rand=lambda: next(draws)
+    )
+    box.put(0, Kind.ALARM, env(0))
+    delays = []
+    for now in (100.0, 200.0, 300.0):
+        box.mark_sent(0, now)
+        delays.append((box.next_retry() or 0.0) - now)
+    assert delays == [2.5, 0.0, 20.0]  # a quarter of 10, nothing of 20, half of 40
 
 
 def test_downlink_window_persists(tmp_path: Path) -> None:

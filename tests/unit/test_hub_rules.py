@@ -164,11 +164,6 @@ def test_broadcast_only_after_verification() -> None:
     assert escalation.broadcast_recipients(v, CHANNELS) == [("public", "Press", "json://press")]
 
 
-def test_backoff_doubles_and_caps() -> None:
-    delays = [escalation.retry_delay(n, base=2, cap=20) for n in range(1, 6)]
-    assert delays == [2, 4, 8, 16, 20]
-
-
 # -- watchdog --------------------------------------------------------------------------------
 
 

@@ -5,9 +5,9 @@ envelope and the sequence counter are on the SD card, so a power cut after it
 loses nothing and never reuses a seq. Only sealed envelopes are stored, never
 plaintext. Entries go out alarms first (then cancels and check-ins, then
 positions, then heartbeats), oldest first within a class, and are retried with
-exponential backoff until the hub's signed `stored` downlink arrives. When the
-outbox is full the oldest heartbeat goes first, then the oldest position; an
-alarm, cancel or check-in is never dropped.
+jittered exponential backoff (vigil.runtime.backoff) until the hub's signed
+`stored` downlink arrives. When the outbox is full the oldest heartbeat goes
+first, then the oldest position; an alarm, cancel or check-in is never dropped.
 
     outbox = Outbox.open(state_dir / "outbox.sqlite3", capacity=512)
     outbox.put(seq, Kind.ALARM, envelope)
@@ -18,13 +18,16 @@ alarm, cancel or check-in is never dropped.
 from __future__ import annotations
 
 import logging
+import random
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from vigil.errors import StorageError
+from vigil.runtime.backoff import backoff_delay
 from vigil.wire.messages import Kind
 from vigil.wire.replay import WINDOW_SIZE, ReplayWindow
 
@@ -77,6 +80,7 @@ class Outbox:
         capacity: int,
         retry_initial: float,
         retry_max: float,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         if not 1 <= capacity <= HARD_LIMIT:
             raise ValueError(f"capacity must be in 1..{HARD_LIMIT}")
@@ -84,6 +88,7 @@ class Outbox:
         self._lock = threading.Lock()
         self.capacity = capacity
         self._retry = (retry_initial, retry_max)
+        self._rand = rand
         # Backoff state lives in memory: after a restart everything is due at once.
         self._next_try: dict[int, float] = {}
         self._attempts: dict[int, int] = {}
@@ -96,8 +101,9 @@ class Outbox:
         capacity: int = 512,
         retry_initial: float = 10.0,
         retry_max: float = 300.0,
+        rand: Callable[[], float] = random.random,
     ) -> Outbox:
-        """Open (or create) the outbox database at `path`."""
+        """Open (or create) the outbox database at `path`; `rand` jitters the retries."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -105,9 +111,11 @@ class Outbox:
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('next_seq', 0)")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the folder cannot be made
             raise StorageError(f"cannot open the outbox {path}: {exc}") from exc
-        return cls(conn, capacity=capacity, retry_initial=retry_initial, retry_max=retry_max)
+        return cls(
+            conn, capacity=capacity, retry_initial=retry_initial, retry_max=retry_max, rand=rand
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -222,12 +230,13 @@ class Outbox:
             return min(self._next_try.values(), default=None)
 
     def mark_sent(self, seq: int, now: float) -> None:
-        """Record a publish attempt; the entry is due again after a growing delay."""
+        """Record a publish attempt; the entry is due again after a growing, jittered delay."""
         with self._lock:
-            attempts = self._attempts.get(seq, 0)
+            attempt = self._attempts.get(seq, 0) + 1
             first, cap = self._retry
-            self._attempts[seq] = attempts + 1
-            self._next_try[seq] = now + min(cap, first * 2**attempts)
+            self._attempts[seq] = attempt
+            delay = backoff_delay(attempt, base=first, cap=cap, rand=self._rand)
+            self._next_try[seq] = now + delay
 
     def retry_all_now(self) -> None:
         """Make every entry due (the link just came back)."""

@@ -9,16 +9,18 @@ result; a failure is retried with exponential backoff up to
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from vigil.hub.alerts import operator_view
 from vigil.hub.config import EscalationConfig
-from vigil.hub.escalation import retry_delay
 from vigil.hub.store import Alert, AlertKind, Delivery, DeviceRecord, Store, Transaction
+from vigil.runtime.backoff import backoff_delay
 
 if sys.version_info < (3, 13):  # pragma: no branch
     # Apprise's email plugin imports the deprecated `imghdr`; import it first, quietly.
@@ -129,12 +131,14 @@ def deliver_due(
     map_url: str,
     now: float,
     actor: str = "hub",
+    rand: Callable[[], float] = random.random,
 ) -> int:
     """Try every delivery that is due; store each attempt; return how many were tried.
 
     No transaction is open while a channel is sending: a slow server holds up
     nobody's writes. Claiming a delivery and recording its attempt (with its
-    audit entry) are each one transaction.
+    audit entry) are each one transaction. A failed attempt is retried after
+    a jittered backoff; `rand` draws the jitter.
     """
     with store.read() as tx:
         due = tx.deliveries.due(now)
@@ -153,8 +157,20 @@ def deliver_due(
             _LOG.exception("delivery %s to %s crashed", d.id, d.label)
             ok, detail = False, f"crashed: {type(exc).__name__}"
         with store.transaction() as tx:
-            _record(tx, d, ok=ok, detail=detail, policy=policy, now=now, actor=actor)
+            next_at = _retry_at(d, ok=ok, policy=policy, now=now, rand=rand)
+            _record(tx, d, ok=ok, detail=detail, next_at=next_at, now=now, actor=actor)
     return len(due)
+
+
+def _retry_at(
+    d: Delivery, *, ok: bool, policy: EscalationConfig, now: float, rand: Callable[[], float]
+) -> float | None:
+    """When to try a failed delivery again (jittered backoff), or None: delivered or given up."""
+    attempt = d.attempts + 1
+    if ok or attempt >= policy.retry_attempts:
+        return None
+    base, cap = policy.retry_backoff, policy.retry_max
+    return now + backoff_delay(attempt, base=base, cap=cap, rand=rand)
 
 
 def _record(
@@ -163,17 +179,11 @@ def _record(
     *,
     ok: bool,
     detail: str,
-    policy: EscalationConfig,
+    next_at: float | None,
     now: float,
     actor: str,
 ) -> None:
-    attempt = d.attempts + 1
-    retry = not ok and attempt < policy.retry_attempts
-    next_at = (
-        now + retry_delay(attempt, base=policy.retry_backoff, cap=policy.retry_max)
-        if retry
-        else None
-    )
+    attempt, retry = d.attempts + 1, next_at is not None
     tx.deliveries.record_attempt(d.id, at=now, ok=ok, detail=detail, next_at=next_at)
     outcome = "delivered" if ok else ("retry" if retry else "gave up")
     _LOG.log(

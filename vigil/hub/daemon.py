@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import random
 import threading
 import time
 from collections import Counter
@@ -64,9 +65,10 @@ class HubService:
         hub_keys: HubKeys,
         notifier: Notifier,
         clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.config, self.store, self.keys = config, store, hub_keys
-        self.notifier, self.clock = notifier, clock
+        self.notifier, self.clock, self._rand = notifier, clock, rand
         self.transport: Transport | None = None
         self.rejected: Counter[str] = Counter()
         self.accepted = 0  # uplinks this instance stored (not duplicates)
@@ -252,6 +254,7 @@ class HubService:
             policy=self.config.escalation,
             map_url=self.config.map_url,
             now=self.clock(),
+            rand=self._rand,
         )
 
 

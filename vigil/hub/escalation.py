@@ -93,8 +93,3 @@ def broadcast_recipients(alert: Alert, channels: Mapping[str, Channel]) -> list[
             f"alert {alert.id} was not verified by an operator: public broadcast refused"
         )
     return [(c.name, r.label, r.url) for c in channels.values() if c.public for r in c.recipients]
-
-
-def retry_delay(attempt: int, *, base: float, cap: float) -> float:
-    """Backoff before retry number `attempt` (1 = first retry): base * 2^(attempt-1), capped."""
-    return min(cap, base * 2.0 ** max(0, attempt - 1))
