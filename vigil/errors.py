@@ -123,6 +123,22 @@ class GpsError(VigilError):
     """The GPS receiver could not be opened or read; check the UART and wiring."""
 
 
+class NmeaFileError(GpsError, FileNotFoundError):
+    """An NMEA capture to replay is missing or holds no sentences; give another file."""
+
+
+class HardwareError(VigilError):
+    """A hardware backend could not start; install what it names, or choose another backend."""
+
+
+class MissingHardwareLibrary(HardwareError, ImportError):
+    """The backend needs a library that is not installed; install it or use `simulate`."""
+
+
+class StateDirError(ConfigError, PermissionError):
+    """The device's state folder cannot be created or written; fix its path or permissions."""
+
+
 class StorageError(VigilError, OSError):
     """The durable store failed (disk full, corrupt database); free space or restore."""
 

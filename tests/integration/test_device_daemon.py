@@ -23,6 +23,7 @@ from tests.support.device_setup import ProvisionedDevice, make_device
 from tests.support.hub_endpoint import HubEndpoint
 from tests.support.notify import NotifySocket
 from tests.support.wait import wait_until
+from vigil.device.hardware import SIMULATED_BATTERY
 from vigil.wire.keys import HubKeys
 from vigil.wire.messages import Alarm, Stored, Trigger
 
@@ -43,26 +44,22 @@ class DaemonProcess:
     """`python -m vigil.device.cli simulate` with stdin for commands and a log file to watch.
 
     Ready when it sends READY=1 on its notify socket, as systemd would see it (its own
-    socket, or `notify` when the test wants to watch the protocol itself).
+    socket, or `notify` when the test wants to watch the protocol itself). `command`
+    is `simulate`, or `run` with VIGIL_HARDWARE=simulate in `env`; `nmea=False`
+    leaves out the GPS replay (nothing then wakes the main loop but its deadlines).
     """
 
     def __init__(
         self, dev: ProvisionedDevice, log: Path, *, env: dict[str, str] | None = None,
-        notify: NotifySocket | None = None,
+        notify: NotifySocket | None = None, command: str = "simulate", nmea: bool = True,
     ) -> None:  # fmt: skip
         self.log_path = log
         self._log = log.open("ab")
         self._own_notify = notify is None
         self.notify = notify or NotifySocket()
-        cmd = [
-            sys.executable,
-            "-m",
-            "vigil.device.cli",
-            "simulate",
-            "--config",
-            str(dev.config_path),
-        ]
-        cmd += ["--nmea", str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "50"]
+        cmd = [sys.executable, "-m", "vigil.device.cli", command, "--config", str(dev.config_path)]
+        if nmea:
+            cmd += ["--nmea", str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "50"]
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -242,3 +239,45 @@ def test_ready_and_watchdog_reach_systemd(
         notify.wait_for("STOPPING=1", 10)
         assert notify.received[-1] == "STOPPING=1"
         assert set(notify.received[1:-1]) == {"WATCHDOG=1"}
+
+
+# The main loop used to sleep until its next deadline (up to 30 s) before it saw a signal,
+# so systemd's stop took 15-18 s. Without a GPS replay nothing else wakes it: the worst case.
+STOP_BOUND = 10.0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_daemon_promptly(
+    tmp_path: Path,
+    mosquitto: Broker,
+    hub_keys: HubKeys,
+    daemons: list[DaemonProcess],
+    signum: signal.Signals,
+) -> None:
+    dev = make(tmp_path, mosquitto.port, hub_keys, alarm={"heartbeat_interval": 600.0})
+    daemon = DaemonProcess(dev, tmp_path / "daemon.log", nmea=False)
+    daemons.append(daemon)
+    wait_until(lambda: "mqtt connected" in daemon.log(), 20, what="broker connection")
+    daemon.proc.send_signal(signum)
+    assert daemon.proc.wait(timeout=STOP_BOUND) == 0  # raises TimeoutExpired if it lingers
+    assert f"signal {int(signum)}: stopping" in daemon.log()
+
+
+def test_run_with_the_simulate_backend_is_the_same_daemon(
+    tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    dev = make(tmp_path, mosquitto.port, hub_keys)
+    env = {"VIGIL_HARDWARE": "simulate"}
+    daemon = DaemonProcess(dev, tmp_path / "daemon.log", env=env, command="run", nmea=False)
+    daemons.append(daemon)
+    hub = endpoint(mosquitto, dev).start()
+    try:
+        assert "hardware backend simulate" in daemon.log()
+        daemon.command("hold")  # the stdin commands drive the mock pins under `run` too
+        alarms = wait_until(lambda: hub.unique("alarm"), 20, what="the alarm at the hub")
+        (message,) = alarms.values()
+        assert message.body == Alarm(Trigger.BUTTON, None, SIMULATED_BATTERY)
+        daemon.command("quit")
+        assert daemon.proc.wait(timeout=STOP_BOUND) == 0
+    finally:
+        hub.stop()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.device_setup import ProvisionedDevice, make_device
+from tests.support.wait import wait_until
 from vigil.device.config import DeviceConfig, load_config
 from vigil.device.core import ButtonPressed, GpsFix, Mode, Pattern
 from vigil.device.daemon import MEMORY_KEY, Daemon, mqtt_settings
+from vigil.device.drivers.link import read_link_quality
 from vigil.device.outbox import Outbox
 from vigil.errors import StorageError
 from vigil.wire.envelope import open_uplink, seal_downlink, seal_uplink
@@ -64,7 +67,7 @@ def parts(dev: ProvisionedDevice, tmp_path: Path) -> Iterator[tuple[Daemon, Cloc
     wireless.write_text("h1\nh2\n wlan0: 0000   35.  -56.  -256  0 0 0 0 26 0\n")
     daemon = Daemon(
         cfg,
-        wireless=wireless,
+        link_quality=lambda: read_link_quality(wireless),
         keys=dev.device_keys,
         outbox=outbox,
         feedback=player,
@@ -263,3 +266,15 @@ def test_disk_full_keeps_the_alarm_in_memory_and_sends_it(dev: ProvisionedDevice
     assert wire.sent.count(alarm[0]) == 2
     outbox.close()
     assert Outbox.open(path).next_seq > first  # the seq sent from memory is never reused
+
+
+def test_stop_wakes_the_loop_from_its_wait(
+    parts: tuple[Daemon, Clock, Recorder],
+) -> None:
+    daemon, _, _ = parts
+    loop = threading.Thread(target=daemon.run, name="daemon-under-test")
+    loop.start()
+    wait_until(daemon.ready.is_set, 10, what="the loop to start")
+    daemon.stop()  # the fake clock never moves: only the wake-up can end the wait
+    loop.join(timeout=10)
+    assert not loop.is_alive()

@@ -15,6 +15,7 @@ from tests.conftest import nmea_log
 from tests.support.device_setup import make_device
 from vigil.device.config import DeviceConfig, load_config
 from vigil.device.simulate import NmeaReplay, command_loop, run_command
+from vigil.errors import NmeaFileError
 
 
 @pytest.fixture
@@ -62,9 +63,9 @@ def test_gesture_cut_and_wear(factory: MockFactory, cfg: DeviceConfig) -> None:
 
 def test_unknown_and_bad_commands_are_survivable(factory: MockFactory, cfg: DeviceConfig) -> None:
     stop = threading.Event()
-    command_loop(io.StringIO("dance\nhold abc\n\ntap\n"), factory, cfg, stop)
+    command_loop(io.StringIO("dance\nhold abc\n\ntap\n"), factory, cfg, stop.set)
     assert not stop.is_set()
-    command_loop(io.StringIO("quit\ntap\n"), factory, cfg, stop)
+    command_loop(io.StringIO("quit\ntap\n"), factory, cfg, stop.set)
     assert stop.is_set()
 
 
@@ -82,5 +83,7 @@ def test_replay_writes_nmea_without_comments() -> None:
 def test_replay_refuses_a_file_without_nmea(tmp_path: Path) -> None:
     empty = tmp_path / "empty.log"
     empty.write_text("# only a comment\n")
-    with pytest.raises(ValueError, match="no NMEA"):
+    with pytest.raises(NmeaFileError, match="no NMEA"):
         NmeaReplay(empty)
+    with pytest.raises(NmeaFileError, match=r"nope\.log"):
+        NmeaReplay(tmp_path / "nope.log")

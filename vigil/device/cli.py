@@ -1,6 +1,8 @@
 """`vigil-device`: run the wearable daemon, or simulate it on mock pins with a replayed GPS track.
 
-Parses arguments and wires objects; the logic lives in vigil.device.core and vigil.device.daemon.
+Parses arguments and wires objects; the logic lives in vigil.device.core and
+vigil.device.daemon, the parts in vigil.device.hardware. `run` and `simulate`
+are one code path: they differ only in the hardware factory they ask for.
 """
 
 from __future__ import annotations
@@ -9,40 +11,38 @@ import argparse
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
 
-import serial
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
-
-from vigil.device.config import DeviceConfig, load_config
-from vigil.device.core import Pattern
+from vigil.device.config import BACKEND_ENV, DeviceConfig, load_config
 from vigil.device.daemon import Daemon, mqtt_settings
-from vigil.device.drivers.gps import GpsReader, SerialPort
-from vigil.device.drivers.inputs import Feedback, Inputs
-from vigil.device.outbox import Outbox
-from vigil.device.simulate import NmeaReplay, command_loop
-from vigil.errors import ConfigError, VigilError
+from vigil.device.drivers.gps import GpsReader
+from vigil.device.hardware import Hardware, open_hardware
+from vigil.device.outbox import Outbox, check_state_dir
+from vigil.errors import ConfigError, GpsError, HardwareError, VigilError
 from vigil.runtime.mqtt import MqttClient
 from vigil.wire.keys import DeviceKeys
 from vigil.wire.topics import down_topic
 
 _LOG = logging.getLogger("device")
 
-EX_CONFIG = 78  # sysexits: configuration error (systemd can refuse to restart on it)
+EX_CONFIG = 78  # sysexits: fix the setup (config, keys, state folder, hardware backend)
 EX_RUNTIME = 1
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
-  vigil-device run --config /etc/vigil/device.toml
-  vigil-device simulate --config demo/device.toml \\
-      --nmea vigil/device/captures/gpsd-mt3339.log
   vigil-device check --config /etc/vigil/device.toml
+  vigil-device run --config /etc/vigil/device.toml
+  vigil-device simulate --config demo-run/device/device.toml \\
+      --nmea vigil/device/captures/gpsd-mt3339.log
+    (`make demo` writes that config; the capture ships with Vigil)
+
+hardware: `run` uses the config's [hardware] backend, "pi" (the default) or
+"simulate"; the environment variable {BACKEND_ENV} overrides it. `simulate` always
+uses the simulated parts: mock pins driven from stdin, the --nmea capture
+replayed as the GPS, a fixed battery level.
 
 simulate reads commands on stdin, one per line:
   hold [s]   press and hold the panic button (default: the configured hold + 0.5 s)
@@ -84,48 +84,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:  # config and keys first: nothing touches hardware before they are good
+    try:  # config, keys and state folder first: nothing touches hardware before they are good
         cfg = load_config(args.config)
         keys = DeviceKeys.load(cfg.keys_path)
         cfg.mqtt_password()
+        _state_dir(cfg, create=args.command != "check")
     except ConfigError as exc:
-        print(f"vigil-device: {exc}", file=sys.stderr)  # noqa: T201 - the user's one error line
-        return EX_CONFIG
+        return _refuse(exc)
     if args.command == "check":
         print(f"{args.config}: OK, device {cfg.device_id}")  # noqa: T201
         return 0
     try:
-        if args.command == "simulate":
-            return _simulate(cfg, keys, args)
-        return _run(cfg, keys)
+        hardware = _hardware(cfg, args)
+    except (ConfigError, GpsError, HardwareError) as exc:
+        return _refuse(exc)
+    try:
+        return _serve(cfg, keys, hardware)
     except VigilError as exc:
         _LOG.error("vigil-device stopped: %s: %s", type(exc).__name__, exc)
         return EX_RUNTIME
 
 
-def _run(cfg: DeviceConfig, keys: DeviceKeys) -> int:
-    def open_gps() -> SerialPort | None:
-        try:
-            port: SerialPort = serial.Serial(cfg.gps.port, cfg.gps.baud, timeout=0.5)
-        except (serial.SerialException, OSError) as exc:
-            _LOG.error("gps: cannot open %s (%s); alarms go out without a fix", cfg.gps.port, exc)
-            return None
-        return port
-
-    with _stack(cfg, keys, Feedback(cfg.pins)) as (daemon, stack):
-        inputs = Inputs(cfg.pins, on_event=daemon.post)
-        stack.callback(inputs.close)
-        _start(daemon, inputs.initial_events(), open_gps(), stack)
-        daemon.run()
-    return 0
+def _refuse(exc: VigilError) -> int:
+    print(f"vigil-device: {exc}", file=sys.stderr)  # noqa: T201 - the user's one error line
+    return EX_CONFIG
 
 
-@contextmanager
-def _stack(
-    cfg: DeviceConfig, keys: DeviceKeys, feedback: Any
-) -> Iterator[tuple[Daemon, ExitStack]]:
-    """Open the outbox and build the daemon; close everything on the way out."""
+def _state_dir(cfg: DeviceConfig, *, create: bool) -> None:
+    try:
+        check_state_dir(cfg.state_dir, create=create)
+    except ConfigError as exc:
+        raise type(exc)(f"{cfg.path}: device.state_dir: {exc}") from exc
+
+
+def _hardware(cfg: DeviceConfig, args: argparse.Namespace) -> Hardware:
+    if args.command == "simulate":
+        options = {"nmea": args.nmea, "nmea_rate": args.nmea_rate, "worn": not args.not_worn}
+        return open_hardware(cfg, "simulate", **options)
+    return open_hardware(cfg)
+
+
+def _serve(cfg: DeviceConfig, keys: DeviceKeys, hardware: Hardware) -> int:
+    """Wire the daemon to the hardware factory's parts and run it until a signal or `quit`."""
     with ExitStack() as stack:
+        stack.callback(hardware.close)  # registered first: closed last, after its devices
+        feedback = hardware.feedback()
         stack.callback(feedback.close)
         outbox = Outbox.open(
             cfg.state_dir / "outbox.sqlite3",
@@ -134,26 +137,42 @@ def _stack(
             retry_max=cfg.outbox.retry_max,
         )
         stack.callback(outbox.close)
-        daemon = Daemon(cfg, keys=keys, outbox=outbox, feedback=feedback)
+        daemon = Daemon(
+            cfg,
+            keys=keys,
+            outbox=outbox,
+            feedback=feedback,
+            clock=hardware.clock,
+            wall=hardware.wall,
+            ntp_flag=hardware.ntp_flag,
+            battery=hardware.battery,
+            link_quality=hardware.link_quality,
+            notify=hardware.notify,
+        )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _stopper(daemon))
-        yield daemon, stack
+        _start(daemon, hardware, stack)
+        daemon.run()
+    return 0
 
 
 def _stopper(daemon: Daemon) -> Callable[[int, FrameType | None], None]:
     def stop(signum: int, frame: FrameType | None) -> None:
         _LOG.info("signal %s: stopping", signum)
-        daemon.stop_event.set()
+        daemon.stop()
 
     return stop
 
 
-def _start(daemon: Daemon, initial: list[Any], port: SerialPort | None, stack: ExitStack) -> None:
-    """Start GPS and MQTT after the pins, in the order systemd's READY promises."""
-    for event in initial:
+def _start(daemon: Daemon, hardware: Hardware, stack: ExitStack) -> None:
+    """Start pins, GPS and MQTT, in the order systemd's READY promises."""
+    inputs = hardware.inputs(on_event=daemon.post)
+    stack.callback(inputs.close)
+    for event in inputs.initial_events():
         daemon.post(event)
+    port = hardware.gps_port()
     if port is not None:
-        reader = GpsReader(port, on_fix=daemon.on_fix)
+        reader = GpsReader(port, on_fix=daemon.on_fix, clock=hardware.clock)
         reader.start()
         stack.callback(reader.stop)
     client = MqttClient(
@@ -165,50 +184,8 @@ def _start(daemon: Daemon, initial: list[Any], port: SerialPort | None, stack: E
     daemon.attach(client)
     client.start()
     stack.callback(client.stop)
-
-
-# -- simulate -----------------------------------------------------------------------------
-
-
-class _ShownFeedback:
-    """Feedback on mock pins that also says on stdout what the wearer would feel."""
-
-    def __init__(self, inner: Any, out: TextIO) -> None:
-        self._inner, self._out = inner, out
-
-    def play(self, pattern: Pattern) -> None:
-        print(f"[vibration] {pattern.value}", file=self._out, flush=True)
-        self._inner.play(pattern)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-def _simulate(cfg: DeviceConfig, keys: DeviceKeys, args: argparse.Namespace) -> int:
-    factory = MockFactory(pin_class=MockPWMPin)
-    Device.pin_factory = factory
-    feedback = _ShownFeedback(Feedback(cfg.pins, pin_factory=factory), sys.stdout)
-    with _stack(cfg, keys, feedback) as (daemon, stack):
-        inputs = Inputs(cfg.pins, on_event=daemon.post, pin_factory=factory)
-        stack.callback(inputs.close)
-        if not args.not_worn:
-            factory.pin(cfg.pins.tamper).drive_low()
-        port: SerialPort | None = None
-        if args.nmea is not None:
-            replay = NmeaReplay(args.nmea, rate=args.nmea_rate)
-            port = replay.port
-            replay.start()
-            stack.callback(replay.stop)
-        _start(daemon, inputs.initial_events(), port, stack)
-        commands = threading.Thread(
-            target=command_loop,
-            args=(sys.stdin, factory, cfg, daemon.stop_event),
-            name="simulate-stdin",
-            daemon=True,
-        )
-        commands.start()
-        daemon.run()
-    return 0
+    hardware.start(on_quit=daemon.stop)
+    stack.callback(hardware.stop)
 
 
 if __name__ == "__main__":  # pragma: no cover

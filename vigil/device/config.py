@@ -12,6 +12,7 @@ are resolved against the config file's folder. The keys:
     [gps] port, baud                 [battery] capacity_path
     [alarm] see vigil.device.core.AlarmSettings
     [outbox] capacity, retry_initial, retry_max
+    [hardware] backend ("pi" or "simulate"; see vigil.device.hardware)
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ _LOG = logging.getLogger(__name__)
 PINOUT = Path(__file__).resolve().parents[2] / "hardware" / "pinout.toml"
 BUILTIN_PINS = {"button": 17, "tamper": 27, "vibration": 18, "led": 23}
 BUILTIN_UART = ("/dev/serial0", 9600)
+# Hardware backends (vigil.device.hardware); the environment variable overrides the file.
+BACKENDS = ("pi", "simulate")
+BACKEND_ENV = "VIGIL_HARDWARE"
 SUITES = {"x25519": Suite.X25519_CHACHA20, "mlkem768-x25519": Suite.MLKEM768_X25519_CHACHA20}
 
 
@@ -93,6 +97,7 @@ class DeviceConfig:
     battery_path: Path | None
     alarm: AlarmSettings
     outbox: OutboxConfig
+    backend: str = "pi"
 
     def mqtt_password(self) -> str | None:
         """Read the broker password file (0600, one line), or None without one."""
@@ -171,6 +176,7 @@ def load_config(path: Path, *, pinout: Path = PINOUT) -> DeviceConfig:
         battery_path=top.table("battery").path("capacity_path", None),
         alarm=_alarm(top.table("alarm")),
         outbox=_outbox(top.table("outbox")),
+        backend=top.table("hardware").choice("backend", {b: b for b in BACKENDS}, "pi"),
     )
     top.check_unknown()
     return config

@@ -41,7 +41,7 @@ from vigil.device.core import (
     Tick,
 )
 from vigil.device.drivers.battery import read_battery
-from vigil.device.drivers.link import WIRELESS, read_link_quality
+from vigil.device.drivers.link import read_link_quality
 from vigil.device.outbox import PRIORITY, Entry, Outbox
 from vigil.errors import StorageError, TransportError, VigilError
 from vigil.runtime.mqtt import MqttSettings, Transport, Will
@@ -55,7 +55,7 @@ from vigil.wire.topics import down_topic, up_topic
 _LOG = logging.getLogger(__name__)
 
 MEMORY_KEY = "alarm-memory"
-NTP_FLAG = Path("/run/systemd/timesync/synchronized")
+NTP_FLAG = Path("/run/systemd/timesync/synchronized")  # systemd-timesyncd's "in sync" flag
 BATTERY_POLL = 60.0
 MAX_WAIT = 30.0  # idle wake-up without a watchdog; every deadline is in the wait anyway
 GPS_EVERY = 1.0  # hand at most one fix per second to the core
@@ -101,12 +101,15 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         ntp_flag: Path = NTP_FLAG,
-        wireless: Path = WIRELESS,
+        battery: Callable[[], int | None] | None = None,
+        link_quality: Callable[[], int | None] = read_link_quality,
+        notify: Callable[[str], bool] = sd_notify,
     ) -> None:
         self.cfg, self._keys, self.outbox, self._feedback = cfg, keys, outbox, feedback
         self._clock, self._wall, self._ntp_flag = clock, wall, ntp_flag
-        self._wireless = wireless
-        self._queue: queue.Queue[Event | _Downlink] = queue.Queue()
+        self._battery = battery or (lambda: read_battery(cfg.battery_path))
+        self._link_quality, self._notify = link_quality, notify
+        self._queue: queue.Queue[Event | _Downlink | None] = queue.Queue()
         self._memory = _load_memory(outbox)
         self.core = AlarmCore(
             cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory
@@ -144,16 +147,21 @@ class Daemon:
     def attach(self, transport: Transport) -> None:
         self._transport = transport
 
+    def stop(self) -> None:
+        """Any thread or a signal handler: end `run()` now, not at the next deadline."""
+        self.stop_event.set()
+        self._queue.put(None)  # wakes the loop from its wait
+
     # -- the main loop ----------------------------------------------------------------
 
     def run(self) -> None:
         """Loop until `stop_event` is set; tell systemd when ready and while healthy."""
         self.ready.set()
-        sd_notify("READY=1")
+        self._notify("READY=1")
         _LOG.info("device %s ready, next seq %s", self.cfg.device_id, self.core.next_seq)
         while not self.stop_event.is_set():
             self.step()
-        sd_notify("STOPPING=1")
+        self._notify("STOPPING=1")
 
     def step(self) -> None:
         """Wait for one input (or the next deadline), handle it, deliver, ping systemd."""
@@ -162,6 +170,8 @@ class Daemon:
             item = self._queue.get(timeout=self._wait_time(now))
         except queue.Empty:
             item = Tick(self._clock())
+        if item is None:  # stop() woke us: leave without acting on anything more
+            return
         event = self._downlink(item) if isinstance(item, _Downlink) else item
         if isinstance(event, LinkChanged) and event.up:
             self.outbox.retry_all_now()
@@ -329,15 +339,14 @@ class Daemon:
         if now < self._next_battery:
             return
         self._next_battery = now + BATTERY_POLL
-        level = read_battery(self.cfg.battery_path)
-        self._carry_out(self.core.handle(BatteryLevel(now, level)))
-        self._carry_out(self.core.handle(SignalLevel(now, read_link_quality(self._wireless))))
+        self._carry_out(self.core.handle(BatteryLevel(now, self._battery())))
+        self._carry_out(self.core.handle(SignalLevel(now, self._link_quality())))
 
     def _ping_watchdog(self) -> None:
         now = self._clock()
         if self._watchdog and now - self._last_ping >= self._watchdog:
             self._last_ping = now
-            sd_notify("WATCHDOG=1")
+            self._notify("WATCHDOG=1")
 
 
 def _load_memory(outbox: Outbox) -> Memory:

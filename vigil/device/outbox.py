@@ -18,6 +18,7 @@ first, then the oldest position; an alarm, cancel or check-in is never dropped.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from vigil.errors import StorageError
+from vigil.errors import StateDirError, StorageError
 from vigil.runtime.backoff import backoff_delay
 from vigil.wire.messages import Kind
 from vigil.wire.replay import WINDOW_SIZE, ReplayWindow
@@ -290,3 +291,26 @@ class Outbox:
     def _forget(self, seq: int) -> None:
         self._next_try.pop(seq, None)
         self._attempts.pop(seq, None)
+
+
+def check_state_dir(path: Path, *, create: bool) -> None:
+    """Make sure the outbox can live in `path`: create it (or, if not `create`, check it could be).
+
+    Raise `StateDirError` naming the folder in the way: `check` catches what `run` would hit.
+    """
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateDirError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StateDirError(f"cannot create {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        user = os.getuid()
+        raise StateDirError(
+            f"{path} cannot be written: {existing} is not writable by uid {user}; "
+            "create it for the service user or choose another path"
+        )

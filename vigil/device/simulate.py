@@ -1,6 +1,7 @@
-"""Drive a simulated wearable: a replayed NMEA track on `loop://` and button/tamper commands.
+"""Parts of the simulated wearable: a replayed NMEA track, stdin commands, shown feedback.
 
-Used by `vigil-device simulate` (the demo, and anyone without a Pi). Pins are
+The "simulate" hardware factory (vigil.device.hardware) is built from these,
+for `vigil-device simulate` (the demo, and anyone without a Pi). Pins are
 gpiozero `MockFactory` pins; the commands below drive them exactly as the
 real button and strap would, so the daemon under test is the real one.
 """
@@ -10,12 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import serial
 
 from vigil.device.config import DeviceConfig
+from vigil.device.events import Pattern
+from vigil.errors import NmeaFileError
 
 _LOG = logging.getLogger(__name__)
 
@@ -26,11 +30,13 @@ class NmeaReplay:
     """Write a capture's lines, in a loop, into a pyserial `loop://` port the reader reads."""
 
     def __init__(self, path: Path, *, rate: float = 10.0) -> None:
-        self.lines = [
-            ln for ln in path.read_bytes().splitlines() if ln and not ln.startswith(b"#")
-        ]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise NmeaFileError(f"cannot read the NMEA capture {path}: {exc.strerror}") from exc
+        self.lines = [ln for ln in data.splitlines() if ln and not ln.startswith(b"#")]
         if not self.lines:
-            raise ValueError(f"{path} holds no NMEA lines")
+            raise NmeaFileError(f"{path} holds no NMEA lines; give a capture of NMEA sentences")
         self.port: Any = serial.serial_for_url("loop://", timeout=0.5)
         self._interval = 1.0 / rate
         self._stop = threading.Event()
@@ -41,14 +47,32 @@ class NmeaReplay:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(5)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             for line in self.lines:
                 if self._stop.wait(self._interval):
                     return
-                self.port.write(line + b"\r\n")
+                try:
+                    self.port.write(line + b"\r\n")
+                except serial.SerialException:  # the reader closed the port: we are stopping
+                    return
+
+
+class ShownFeedback:
+    """Feedback on mock pins that also says on `out` what the wearer would feel."""
+
+    def __init__(self, inner: Any, out: TextIO) -> None:
+        self._inner, self._out = inner, out
+
+    def play(self, pattern: Pattern) -> None:
+        print(f"[vibration] {pattern.value}", file=self._out, flush=True)
+        self._inner.play(pattern)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _press(pin: Any, seconds: float) -> None:
@@ -89,12 +113,14 @@ def run_command(line: str, factory: Any, cfg: DeviceConfig) -> bool:
     return True
 
 
-def command_loop(stream: TextIO, factory: Any, cfg: DeviceConfig, stop: threading.Event) -> None:
-    """Read commands until end of input or `quit`, then stop the daemon (unless EOF)."""
+def command_loop(
+    stream: TextIO, factory: Any, cfg: DeviceConfig, on_quit: Callable[[], None]
+) -> None:
+    """Read commands until end of input or `quit`; on `quit` call `on_quit` (EOF does not)."""
     for line in stream:
         try:
             if not run_command(line, factory, cfg):
-                stop.set()
+                on_quit()
                 return
         except (ValueError, IndexError) as exc:
             _LOG.warning("simulate: bad command %r: %s", line.strip(), exc)
