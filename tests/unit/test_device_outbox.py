@@ -203,3 +203,15 @@ def test_alarms_are_never_dropped(
     pending = box.pending()
     assert [s for s in pending if s in stored_alarms] == stored_alarms
     assert pending[: len(stored_alarms)] == stored_alarms
+
+
+def test_state_given_with_an_entry_is_committed_with_it_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox.open(path)
+    box.put(0, Kind.ALARM, env(0), state=("alarm-memory", "active"))
+    with pytest.raises(StorageError, match="already used"):
+        box.put(0, Kind.ALARM, env(0), state=("alarm-memory", "idle"))
+    box.close()
+    again = Outbox.open(path)
+    assert again.pending() == [0]
+    assert again.load_state("alarm-memory") == "active"

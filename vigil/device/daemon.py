@@ -222,8 +222,8 @@ class Daemon:
             hub=self.cfg.hub,
             suite=self.cfg.suite,
         )
-        try:
-            dropped = self.outbox.put(send.seq, message.kind, envelope)
+        try:  # with the alarm state: a power cut right after leaves no alarm without it
+            dropped = self.outbox.put(send.seq, message.kind, envelope, state=self._memory_row())
         except StorageError as exc:
             # Disk full or broken: never lose it, keep sending it from memory until stored.
             self._unsaved[send.seq] = Entry(send.seq, message.kind, envelope)
@@ -311,17 +311,22 @@ class Daemon:
                 fix.fix.satellites,
             )
 
-    def _save_memory(self) -> None:
+    def _memory_row(self) -> tuple[str, str]:
+        """The core's memory as the outbox's state row (key, JSON)."""
         memory = self.core.memory()
-        if memory == self._memory:
-            return
         doc = {
             "mode": memory.mode.value,
             "alarms": list(memory.alarms),
             "tamper": memory.tamper_fired,
         }
+        return MEMORY_KEY, json.dumps(doc)
+
+    def _save_memory(self) -> None:
+        memory = self.core.memory()
+        if memory == self._memory:
+            return
         try:
-            self.outbox.save_state(MEMORY_KEY, json.dumps(doc))
+            self.outbox.save_state(*self._memory_row())
         except StorageError:
             _LOG.exception("device %s could not persist the alarm state", self.cfg.device_id)
             return

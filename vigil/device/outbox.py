@@ -138,8 +138,13 @@ class Outbox:
             (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
             return int(count)
 
-    def put(self, seq: int, kind: Kind, envelope: bytes) -> list[int]:
+    def put(
+        self, seq: int, kind: Kind, envelope: bytes, *, state: tuple[str, str] | None = None
+    ) -> list[int]:
         """Commit one sealed uplink durably; return the seqs dropped to make room.
+
+        `state` (key, value) is saved in the same transaction, as `save_state` would:
+        the alarm and the daemon's "an alarm is active" reach the disk together.
 
         Raise `StorageError` if `seq` was already handed out, or if a message
         that may not be dropped finds no room (never for an alarm).
@@ -148,7 +153,7 @@ class Outbox:
             raise ValueError(f"unknown uplink kind {kind!r}")
         with self._lock:
             try:
-                return self._put_locked(seq, kind, envelope)
+                return self._put_locked(seq, kind, envelope, state)
             except sqlite3.Error as exc:
                 self._burn_seq(seq)
                 raise StorageError(f"outbox write failed for seq {seq}: {exc}") from exc
@@ -166,7 +171,9 @@ class Outbox:
         except sqlite3.Error as exc:
             _LOG.error("outbox: cannot persist the seq counter past %s either: %s", seq, exc)
 
-    def _put_locked(self, seq: int, kind: Kind, envelope: bytes) -> list[int]:
+    def _put_locked(
+        self, seq: int, kind: Kind, envelope: bytes, state: tuple[str, str] | None
+    ) -> list[int]:
         if seq < self._next_seq_locked():
             raise StorageError(f"seq {seq} was already used; refusing to repeat it")
         dropped: list[int] = []
@@ -180,6 +187,8 @@ class Outbox:
                 (seq, kind.value, PRIORITY[kind], envelope),
             )
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+            if state is not None:
+                self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", state)
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:  # SQLite already rolled back after SQLITE_FULL
