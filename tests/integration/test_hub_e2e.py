@@ -205,7 +205,7 @@ def test_heartbeat_then_silence_and_will_raise_device_silent(
             ]
         )
         assert silent[0].last_fix is not None
-        assert silent[0].last_fix.lat == pytest.approx(FIX.lat)
+        assert silent[0].last_fix.lat == pytest.approx(FIX.fix.lat)
         wait_until(lambda: any("SILENT: Ana" in m.text for m in smtp.messages), what="mail")
         # Ana speaks again: her silent alert closes by itself.
         ana.send(Message(seq=3, body=Heartbeat(battery=50)))
