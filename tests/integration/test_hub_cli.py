@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.broker import Broker
 from tests.support.hubrig import T0, wearable, write_config
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from tests.support.peek import write
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
@@ -114,7 +114,11 @@ def test_run_as_a_service_with_operator_commands(
             # The hub may still be subscribing: resend like the wearable's outbox does.
             def stored() -> bool:
                 if not device.downlinks:
-                    device.send(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=FIX, battery=64)))
+                    device.send(
+                        Message(
+                            seq=1, body=Alarm(Trigger.BUTTON, fix=FIX, battery=64), epoch=EPOCH
+                        )
+                    )
                 return bool(device.downlinks)
 
             wait_until(stored, 20, what="stored receipt from the hub process")
@@ -143,7 +147,7 @@ def test_run_as_a_service_with_operator_commands(
 
 def test_tail_is_plain_when_piped_and_coloured_on_request(config: Path) -> None:
     store = open_store(load_config(config).store_url)
-    heartbeat = Message(seq=4, body=Heartbeat(battery=70))
+    heartbeat = Message(seq=4, body=Heartbeat(battery=70), epoch=EPOCH)
     write(store, lambda tx: tx.uplinks.accept(parties().device_id, heartbeat, received_at=T0))
     write(store, lambda tx: tx.rejections.count("BadSignature", at=1.0))
     store.close()
@@ -198,7 +202,7 @@ def test_tail_follows_live(config: Path) -> None:
     try:
         wait_until(lambda: any("enroll" in line for line in lines), what="existing events")
         store = open_store(load_config(config).store_url)
-        alarm = Message(seq=9, body=Alarm(Trigger.TAMPER))
+        alarm = Message(seq=9, body=Alarm(Trigger.TAMPER), epoch=EPOCH)
         write(store, lambda tx: tx.uplinks.accept(parties().device_id, alarm, received_at=T0))
         store.close()
         line = wait_until(lambda: [x for x in lines if "alarm" in x], what="live alarm line")[0]

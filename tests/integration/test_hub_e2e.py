@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
@@ -71,7 +71,7 @@ def test_alarm_reaches_responders_and_wearer_feels_receipts(
     clock = FakeClock()
     with running_hub(config, clock) as hub, wearable(mosquitto) as device:
         alarm = Message(seq=1, body=Alarm(Trigger.BUTTON, fix=FIX, battery=77),
-                        sent_at=clock.now, clock=ClockSource.NTP)  # fmt: skip
+                        sent_at=clock.now, clock=ClockSource.NTP, epoch=EPOCH)  # fmt: skip
         envelope = device.send(alarm)
         (stored,) = device.wait_for("stored")
         assert stored.body.seq == 1  # type: ignore[union-attr]
@@ -123,7 +123,7 @@ def test_acknowledging_stops_escalation(
     _, hook = sinks
     clock = FakeClock()
     with running_hub(config, clock) as hub, wearable(mosquitto) as device:
-        device.send(Message(seq=3, body=Alarm(Trigger.TAMPER, battery=40)))
+        device.send(Message(seq=3, body=Alarm(Trigger.TAMPER, battery=40), epoch=EPOCH))
         device.wait_for("stored")
         wait_until(lambda: posts(hook, "/operators"), what="operators webhook")
         assert cli(config, "ack", "1")[0] == 0
@@ -139,9 +139,9 @@ def test_duress_cancel_escalates_at_once_and_shows_as_duress(
     _, hook = sinks
     clock = FakeClock()
     with running_hub(config, clock) as hub, wearable(mosquitto) as device:
-        device.send(Message(seq=5, body=Alarm(Trigger.BUTTON, fix=FIX, battery=60)))
+        device.send(Message(seq=5, body=Alarm(Trigger.BUTTON, fix=FIX, battery=60), epoch=EPOCH))
         device.wait_for("stored")
-        device.send(Message(seq=6, body=Cancel(alarm_seq=5, duress=True)))
+        device.send(Message(seq=6, body=Cancel(alarm_seq=5, duress=True), epoch=EPOCH))
         stored = device.wait_for("stored", 2)
         assert [m.body.seq for m in stored] == [5, 6]  # type: ignore[union-attr]
         # Every tier fires now, without waiting two minutes.
@@ -163,8 +163,8 @@ def test_real_cancel_closes_and_stops(
 ) -> None:
     clock = FakeClock()
     with running_hub(config, clock) as hub, wearable(mosquitto) as device:
-        device.send(Message(seq=7, body=Alarm(Trigger.BUTTON)))
-        device.send(Message(seq=8, body=Cancel(alarm_seq=7)))
+        device.send(Message(seq=7, body=Alarm(Trigger.BUTTON), epoch=EPOCH))
+        device.send(Message(seq=8, body=Cancel(alarm_seq=7), epoch=EPOCH))
         device.wait_for("stored", 2)
         wait_until(
             lambda: peek(hub.store, lambda tx: tx.alerts.get(1)).state.value == "cancelled",
@@ -183,9 +183,9 @@ def test_heartbeat_then_silence_and_will_raise_device_silent(
     enroll(config, label="Bea", other=True)
     with running_hub(config, clock) as hub, wearable(mosquitto) as ana, \
             wearable(mosquitto, other=True) as bea:  # fmt: skip
-        ana.send(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=FIX)))
-        ana.send(Message(seq=2, body=Cancel(alarm_seq=1)))
-        bea.send(Message(seq=1, body=Heartbeat(battery=90)))
+        ana.send(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=FIX), epoch=EPOCH))
+        ana.send(Message(seq=2, body=Cancel(alarm_seq=1), epoch=EPOCH))
+        bea.send(Message(seq=1, body=Heartbeat(battery=90), epoch=EPOCH))
         ana.wait_for("stored", 2)
         bea.wait_for("stored")
         bea.publish(b"")  # what the broker sends as bea's Will
@@ -208,7 +208,7 @@ def test_heartbeat_then_silence_and_will_raise_device_silent(
         assert silent[0].last_fix.lat == pytest.approx(FIX.fix.lat)
         wait_until(lambda: any("SILENT: Ana" in m.text for m in smtp.messages), what="mail")
         # Ana speaks again: her silent alert closes by itself.
-        ana.send(Message(seq=3, body=Heartbeat(battery=50)))
+        ana.send(Message(seq=3, body=Heartbeat(battery=50), epoch=EPOCH))
         wait_until(
             lambda: not peek(hub.store, lambda tx: tx.alerts.get(silent[0].id)).active,
             what="closed",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, write_config
 from tests.support.hubstore import store_url
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
 from vigil.hub.channels import AppriseNotifier
@@ -76,7 +76,7 @@ def test_hostile_input_is_counted_and_never_stored(
     service, _, _ = hub
     p = parties()
     topic = up_topic(p.device_id)
-    good = seal(Message(seq=10, body=Heartbeat(battery=5)))
+    good = seal(Message(seq=10, body=Heartbeat(battery=5), epoch=EPOCH))
     flipped = bytearray(good)
     flipped[300] ^= 1
     unknown = DeviceKeys.generate()
@@ -86,7 +86,11 @@ def test_hostile_input_is_counted_and_never_stored(
         (topic, good + b"\x00", "MalformedEnvelope"),
         (topic, bytes(flipped), "DecryptionFailed"),
         (topic, good + bytes(5000), "OversizedEnvelope"),
-        (topic, seal(Message(seq=11, body=Alarm(Trigger.BUTTON)), signer=unknown), "BadSignature"),
+        (
+            topic,
+            seal(Message(seq=11, body=Alarm(Trigger.BUTTON), epoch=EPOCH), signer=unknown),
+            "BadSignature",
+        ),
         (up_topic(p.other_id), good, "TopicMismatch"),
         (down_topic(p.device_id), good, "WrongDirection"),
         ("vigil/v1/not-a-device/up", good, "TopicMismatch"),
@@ -111,13 +115,17 @@ def test_unknown_revoked_and_replayed_devices(
     p = parties()
     stranger = DeviceKeys.generate()
     stranger_id = DeviceId.generate()
-    env = seal_uplink(Message(seq=1, body=Heartbeat()), device_id=stranger_id,
+    env = seal_uplink(Message(seq=1, body=Heartbeat(), epoch=EPOCH), device_id=stranger_id,
                       device_keys=stranger, hub=p.hub.public())  # fmt: skip
     service.handle(up_topic(stranger_id), env)
-    service.handle(up_topic(p.device_id), seal(Message(seq=5000, body=Heartbeat())))
-    service.handle(up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat())))  # too old
+    service.handle(up_topic(p.device_id), seal(Message(seq=5000, body=Heartbeat(), epoch=EPOCH)))
+    service.handle(
+        up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat(), epoch=EPOCH))
+    )  # too old
     write(service.store, lambda tx: tx.devices.revoke(p.device_id, now=0.0))
-    service.handle(up_topic(p.device_id), seal(Message(seq=5001, body=Alarm(Trigger.BUTTON))))
+    service.handle(
+        up_topic(p.device_id), seal(Message(seq=5001, body=Alarm(Trigger.BUTTON), epoch=EPOCH))
+    )
     assert peek(service.store, lambda tx: tx.rejections.totals()) == {
         "UnknownDevice": 1, "ReplayedMessage": 1, "RevokedDevice": 1}  # fmt: skip
     assert peek(service.store, lambda tx: tx.uplinks.count()) == 1
@@ -141,7 +149,7 @@ def test_stored_but_unhandled_uplink_is_repaired(
 ) -> None:
     service, clock, _ = hub
     p = parties()
-    alarm = Message(seq=20, body=Alarm(Trigger.TAMPER, battery=9))
+    alarm = Message(seq=20, body=Alarm(Trigger.TAMPER, battery=9), epoch=EPOCH)
     # As if the hub died right after the store committed, before the handler ran.
     assert write(
         service.store, lambda tx: tx.uplinks.accept(p.device_id, alarm, received_at=clock.now)
@@ -158,7 +166,7 @@ def test_resend_of_a_stored_but_unhandled_uplink_finishes_it(
     hub: tuple[HubService, FakeClock, WebhookSink],
 ) -> None:
     service, clock, _ = hub
-    alarm = Message(seq=21, body=Alarm(Trigger.BUTTON))
+    alarm = Message(seq=21, body=Alarm(Trigger.BUTTON), epoch=EPOCH)
     assert write(
         service.store,
         lambda tx: tx.uplinks.accept(parties().device_id, alarm, received_at=clock.now),
@@ -182,9 +190,9 @@ def test_positions_attach_and_later_tiers_get_the_newest(
     later = AgedFix(
         Fix(lat=17.1, lon=-96.8, fix_time=None, quality=1, satellites=6, hdop=1.0), age=1.0
     )
-    service.handle(topic, seal(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=first))))
+    service.handle(topic, seal(Message(seq=1, body=Alarm(Trigger.BUTTON, fix=first), epoch=EPOCH)))
     clock.advance(60)
-    service.handle(topic, seal(Message(seq=2, body=Position(alarm_seq=1, fix=later))))
+    service.handle(topic, seal(Message(seq=2, body=Position(alarm_seq=1, fix=later), epoch=EPOCH)))
     assert [(f.lat, f.lon) for f in peek(service.store, lambda tx: tx.alerts.positions(1))] == [
         (17.1, -96.8)
     ]
@@ -205,13 +213,17 @@ def test_duress_cancel_that_overtook_its_alarm_still_raises_one(
 ) -> None:
     service, _, _ = hub
     topic = up_topic(parties().device_id)
-    service.handle(topic, seal(Message(seq=31, body=Cancel(alarm_seq=30, duress=True))))
+    service.handle(
+        topic, seal(Message(seq=31, body=Cancel(alarm_seq=30, duress=True), epoch=EPOCH))
+    )
     (alert,) = peek(service.store, lambda tx: tx.alerts.all())
     assert alert.duress
     assert alert.active
-    service.handle(topic, seal(Message(seq=30, body=Alarm(Trigger.BUTTON))))
+    service.handle(topic, seal(Message(seq=30, body=Alarm(Trigger.BUTTON), epoch=EPOCH)))
     assert len(peek(service.store, lambda tx: tx.alerts.all())) == 1  # the late alarm joins it
-    service.handle(topic, seal(Message(seq=33, body=Cancel(alarm_seq=32))))  # unknown: ignored
+    service.handle(
+        topic, seal(Message(seq=33, body=Cancel(alarm_seq=32), epoch=EPOCH))
+    )  # unknown: ignored
     assert len(peek(service.store, lambda tx: tx.alerts.all())) == 1
 
 
@@ -220,7 +232,10 @@ def test_failed_deliveries_retry_with_backoff_and_are_all_stored(
 ) -> None:
     service, clock, hook = hub
     hook.fail_next = 2
-    service.handle(up_topic(parties().device_id), seal(Message(seq=1, body=Alarm(Trigger.BUTTON))))
+    service.handle(
+        up_topic(parties().device_id),
+        seal(Message(seq=1, body=Alarm(Trigger.BUTTON), epoch=EPOCH)),
+    )
     service.tick()
     start = clock.now
     service.deliver()  # email to the SMTP sink's port may fail or not; look at the webhook
@@ -249,7 +264,10 @@ def test_delivery_gives_up_after_the_configured_attempts(
 ) -> None:
     service, clock, hook = hub
     hook.fail_next = 100
-    service.handle(up_topic(parties().device_id), seal(Message(seq=1, body=Alarm(Trigger.BUTTON))))
+    service.handle(
+        up_topic(parties().device_id),
+        seal(Message(seq=1, body=Alarm(Trigger.BUTTON), epoch=EPOCH)),
+    )
     service.tick()
     for _ in range(5):
         service.deliver()
@@ -267,12 +285,14 @@ def test_heartbeat_records_when_the_devices_gps_last_had_a_fix(
 ) -> None:
     service, clock, _ = hub
     p = parties()
-    service.handle(up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat(battery=80))))
+    service.handle(
+        up_topic(p.device_id), seal(Message(seq=1, body=Heartbeat(battery=80), epoch=EPOCH))
+    )
     record = peek(service.store, lambda tx: tx.devices.get(p.device_id))
     assert record is not None
     assert (record.battery, record.gps_fix_at) == (80, None)
-    heartbeat = Heartbeat(battery=79, fix_age=30.0, signal=60)
-    service.handle(up_topic(p.device_id), seal(Message(seq=2, body=heartbeat)))
+    heartbeat = Heartbeat(battery=79, fix=AgedFix(Fix(lat=1.0, lon=2.0), age=30.0), signal=60)
+    service.handle(up_topic(p.device_id), seal(Message(seq=2, body=heartbeat, epoch=EPOCH)))
     record = peek(service.store, lambda tx: tx.devices.get(p.device_id))
     assert record is not None
     assert (record.battery, record.gps_fix_at) == (79, clock() - 30.0)

@@ -13,7 +13,7 @@ import pytest
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
 from tests.support.hubstore import postgres_url
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.postgres import PostgresServer
 from tests.support.sinks import smtp_sink, webhook_sink
@@ -52,8 +52,8 @@ def test_two_hubs_split_the_load_without_doing_anything_twice(
             )
             with wearable(mosquitto) as device:
                 for seq in range(1, 21):
-                    device.send(Message(seq=seq, body=Heartbeat(battery=80)))
-                device.send(Message(seq=21, body=Alarm(Trigger.BUTTON, battery=70)))
+                    device.send(Message(seq=seq, body=Heartbeat(battery=80), epoch=EPOCH))
+                device.send(Message(seq=21, body=Alarm(Trigger.BUTTON, battery=70), epoch=EPOCH))
                 receipts = device.wait_for("stored", 21, timeout=20)
                 assert sorted(m.body.seq for m in receipts) == list(range(1, 22))  # type: ignore[union-attr]
                 wait_until(lambda: [x for x in hook.posts if x.path == "/operators"], 20)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hubstore import postgres_url, store_url
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from tests.support.postgres import PostgresServer
 from vigil.errors import (
     AlreadyEnrolled,
@@ -86,14 +86,14 @@ def test_revoke_then_reenrol_with_new_keys(store: Store, enrolled: DeviceId) -> 
 
 
 def test_uplinks_dedup_and_window(store: Store, enrolled: DeviceId) -> None:
-    hb = Message(seq=5000, body=Heartbeat(battery=80))
-    older = Message(seq=4999, body=Alarm(Trigger.BUTTON))
+    hb = Message(seq=5000, body=Heartbeat(battery=80), epoch=EPOCH)
+    older = Message(seq=4999, body=Alarm(Trigger.BUTTON), epoch=EPOCH)
     with store.transaction() as tx:  # many uses of one repository in one transaction
         assert tx.uplinks.accept(enrolled, hb, received_at=1.0) is True
         assert tx.uplinks.accept(enrolled, hb, received_at=2.0) is False
         assert tx.uplinks.accept(enrolled, older, received_at=3.0) is True
     with pytest.raises(ReplayedMessage), store.transaction() as tx:
-        tx.uplinks.accept(enrolled, Message(seq=1, body=Heartbeat()), received_at=4.0)
+        tx.uplinks.accept(enrolled, Message(seq=1, body=Heartbeat(), epoch=EPOCH), received_at=4.0)
     with store.transaction() as tx:
         assert tx.uplinks.count() == 2
         assert [u.seq for u in tx.uplinks.unprocessed()] == [5000, 4999]

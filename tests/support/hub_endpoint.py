@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tests.support.broker import Broker
+from tests.support.parties import DIGEST, EPOCH
 from vigil.runtime.mqtt import MqttClient, MqttSettings
 from vigil.wire.envelope import open_uplink, seal_downlink
 from vigil.wire.ids import DeviceId
@@ -70,7 +71,7 @@ class HubEndpoint:
         with self._lock:
             self.received.append(message)
         if message.kind in self.auto_store:
-            self.send(Stored(message.seq))
+            self.send(Stored(message.seq, DIGEST))
 
     # -- views ---------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ class HubEndpoint:
             if seq is None:
                 seq, self._down_seq = self._down_seq, self._down_seq + 1
         return seal_downlink(
-            Message(seq=seq, body=body),
+            Message(seq=seq, body=body, epoch=EPOCH),
             device_id=self.device_id,
             hub_keys=hub_keys or self.hub_keys,
             device=self.device_public,
@@ -122,4 +123,4 @@ class HubEndpoint:
 
     def store_all(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
-            self.send(Stored(seq))
+            self.send(Stored(seq, DIGEST))

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import UnknownDevice
 from vigil.wire import DeviceId, DeviceKeys, HubKeys
+from vigil.wire.liveness import Epoch
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,10 @@ def parties() -> Parties:
         DeviceId.generate(),
         DeviceKeys.generate(),
     )
+
+
+# Protocol version 2 values for messages built by hand in tests: the device's life,
+# a receipt's digest and a hub nonce (the device cannot check a nonce's MAC, only its form).
+EPOCH = Epoch(bytes.fromhex("0011223344556677"))
+DIGEST = "d1" * 16
+NONCE = "0e" * 16

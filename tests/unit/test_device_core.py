@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.parties import DIGEST, EPOCH, NONCE
 from vigil.device.core import (
     Action,
     AlarmCore,
@@ -63,7 +64,7 @@ def T(at: float) -> Tick:  # noqa: N802
 
 
 def down(at: float, body: Any) -> DownlinkReceived:
-    return DownlinkReceived(at, Message(seq=900, body=body))
+    return DownlinkReceived(at, Message(seq=900, body=body, epoch=EPOCH, nonce=NONCE))
 
 
 def taps(start: float, gesture: str) -> list[tuple[Event, list[Action]]]:
@@ -82,6 +83,13 @@ FIX = GpsFix(at=5.0, fix=BERLIN)
 
 def wire_fix(age: float) -> AgedFix:
     return AgedFix(BERLIN, age=age)
+
+
+aged = wire_fix
+
+
+def MIDDLE() -> float:  # noqa: N802 - a constant "random" draw: heartbeats exactly on the interval
+    return 0.5
 
 
 SEND_ALARM = Send(0, Alarm(Trigger.BUTTON))
@@ -129,8 +137,8 @@ SCENARIOS = [
             *taps(10, "..-"),
             (T(13), [Send(1, Cancel(0, duress=True)), Feedback(Pattern.CANCELLED)]),
             (T(33.0), [Send(2, Position(0, wire_fix(28.0)))]),
-            (down(34, Stored(0)), [Delivered(0)]),
-            (down(35, Acknowledged(0)), []),
+            (down(34, Stored(0, DIGEST)), [Delivered(0)]),
+            (down(35, Acknowledged(0, DIGEST)), []),
         ],
         mode=Mode.SILENT,
     ),
@@ -164,21 +172,25 @@ SCENARIOS = [
         [
             *taps(1, "...."),
             (T(3), [Send(0, Alarm(Trigger.DURESS))]),
-            (down(4, Stored(0)), [Delivered(0)]),
-            (down(5, Acknowledged(0)), []),
+            (down(4, Stored(0, DIGEST)), [Delivered(0)]),
+            (down(5, Acknowledged(0, DIGEST)), []),
         ],
     ),
     Scenario(
         "two-stage receipt: stored then acknowledged",
         [
             *HOLD,
-            (down(4, Stored(0)), [Delivered(0), Feedback(Pattern.STORED)]),
-            (down(9, Acknowledged(0)), [Feedback(Pattern.ACKNOWLEDGED)]),
+            (down(4, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED)]),
+            (down(9, Acknowledged(0, DIGEST)), [Feedback(Pattern.ACKNOWLEDGED)]),
         ],
     ),
     Scenario(
         "receipt for another seq gives no stored feedback",
-        [*HOLD, (down(4, Stored(7)), [Delivered(7)]), (down(5, Acknowledged(7)), [])],
+        [
+            *HOLD,
+            (down(4, Stored(7, DIGEST)), [Delivered(7)]),
+            (down(5, Acknowledged(7, DIGEST)), []),
+        ],
     ),
     Scenario(
         "positions follow while active and stop when resolved",
@@ -190,7 +202,7 @@ SCENARIOS = [
             (T(32.9), []),
             (T(33), [Send(1, Position(0, wire_fix(28.0)))]),
             (T(63), [Send(2, Position(0, wire_fix(58.0)))]),
-            (down(64, Resolved(0)), []),
+            (down(64, Resolved(0, DIGEST)), []),
             (T(100), []),
         ],
         mode=Mode.IDLE,
@@ -261,22 +273,22 @@ SCENARIOS = [
             *HOLD,
             (TamperOpened(5), []),
             (T(5.5), [Send(1, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
-            (down(6, Resolved(0)), []),
+            (down(6, Resolved(0, DIGEST)), []),
         ],
         mode=Mode.ACTIVE,
     ),
     Scenario(
-        "heartbeats carry battery, fix age and signal",
+        "heartbeats carry battery, the latest fix with its age, signal and mode",
         [
             (BatteryLevel(0, 55), []),
             (LinkChanged(1, up=True, signal=70), []),
             (FIX, []),
             (T(59), []),
-            (T(60), [Send(0, Heartbeat(55, 55.0, 70))]),
+            (T(60), [Send(0, Heartbeat(55, aged(55.0), 70))]),
             (SignalLevel(61, 40), []),
-            (T(120), [Send(1, Heartbeat(55, 115.0, 40))]),
+            (T(120), [Send(1, Heartbeat(55, aged(115.0), 40))]),
             (LinkChanged(121, up=False), []),
-            (T(180), [Send(2, Heartbeat(55, 175.0, None))]),
+            (T(180), [Send(2, Heartbeat(55, aged(175.0), None))]),
         ],
         settings=replace(BASE, heartbeat_interval=60),
     ),
@@ -325,7 +337,7 @@ SCENARIOS = [
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_scenario(sc: Scenario) -> None:
-    core = AlarmCore(sc.settings, first_seq=0, started_at=0.0)
+    core = AlarmCore(sc.settings, first_seq=0, started_at=0.0, rand=MIDDLE)
     for number, (event, expected) in enumerate(sc.steps):
         assert core.handle(event) == expected, f"step {number}: {event}"
     if sc.mode is not None:
@@ -333,29 +345,31 @@ def test_scenario(sc: Scenario) -> None:
 
 
 def test_seqs_start_at_the_persisted_counter_and_never_repeat() -> None:
-    core = AlarmCore(replace(BASE, heartbeat_interval=1), first_seq=41, started_at=0.0)
+    core = AlarmCore(
+        replace(BASE, heartbeat_interval=1), first_seq=41, started_at=0.0, rand=MIDDLE
+    )
     seqs = [a.seq for t in range(1, 20) for a in core.handle(T(float(t))) if isinstance(a, Send)]
     assert seqs == list(range(41, 60))
     assert core.next_seq == 60
 
 
 def test_memory_restores_an_active_alarm_after_a_restart() -> None:
-    core = AlarmCore(BASE, first_seq=0, started_at=0.0)
+    core = AlarmCore(BASE, first_seq=0, started_at=0.0, rand=MIDDLE)
     for event in (TamperClosed(0), *[e for e, _ in taps(1, "....")], T(3)):
         core.handle(event)
     core.handle(TamperOpened(4))
     core.handle(T(5))
     memory = core.memory()
     assert memory == Memory(Mode.SILENT, (0, 1), tamper_fired=True)
-    again = AlarmCore(BASE, first_seq=core.next_seq, started_at=1000.0, memory=memory)
+    again = AlarmCore(BASE, first_seq=core.next_seq, started_at=1000.0, rand=MIDDLE, memory=memory)
     again.handle(FIX_AT_1000)
     assert again.handle(T(1030)) == [Send(2, Position(1, wire_fix_at(30.0)))]
-    assert again.handle(down(1031, Acknowledged(1))) == []  # still silent
+    assert again.handle(down(1031, Acknowledged(1, DIGEST))) == []  # still silent
     for event in [e for e, _ in taps(1032, "...")]:
         assert again.handle(event) == []
     assert again.handle(T(1040)) == []  # no cancel after a restart
-    again.handle(down(1041, Resolved(0)))
-    again.handle(down(1042, Resolved(1)))
+    again.handle(down(1041, Resolved(0, DIGEST)))
+    again.handle(down(1042, Resolved(1, DIGEST)))
     assert again.memory() == Memory()
 
 
@@ -368,7 +382,7 @@ def wire_fix_at(age: float) -> AgedFix:
 
 
 def test_deadline_covers_hold_gap_and_tamper() -> None:
-    core = AlarmCore(BASE, first_seq=0, started_at=0.0)
+    core = AlarmCore(BASE, first_seq=0, started_at=0.0, rand=MIDDLE)
     core.handle(P(1.0))
     assert core.next_deadline() == pytest.approx(3.0)
     core.handle(R(1.1))
@@ -412,10 +426,10 @@ EVENT_MAKERS: list[Callable[[float], Event]] = [
     TamperOpened,
     TamperClosed,
     lambda t: GpsFix(at=t, fix=Fix(lat=1.0, lon=2.0)),
-    lambda t: down(t, Stored(0)),
-    lambda t: down(t, Acknowledged(0)),
-    lambda t: down(t, Resolved(0)),
-    lambda t: down(t, Resolved(1)),
+    lambda t: down(t, Stored(0, DIGEST)),
+    lambda t: down(t, Acknowledged(0, DIGEST)),
+    lambda t: down(t, Resolved(0, DIGEST)),
+    lambda t: down(t, Resolved(1, DIGEST)),
 ]
 
 
@@ -429,7 +443,7 @@ EVENT_MAKERS: list[Callable[[float], Event]] = [
 def test_invariants_hold_for_any_event_sequence(steps: list[tuple[float, int]]) -> None:
     """Seqs only grow; silent alarms never give feedback; a tamper alarm is never cancelled."""
     core = AlarmCore(replace(BASE, heartbeat_interval=7, checkin_interval=20, checkin_reminder=5),
-                     first_seq=0, started_at=0.0)  # fmt: skip
+                     first_seq=0, started_at=0.0, rand=MIDDLE)  # fmt: skip
     now, last_seq, tamper_alarms = 0.0, -1, set()
     for delta, which in steps:
         now += delta

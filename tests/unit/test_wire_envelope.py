@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.parties import Parties, parties
+from tests.support.parties import DIGEST, EPOCH, NONCE, Parties, parties
 from vigil.errors import (
     BadSignature,
     DecryptionFailed,
@@ -50,6 +50,7 @@ from vigil.wire import (
     seal_uplink,
 )
 from vigil.wire.envelope import HEADER_BYTES, MAX_ENVELOPE
+from vigil.wire.messages import Mode
 from vigil.wire.replay import MAX_SEQ
 
 P = parties()
@@ -66,21 +67,22 @@ UPLINK_BODIES = [
     Cancel(alarm_seq=41, duress=False),
     Cancel(alarm_seq=41, duress=True),
     Position(alarm_seq=MAX_SEQ, fix=WIDE_FIX),
-    Heartbeat(battery=55, fix_age=12.25, signal=70),
+    Heartbeat(battery=55, fix=FIX, signal=70),
+    Heartbeat(100, WIDE_FIX, 100, Mode.SILENT, pending=4095, oldest_pending=MAX_SEQ),
     Heartbeat(),
     Checkin(),
 ]
 DOWNLINK_BODIES = [
-    Stored(seq=41),
-    Acknowledged(alarm_seq=41),
-    Resolved(alarm_seq=41),
+    Stored(seq=41, digest=DIGEST),
+    Acknowledged(alarm_seq=41, digest=DIGEST),
+    Resolved(alarm_seq=41, digest=DIGEST),
     Config({"heartbeat_interval": 120, "checkin": True, "label": "x", "ratio": 0.5}),
 ]
 
 
 def up(body: object, *, seq: int = 41, suite: Suite = Suite.X25519_CHACHA20, p: Parties = P,
        device_id: DeviceId | None = None) -> bytes:  # fmt: skip
-    message = Message(seq, body, sent_at=1764000000.5, clock=ClockSource.NTP)  # type: ignore[arg-type]
+    message = Message(seq, body, sent_at=1764000000.5, clock=ClockSource.NTP, epoch=EPOCH)  # type: ignore[arg-type]
     return seal_uplink(
         message, device_id=device_id or p.device_id, device_keys=p.device, hub=p.hub.public(),
         suite=suite,
@@ -96,7 +98,7 @@ def open_up(
 
 
 def down(body: object, seq: int = 3) -> bytes:
-    message = Message(seq, body)  # type: ignore[arg-type]
+    message = Message(seq, body, epoch=EPOCH)  # type: ignore[arg-type]
     return seal_downlink(message, device_id=P.device_id, hub_keys=P.hub, device=P.device.public())
 
 
@@ -195,13 +197,13 @@ def test_replay_is_rejected_by_the_window() -> None:
 
 def test_downlink_replayed_as_uplink_is_rejected() -> None:
     with pytest.raises(WrongDirection):
-        open_up(down(Stored(1)))
+        open_up(down(Stored(1, DIGEST)))
 
 
 def test_downlink_from_anyone_but_the_hub_is_rejected() -> None:
     forged = seal_downlink(
-        Message(1, Acknowledged(41)), device_id=P.device_id, hub_keys=HubKeys.generate(),
-        device=P.device.public(),
+        Message(1, Acknowledged(41, DIGEST), epoch=EPOCH, nonce=NONCE),
+        device_id=P.device_id, hub_keys=HubKeys.generate(), device=P.device.public(),
     )  # fmt: skip
     with pytest.raises(BadSignature):
         open_down(forged)
@@ -209,7 +211,7 @@ def test_downlink_from_anyone_but_the_hub_is_rejected() -> None:
 
 def test_downlink_for_another_device_does_not_open() -> None:
     with pytest.raises(DecryptionFailed):
-        open_down(down(Resolved(41)), keys=DeviceKeys.generate())
+        open_down(down(Resolved(41, DIGEST)), keys=DeviceKeys.generate())
 
 
 @pytest.mark.parametrize("cut", [0, 1, 19, 20, 100, 579])

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.parties import DIGEST, EPOCH, NONCE
 from vigil.errors import MalformedMessage, UnknownKind
 from vigil.wire import (
     AgedFix,
@@ -28,7 +29,7 @@ from vigil.wire import (
 from vigil.wire.messages import DOWNLINK_KINDS, UPLINK_KINDS, decode_payload, encode_payload
 
 GOOD = Message(5, Alarm(Trigger.TAMPER, AgedFix(Fix(lat=1.0, lon=2.0, satellites=4), age=0.0), 9),
-               1e9, ClockSource.GPS)  # fmt: skip
+               1e9, ClockSource.GPS, epoch=EPOCH)  # fmt: skip
 
 
 def doc() -> dict[str, object]:
@@ -83,14 +84,16 @@ def test_garbage_payloads_are_refused(raw: bytes) -> None:
 
 
 def test_non_finite_numbers_are_refused() -> None:
-    text = encode_payload(Message(1, Heartbeat(fix_age=1.0))).replace(b"1.0", b"Infinity")
+    text = encode_payload(Message(1, Heartbeat(), 1.0, ClockSource.NTP, epoch=EPOCH)).replace(
+        b"1.0", b"Infinity"
+    )
     with pytest.raises(MalformedMessage):
         decode_payload(text, Direction.UP)
 
 
 def test_downlink_kinds_decode_only_on_the_downlink() -> None:
-    payload = encode_payload(Message(1, Stored(3)))
-    assert decode_payload(payload, Direction.DOWN).body == Stored(3)
+    payload = encode_payload(Message(1, Stored(3, DIGEST), epoch=EPOCH, nonce=NONCE))
+    assert decode_payload(payload, Direction.DOWN).body == Stored(3, DIGEST)
     with pytest.raises(UnknownKind):
         decode_payload(payload, Direction.UP)
 
@@ -103,7 +106,9 @@ def test_values_are_validated_where_they_are_made() -> None:
     with pytest.raises(MalformedMessage):
         Cancel(alarm_seq=1, duress=1)  # type: ignore[arg-type]
     with pytest.raises(MalformedMessage):
-        Message(1, Stored(1), sent_at=None, clock=ClockSource.NTP)
+        Message(
+            1, Stored(1, DIGEST), sent_at=None, clock=ClockSource.NTP, epoch=EPOCH, nonce=NONCE
+        )
 
 
 json_values = st.recursive(
@@ -136,13 +141,19 @@ def test_any_alarm_body_decodes_or_raises_malformed(body: dict[str, object]) -> 
 TAMPER_FIX = Fix(lat=1.0, lon=2.5, fix_time=1764000000.0, quality=2, satellites=4, hdop=0.9)
 GOLDEN = [
     (
-        Message(5, Alarm(Trigger.TAMPER, AgedFix(TAMPER_FIX, age=3.5), 9), 1e9, ClockSource.GPS),
+        Message(
+            5,
+            Alarm(Trigger.TAMPER, AgedFix(TAMPER_FIX, age=3.5), 9),
+            1e9,
+            ClockSource.GPS,
+            epoch=EPOCH,
+        ),
         b'{"body":{"battery":9,"fix":{"age":3.5,"fix_time":1764000000.0,"hdop":0.9,"lat":1.0,'
         b'"lon":2.5,"quality":2,"satellites":4},"trigger":"tamper"},"clock":"gps",'
         b'"kind":"alarm","sent_at":1000000000.0,"seq":5}',
     ),
     (
-        Message(7, Position(3, AgedFix(Fix(lat=-1.0, lon=-2.5), age=0.0))),
+        Message(7, Position(3, AgedFix(Fix(lat=-1.0, lon=-2.5), age=0.0)), epoch=EPOCH),
         b'{"body":{"alarm_seq":3,"fix":{"age":0.0,"fix_time":null,"hdop":null,"lat":-1.0,'
         b'"lon":-2.5,"quality":1,"satellites":0}},"clock":"unsynced","kind":"position",'
         b'"sent_at":null,"seq":7}',
@@ -161,9 +172,9 @@ def test_every_body_has_one_kind_and_the_wire_carries_its_string() -> None:
     assert set(bodies) == set(Kind)
     for kind, cls in bodies.items():
         assert cls.KIND is kind
-    decoded = decode_payload(encode_payload(Message(1, Checkin())), Direction.UP)
+    decoded = decode_payload(encode_payload(Message(1, Checkin(), epoch=EPOCH)), Direction.UP)
     assert decoded.kind is Kind.CHECKIN
-    assert json.loads(encode_payload(Message(1, Checkin())))["kind"] == "checkin"
+    assert json.loads(encode_payload(Message(1, Checkin(), epoch=EPOCH)))["kind"] == "checkin"
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,8 @@ while there is a fix; heartbeats go out every `heartbeat_interval` in all states
 
 from __future__ import annotations
 
-import enum
+import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from vigil.device.events import (
@@ -81,6 +82,7 @@ from vigil.wire.messages import (
     Config,
     Heartbeat,
     Message,
+    Mode,
     Position,
     Resolved,
     Stored,
@@ -115,12 +117,6 @@ __all__ = [
 # -- the machine ---------------------------------------------------------------------------
 
 
-class Mode(enum.Enum):
-    IDLE = "idle"
-    ACTIVE = "active"
-    SILENT = "silent"
-
-
 @dataclass
 class _State:
     mode: Mode = Mode.IDLE
@@ -138,6 +134,7 @@ class _State:
     signal: int | None = None
     next_heartbeat: float | None = None
     next_position: float | None = None
+    undelivered: dict[int, float] = field(default_factory=dict)  # alarm seq -> next nudge
     checkin_due: float | None = None
     reminded: bool = False
 
@@ -171,14 +168,19 @@ class AlarmCore:
         first_seq: int,
         started_at: float,
         memory: Memory = Memory(),  # frozen: a shared default is safe
+        undelivered: Iterable[int] = (),
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
         self._seq = first_seq
-        self._s = _State(next_heartbeat=started_at + settings.heartbeat_interval)
+        self._rand = rand
+        self._s = _State(next_heartbeat=self._heartbeat_after(started_at))
         if memory.alarms and memory.mode is not Mode.IDLE:
             self._s.mode, self._s.alarms = memory.mode, list(memory.alarms)
             self._s.tamper_fired = memory.tamper_fired
             self._s.next_position = started_at + settings.position_interval
+            nudge = started_at + settings.undelivered_after
+            self._s.undelivered = {seq: nudge for seq in undelivered if seq in memory.alarms}
         elif settings.checkin_interval:
             self._s.checkin_due = started_at + settings.checkin_interval
 
@@ -203,6 +205,7 @@ class AlarmCore:
         """Return the latest monotonic time by which the shell must send a `Tick`."""
         s, cfg = self._s, self.settings
         times = [s.next_heartbeat, s.next_position]  # nothing happens when grace ends
+        times += s.undelivered.values()
         if s.pressed_at is not None and not s.held:
             times.append(s.pressed_at + cfg.hold_seconds)
         if s.last_release is not None and s.presses:
@@ -300,6 +303,7 @@ class AlarmCore:
         s = self._s
         seq = self._send(Alarm(trigger, self._wire_fix(at), s.battery), out)
         s.alarms.append(seq)
+        s.undelivered[seq] = at + self.settings.undelivered_after
         if s.mode is Mode.IDLE:
             s.mode = Mode.SILENT if silent else Mode.ACTIVE
             s.next_position = at + self.settings.position_interval
@@ -323,6 +327,7 @@ class AlarmCore:
     def _end_alarm(self, at: float) -> None:
         s = self._s
         s.mode, s.alarms, s.cancellable_until, s.next_position = Mode.IDLE, [], None, None
+        s.undelivered.clear()
         if s.tamper_open_at is None:
             s.tamper_fired = False
         if self.settings.checkin_interval:
@@ -333,7 +338,8 @@ class AlarmCore:
         body = message.body
         if isinstance(body, Stored):
             out.append(Delivered(body.seq))
-            if s.mode is Mode.ACTIVE and s.alarms and body.seq == s.alarms[-1]:
+            first = s.undelivered.pop(body.seq, None) is not None  # a repeat says nothing new
+            if first and s.mode is Mode.ACTIVE and s.alarms and body.seq == s.alarms[-1]:
                 out.append(Feedback(Pattern.STORED))
         elif isinstance(body, Acknowledged):
             if s.mode is Mode.ACTIVE and body.alarm_seq in s.alarms:
@@ -341,6 +347,7 @@ class AlarmCore:
         elif isinstance(body, Resolved):
             if body.alarm_seq in s.alarms:
                 s.alarms.remove(body.alarm_seq)
+                s.undelivered.pop(body.alarm_seq, None)
                 if not s.alarms:
                     self._end_alarm(at)
         elif isinstance(body, Config):  # pragma: no branch - settings changes: not yet
@@ -359,7 +366,17 @@ class AlarmCore:
             s.tamper_fired = True
             self._raise(Trigger.TAMPER, now, out, silent=s.mode is Mode.SILENT)
         self._tick_checkin(now, out)
+        self._tick_undelivered(now, out)
         self._tick_periodic(now, out)
+
+    def _tick_undelivered(self, now: float, out: list[Action]) -> None:
+        """Nudge the wearer while an alarm has no `stored`: help was not told yet."""
+        s = self._s
+        due = [seq for seq, at in s.undelivered.items() if now >= at]
+        for seq in due:
+            s.undelivered[seq] = now + self.settings.undelivered_after
+        if due and s.mode is Mode.ACTIVE:  # never in a silent alarm
+            out.append(Feedback(Pattern.UNDELIVERED))
 
     def _tick_checkin(self, now: float, out: list[Action]) -> None:
         s, cfg = self._s, self.settings
@@ -379,9 +396,13 @@ class AlarmCore:
             if fix is not None and s.alarms:
                 self._send(Position(alarm_seq=s.alarms[-1], fix=fix), out)
         if s.next_heartbeat is not None and now >= s.next_heartbeat:
-            s.next_heartbeat = now + cfg.heartbeat_interval
-            fix_age = None if s.fix is None else round(s.fix.age(now), 1)
-            self._send(Heartbeat(s.battery, fix_age, s.signal), out)
+            s.next_heartbeat = self._heartbeat_after(now)
+            # `pending` and `oldest_pending` are the outbox's to fill in (the shell's).
+            self._send(Heartbeat(s.battery, self._wire_fix(now), s.signal, s.mode), out)
+
+    def _heartbeat_after(self, now: float) -> float:
+        """The next heartbeat time: no fixed grid a broker could filter by (docs §8)."""
+        return now + self.settings.heartbeat_interval * (0.75 + 0.5 * self._rand())
 
     # -- helpers -------------------------------------------------------------------------
 

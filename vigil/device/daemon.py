@@ -2,12 +2,14 @@
 
 One main loop owns the core and the outbox writes. gpiozero, the GPS reader
 and paho call in from their own threads only to put items on the queue. Each
-`Send` is sealed (only ciphertext touches the disk) and committed to the
-outbox before it is published; entries are resent with backoff until a
-verified `stored` downlink arrives. Downlinks that do not verify, or whose seq
-was already seen, are dropped and logged. systemd gets READY=1 once pins, GPS
-and outbox are up, and WATCHDOG=1 only from this loop, so a hung loop is
-restarted.
+`Send` is signed and committed to the outbox before it is published, sealed
+afresh for every attempt; entries are resent with backoff until a verified
+`stored` for that seq and digest arrives. Heartbeats are sent once, carrying
+what waits in the outbox. Downlinks that do not verify, whose seq was already
+seen, that answer another epoch or another message are dropped and logged;
+the newest nonce of those accepted is echoed in every uplink (docs §7-§8).
+systemd gets READY=1 once pins, GPS and outbox are up, and WATCHDOG=1 only
+from this loop, so a hung loop is restarted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -46,9 +48,18 @@ from vigil.device.outbox import PRIORITY, Entry, Outbox
 from vigil.errors import StorageError, TransportError, VigilError
 from vigil.runtime.mqtt import MqttSettings, Transport, Will
 from vigil.runtime.systemd import sd_notify
-from vigil.wire.envelope import open_downlink, seal_uplink
+from vigil.wire.envelope import open_downlink, seal_uplink_payload
 from vigil.wire.keys import DeviceKeys
-from vigil.wire.messages import ClockSource, Message
+from vigil.wire.messages import (
+    MAX_PENDING,
+    Acknowledged,
+    ClockSource,
+    Heartbeat,
+    Message,
+    Resolved,
+    Stored,
+    encode_payload,
+)
 from vigil.wire.replay import Verdict
 from vigil.wire.topics import down_topic, up_topic
 
@@ -60,6 +71,7 @@ BATTERY_POLL = 60.0
 MAX_WAIT = 30.0  # idle wake-up without a watchdog; every deadline is in the wait anyway
 GPS_EVERY = 1.0  # hand at most one fix per second to the core
 FIX_GAP = 10.0  # a fix after this long without one is logged as acquired again
+HEARTBEATS_KEPT = 4  # digests of recent heartbeats, to check their receipts
 
 
 class Player(Protocol):
@@ -112,8 +124,12 @@ class Daemon:
         self._queue: queue.Queue[Event | _Downlink | None] = queue.Queue()
         self._memory = _load_memory(outbox)
         self.core = AlarmCore(
-            cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory
-        )
+            cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory,
+            undelivered=outbox.pending_alarms(),
+        )  # fmt: skip
+        self._epoch = outbox.epoch
+        self._nonce: str | None = None  # the newest hub nonce, echoed in every uplink
+        self._heartbeats: dict[int, str] = {}  # seq -> digest of heartbeats sent lately
         self._window = outbox.downlink_window()
         self._transport: Transport | None = None
         self._unsaved: dict[int, Entry] = {}  # sealed but not on disk (disk full)
@@ -214,19 +230,24 @@ class Daemon:
 
     def _enqueue(self, send: Send) -> None:
         sent_at, source = self._time_now()
-        message = Message(seq=send.seq, body=send.body, sent_at=sent_at, clock=source)
-        envelope = seal_uplink(
-            message,
-            device_id=self.cfg.device_id,
-            device_keys=self._keys,
-            hub=self.cfg.hub,
-            suite=self.cfg.suite,
-        )
+        body = send.body
+        if isinstance(body, Heartbeat):  # the device's word on what the hub should have
+            count, oldest = self.outbox.waiting()
+            unsaved = [*self._unsaved, *([] if oldest is None else [oldest])]
+            count += len(self._unsaved)
+            body = replace(body, pending=min(count, MAX_PENDING),
+                           oldest_pending=min(unsaved) if unsaved else None)  # fmt: skip
+        message = Message(seq=send.seq, body=body, sent_at=sent_at, clock=source,
+                          epoch=self._epoch, nonce=self._nonce)  # fmt: skip
+        payload = encode_payload(message)
+        if isinstance(body, Heartbeat):
+            self._send_heartbeat(send.seq, payload)
+            return
         try:  # with the alarm state: a power cut right after leaves no alarm without it
-            dropped = self.outbox.put(send.seq, message.kind, envelope, state=self._memory_row())
+            dropped = self.outbox.put(send.seq, message.kind, payload, state=self._memory_row())
         except StorageError as exc:
             # Disk full or broken: never lose it, keep sending it from memory until stored.
-            self._unsaved[send.seq] = Entry(send.seq, message.kind, envelope)
+            self._unsaved[send.seq] = Entry(send.seq, message.kind, payload)
             _LOG.error(
                 "device %s seq=%s kind=%s kept in memory only: %s",
                 self.cfg.device_id,
@@ -238,6 +259,30 @@ class Daemon:
         _LOG.info("device %s seq=%s kind=%s queued", self.cfg.device_id, send.seq, message.kind)
         if dropped:
             _LOG.warning("device %s outbox full, dropped seqs %s", self.cfg.device_id, dropped)
+
+    def _send_heartbeat(self, seq: int, payload: bytes) -> None:
+        """Send once, never queue: the next heartbeat supersedes this one."""
+        try:
+            self.outbox.reserve(seq)  # a seq sent twice with two payloads would look cloned
+        except StorageError as exc:
+            _LOG.error("device %s seq=%s not sent: %s", self.cfg.device_id, seq, exc)
+            return
+        self._heartbeats[seq] = Entry(seq, Heartbeat.KIND, payload).digest
+        while len(self._heartbeats) > HEARTBEATS_KEPT:
+            del self._heartbeats[min(self._heartbeats)]
+        transport = self._transport
+        if transport is None or not transport.connected:
+            return
+        try:
+            transport.publish(up_topic(self.cfg.device_id), self._seal(payload), qos=1)
+        except TransportError as exc:
+            _LOG.warning("device %s seq=%s publish failed: %s", self.cfg.device_id, seq, exc)
+
+    def _seal(self, payload: bytes) -> bytes:
+        cfg = self.cfg
+        return seal_uplink_payload(
+            payload, device_id=cfg.device_id, device_keys=self._keys, hub=cfg.hub, suite=cfg.suite
+        )
 
     def flush(self) -> None:
         """Publish what is due, alarms first, while the link is up."""
@@ -253,7 +298,7 @@ class Daemon:
             entries = memory + entries
         for entry in entries:
             try:
-                transport.publish(topic, entry.envelope, qos=1)
+                transport.publish(topic, self._seal(entry.payload), qos=1)
             except TransportError as exc:
                 _LOG.warning(
                     "device %s seq=%s publish failed: %s", self.cfg.device_id, entry.seq, exc
@@ -283,13 +328,40 @@ class Daemon:
         if verdict is not Verdict.ACCEPT:
             _LOG.warning("device %s dropped downlink seq=%s: %s", dev, message.seq, verdict.value)
             return None
+        problem = self._receipt_problem(message)
+        if problem is not None:
+            _LOG.warning("device %s dropped downlink seq=%s: %s", dev, message.seq, problem)
+            return None
         self._window = self._window.accept(message.seq)
+        self._nonce = message.nonce
         try:
             self.outbox.save_downlink_window(self._window)
         except StorageError:
             _LOG.exception("device %s could not persist the downlink window", dev)
         _LOG.info("device %s downlink seq=%s kind=%s", dev, message.seq, message.kind)
         return DownlinkReceived(self._clock(), message)
+
+    def _receipt_problem(self, message: Message) -> str | None:
+        """Why a verified downlink does not answer this life of the device (None: it does)."""
+        if message.epoch != self._epoch:
+            return f"it is for epoch {message.epoch}, this device is in {self._epoch}"
+        body = message.body
+        if isinstance(body, Stored):
+            unsaved = self._unsaved.get(body.seq)
+            expected = (
+                self._heartbeats.get(body.seq)
+                or (unsaved.digest if unsaved is not None else None)
+                or self.outbox.digest(body.seq)
+                or self.outbox.alarm_digest(body.seq)
+            )
+            seq = body.seq
+        elif isinstance(body, Acknowledged | Resolved):
+            expected, seq = self.outbox.alarm_digest(body.alarm_seq), body.alarm_seq
+        else:
+            return None
+        if expected != body.digest:
+            return f"its digest does not match what this device sent as seq {seq}"
+        return None
 
     def _time_now(self) -> tuple[float | None, ClockSource]:
         """Wall time for `sent_at`: NTP when synchronised, else GPS, else none (no RTC)."""
@@ -327,6 +399,7 @@ class Daemon:
             return
         try:
             self.outbox.save_state(*self._memory_row())
+            self.outbox.forget_alarms(keep=set(memory.alarms))
         except StorageError:
             _LOG.exception("device %s could not persist the alarm state", self.cfg.device_id)
             return

@@ -38,6 +38,7 @@ class AlarmSettings:
     heartbeat_interval: float = 60.0
     checkin_interval: float = 0.0
     checkin_reminder: float = 60.0
+    undelivered_after: float = 60.0
     cancel: str = "..."
     duress_cancel: str = "..-"
     duress: str = "...."
@@ -45,7 +46,8 @@ class AlarmSettings:
     def __post_init__(self) -> None:
         for name in ("hold_seconds", "long_press_seconds", "gap_seconds", "tamper_debounce"):
             _positive(name, getattr(self, name))
-        for name in ("grace_seconds", "position_interval", "heartbeat_interval"):
+        for name in ("grace_seconds", "position_interval", "heartbeat_interval",
+                     "undelivered_after"):  # fmt: skip
             _positive(name, getattr(self, name))
         _positive("checkin_interval", self.checkin_interval, zero_ok=True)
         _positive("checkin_reminder", self.checkin_reminder, zero_ok=True)
@@ -157,6 +159,7 @@ class Pattern(enum.Enum):
     STORED = "stored"
     ACKNOWLEDGED = "acknowledged"
     REMINDER = "reminder"
+    UNDELIVERED = "undelivered"  # an alarm has had no `stored` for `undelivered_after`
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,23 @@
 """Keep every uplink on disk until the hub says `stored`: the wearable's durable outbox.
 
-SQLite with `synchronous=FULL` (WAL): `put()` returns only once the sealed
-envelope and the sequence counter are on the SD card, so a power cut after it
-loses nothing and never reuses a seq. Only sealed envelopes are stored, never
-plaintext. Entries go out alarms first (then cancels and check-ins, then
-positions, then heartbeats), oldest first within a class, and are retried with
+SQLite with `synchronous=FULL` (WAL): `put()` returns only once the signed
+payload and the sequence counter are on the SD card, so a power cut after it
+loses nothing and never reuses a seq. The payload, not an envelope, is kept:
+every resend is sealed afresh, so the broker never sees the same bytes twice
+(docs/protocol.md §8). Entries go out alarms first (then cancels and
+check-ins, then positions), oldest first within a class, and are retried with
 jittered exponential backoff (vigil.runtime.backoff) until the hub's signed
-`stored` downlink arrives. When the outbox is full the oldest heartbeat goes
-first, then the oldest position; an alarm, cancel or check-in is never dropped.
+`stored` for that seq and digest arrives. When the outbox is full the oldest
+position goes; an alarm, cancel or check-in is never dropped. Heartbeats are
+never queued: the next one supersedes the last (`reserve` only spends the seq).
+
+The outbox is the device's state: a new database is a new life of the device,
+with a new random epoch (§7) that every uplink carries.
 
     outbox = Outbox.open(state_dir / "outbox.sqlite3", capacity=512)
-    outbox.put(seq, Kind.ALARM, envelope)
-    for entry in outbox.due(now): publish(entry.envelope); outbox.mark_sent(entry.seq, now)
-    outbox.ack(seq)   # on a verified `stored`
+    outbox.put(seq, Kind.ALARM, payload)
+    for entry in outbox.due(now): publish(seal(entry.payload)); outbox.mark_sent(entry.seq, now)
+    outbox.ack(seq)   # on a verified `stored` whose digest is outbox.digest(seq)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Final
 
 from vigil.errors import StateDirError, StorageError
 from vigil.runtime.backoff import backoff_delay
+from vigil.wire.liveness import Epoch, uplink_digest
 from vigil.wire.messages import Kind
 from vigil.wire.replay import WINDOW_SIZE, ReplayWindow
 
@@ -46,14 +52,18 @@ DROPPABLE: Final = (Kind.HEARTBEAT, Kind.POSITION)
 # The hub's replay window is 4096 seqs; an outbox this size never falls outside it.
 HARD_LIMIT: Final = 3072
 
+SCHEMA_VERSION: Final = 2  # 1 kept sealed version-1 envelopes, which no hub accepts now
+EPOCH_KEY: Final = "epoch"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     priority INTEGER NOT NULL,
-    envelope BLOB NOT NULL
+    payload BLOB NOT NULL
 );
+-- Digests of the alarms sent in this epoch: `acknowledged`/`resolved` must name one.
+CREATE TABLE IF NOT EXISTS sent_alarms (seq INTEGER PRIMARY KEY, digest TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority DESC, seq);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS downlink_window (
@@ -68,7 +78,11 @@ CREATE TABLE IF NOT EXISTS downlink_window (
 class Entry:
     seq: int
     kind: Kind
-    envelope: bytes
+    payload: bytes  # the signed message's canonical encoding; sealed afresh for each send
+
+    @property
+    def digest(self) -> str:
+        return uplink_digest(self.payload)
 
 
 class Outbox:
@@ -110,8 +124,12 @@ class Outbox:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
+            _upgrade(conn, path)
             conn.executescript(_SCHEMA)
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('next_seq', 0)")
+            conn.execute(
+                "INSERT OR IGNORE INTO state VALUES (?, ?)", (EPOCH_KEY, Epoch.generate().hex)
+            )
         except (sqlite3.Error, OSError) as exc:  # OSError: the folder cannot be made
             raise StorageError(f"cannot open the outbox {path}: {exc}") from exc
         return cls(
@@ -121,6 +139,14 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    @property
+    def epoch(self) -> Epoch:
+        """This life of the device's state, made with the database (docs/protocol.md §7)."""
+        text = self.load_state(EPOCH_KEY)
+        if text is None:  # pragma: no cover - open() always writes it
+            raise StorageError("the outbox has no epoch")
+        return Epoch.parse(text)
 
     @property
     def next_seq(self) -> int:
@@ -139,9 +165,9 @@ class Outbox:
             return int(count)
 
     def put(
-        self, seq: int, kind: Kind, envelope: bytes, *, state: tuple[str, str] | None = None
+        self, seq: int, kind: Kind, payload: bytes, *, state: tuple[str, str] | None = None
     ) -> list[int]:
-        """Commit one sealed uplink durably; return the seqs dropped to make room.
+        """Commit one signed uplink payload durably; return the seqs dropped to make room.
 
         `state` (key, value) is saved in the same transaction, as `save_state` would:
         the alarm and the daemon's "an alarm is active" reach the disk together.
@@ -149,11 +175,11 @@ class Outbox:
         Raise `StorageError` if `seq` was already handed out, or if a message
         that may not be dropped finds no room (never for an alarm).
         """
-        if kind not in PRIORITY:
-            raise ValueError(f"unknown uplink kind {kind!r}")
+        if kind not in PRIORITY or kind is Kind.HEARTBEAT:
+            raise ValueError(f"{kind!r} is not queued (heartbeats are sent once: use reserve)")
         with self._lock:
             try:
-                return self._put_locked(seq, kind, envelope, state)
+                return self._put_locked(seq, kind, payload, state)
             except sqlite3.Error as exc:
                 self._burn_seq(seq)
                 raise StorageError(f"outbox write failed for seq {seq}: {exc}") from exc
@@ -171,8 +197,18 @@ class Outbox:
         except sqlite3.Error as exc:
             _LOG.error("outbox: cannot persist the seq counter past %s either: %s", seq, exc)
 
+    def reserve(self, seq: int) -> None:
+        """Spend `seq` durably without queuing anything (a heartbeat, sent once)."""
+        with self._lock:
+            if seq < self._next_seq_locked():
+                raise StorageError(f"seq {seq} was already used; refusing to repeat it")
+            try:
+                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot persist the seq counter past {seq}: {exc}") from exc
+
     def _put_locked(
-        self, seq: int, kind: Kind, envelope: bytes, state: tuple[str, str] | None
+        self, seq: int, kind: Kind, payload: bytes, state: tuple[str, str] | None
     ) -> list[int]:
         if seq < self._next_seq_locked():
             raise StorageError(f"seq {seq} was already used; refusing to repeat it")
@@ -184,8 +220,12 @@ class Outbox:
                 dropped = self._make_room(kind, limit=HARD_LIMIT if kind is Kind.ALARM else None)
             self._conn.execute(
                 "INSERT INTO outbox VALUES (?, ?, ?, ?)",
-                (seq, kind.value, PRIORITY[kind], envelope),
+                (seq, kind.value, PRIORITY[kind], payload),
             )
+            if kind is Kind.ALARM:
+                self._conn.execute(
+                    "INSERT INTO sent_alarms VALUES (?, ?)", (seq, uplink_digest(payload))
+                )
             self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
             if state is not None:
                 self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", state)
@@ -221,12 +261,46 @@ class Outbox:
             order = self._conn.execute("SELECT seq FROM outbox ORDER BY priority DESC, seq")
             seqs = [int(s) for (s,) in order if self._next_try.get(int(s), 0.0) <= now][:limit]
             out = []
-            for seq in seqs:  # envelopes only for what goes out now
-                kind, envelope = self._conn.execute(
-                    "SELECT kind, envelope FROM outbox WHERE seq = ?", (seq,)
+            for seq in seqs:  # payloads only for what goes out now
+                kind, payload = self._conn.execute(
+                    "SELECT kind, payload FROM outbox WHERE seq = ?", (seq,)
                 ).fetchone()
-                out.append(Entry(seq, Kind(kind), bytes(envelope)))
+                out.append(Entry(seq, Kind(kind), bytes(payload)))
             return out
+
+    def digest(self, seq: int) -> str | None:
+        """The digest a `stored` for `seq` must carry (None: not waiting for one)."""
+        with self._lock:
+            row = self._conn.execute("SELECT payload FROM outbox WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else uplink_digest(bytes(row[0]))
+
+    def alarm_digest(self, seq: int) -> str | None:
+        """The digest of alarm `seq` of this epoch, for its `acknowledged` and `resolved`."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT digest FROM sent_alarms WHERE seq = ?", (seq,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def forget_alarms(self, *, keep: set[int]) -> None:
+        """Drop the digests of alarms that are over (resolved or cancelled)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT seq FROM sent_alarms").fetchall()
+            for (seq,) in rows:
+                if int(seq) not in keep:
+                    self._conn.execute("DELETE FROM sent_alarms WHERE seq = ?", (seq,))
+
+    def waiting(self) -> tuple[int, int | None]:
+        """How many entries wait for a `stored`, and the oldest seq among them (heartbeats)."""
+        with self._lock:
+            count, oldest = self._conn.execute("SELECT count(*), min(seq) FROM outbox").fetchone()
+        return int(count), None if oldest is None else int(oldest)
+
+    def pending_alarms(self) -> list[int]:
+        """Alarm seqs still waiting for their `stored`."""
+        with self._lock:
+            rows = self._conn.execute("SELECT seq FROM outbox WHERE kind = 'alarm' ORDER BY seq")
+            return [int(seq) for (seq,) in rows]
 
     def pending(self) -> list[int]:
         """Seqs still waiting for the hub, in sending order."""
@@ -300,6 +374,20 @@ class Outbox:
     def _forget(self, seq: int) -> None:
         self._next_try.pop(seq, None)
         self._attempts.pop(seq, None)
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    """A version-1 outbox holds envelopes no hub accepts any more: start a new life."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version >= SCHEMA_VERSION:
+        return
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if tables:
+        _LOG.warning("outbox %s is from protocol version 1: its entries are dropped and the "
+                     "device starts a new epoch", path)  # fmt: skip
+    for table in tables:
+        conn.execute(f'DROP TABLE "{table}"')
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def check_state_dir(path: Path, *, create: bool) -> None:

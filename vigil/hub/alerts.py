@@ -35,8 +35,10 @@ def last_fix(reported: AgedFix, *, received_at: float) -> LastFix:
     return LastFix(fix.lat, fix.lon, taken_at=taken_at, received_at=received_at)
 
 
-def from_alarm(device_id: DeviceId, seq: int, alarm: Alarm, *, received_at: float) -> Alert:
-    """A new alert for an alarm (its id is assigned by the store)."""
+def from_alarm(
+    device_id: DeviceId, epoch: str, seq: int, alarm: Alarm, *, received_at: float
+) -> Alert:
+    """A new alert for alarm `seq` of the device's life `epoch` (its id comes from the store)."""
     return Alert(
         id=0,
         device_id=device_id,
@@ -45,6 +47,7 @@ def from_alarm(device_id: DeviceId, seq: int, alarm: Alarm, *, received_at: floa
         opened_at=received_at,
         updated_at=received_at,
         alarm_seq=seq,
+        alarm_epoch=epoch,
         trigger=alarm.trigger.value,
         duress=alarm.trigger is Trigger.DURESS,
         battery=alarm.battery,
@@ -53,15 +56,32 @@ def from_alarm(device_id: DeviceId, seq: int, alarm: Alarm, *, received_at: floa
 
 
 def device_silent(device: DeviceRecord, *, now: float, reason: str) -> Alert:
-    """A new alert for a device that stopped talking, with its last known position."""
+    """A new alert for a device that stopped talking, with its last known position.
+
+    Inside the wearer's risk window it is alarm-grade (`DARK`): it escalates at once.
+    """
+    dark = device.risk_until is not None and now <= device.risk_until
+    return suspicion(
+        device, AlertKind.DARK if dark else AlertKind.SILENT,
+        trigger="went-dark" if dark else "device-silent", now=now, reason=reason,
+    )  # fmt: skip
+
+
+def suspicion(
+    device: DeviceRecord, kind: AlertKind, *, trigger: str, now: float, reason: str
+) -> Alert:
+    """An alert the hub raises itself (silence, a withheld or a conflicting message).
+
+    It has no alarm seq: at most one of each kind is active per device.
+    """
     return Alert(
         id=0,
         device_id=device.device_id,
-        kind=AlertKind.SILENT,
+        kind=kind,
         state=AlertState.OPEN,
         opened_at=now,
         updated_at=now,
-        trigger="device-silent",
+        trigger=trigger,
         battery=device.battery,
         last_fix=device.last_fix,
         note=reason,

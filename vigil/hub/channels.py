@@ -39,6 +39,9 @@ _TRIGGERS = {
     "missed-checkin": "missed check-in",
     "duress": "duress signal",
     "device-silent": "device went silent",
+    "went-dark": "device went silent inside its risk window",
+    "withheld": "a message from the device is being withheld",
+    "conflict": "two different messages signed under one seq: the device key may be cloned",
 }
 
 
@@ -63,19 +66,25 @@ def _age(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
+_HEADS = {
+    AlertKind.ALARM: "ALARM",
+    AlertKind.SILENT: "SILENT",
+    AlertKind.DARK: "WENT DARK",  # silent inside the wearer's risk window
+    AlertKind.WITHHELD: "WITHHELD",  # the device says it sent what never arrived
+    AlertKind.CONFLICT: "CLONED KEY?",  # two messages signed under one seq
+}
+
+
 def compose(
     alert: Alert, device: DeviceRecord, *, now: float, map_url: str, step: str = ""
 ) -> Notice:
     """Say who, what, when, where (with a map link and the position's age) and battery."""
     trigger = _TRIGGERS.get(alert.trigger or "", alert.trigger or "unknown")
     state = operator_view(alert)
-    head = (
-        "DURESS"
-        if state == "DURESS"
-        else ("SILENT" if alert.kind is AlertKind.SILENT else "ALARM")
-    )
+    head = "DURESS" if state == "DURESS" else _HEADS[alert.kind]
+    needs = " needs help" if head in ("ALARM", "DURESS") else ""
     lines = [
-        f"{head}: {device.label} needs help" if head != "SILENT" else f"SILENT: {device.label}",
+        f"{head}: {device.label}{needs}",
         f"Trigger: {trigger}",
         f"Time: {_when(alert.opened_at)}",
     ]

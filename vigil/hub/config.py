@@ -128,6 +128,7 @@ class HubConfig:
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
     channels: Mapping[str, Channel] = field(default_factory=dict)
     silent_after: float = 600.0
+    risk_silent_after: float = 180.0  # the deadline inside a wearer's risk window
     map_url: str = DEFAULT_MAP_URL
     audit: AuditConfig = field(default_factory=AuditConfig)
 
@@ -147,6 +148,7 @@ def load_config(path: Path) -> HubConfig:
         escalation=_escalation(top.table("escalation"), channels),
         channels=MappingProxyType(channels),
         silent_after=hub.number("silent_after", 600.0, above=0),
+        risk_silent_after=hub.number("risk_silent_after", 180.0, above=0),
         map_url=_map_url(hub),
         audit=_audit(top.table("audit"), keys_path.parent / "audit-anchors.txt"),
     )

@@ -18,11 +18,12 @@ from collections import Counter
 from collections.abc import Callable
 
 from vigil.errors import ReplayedMessage, StorageError, TransportError, VigilError
-from vigil.hub import alerts, escalation, pipeline, watchdog
+from vigil.hub import alerts, escalation, liveness, pipeline, watchdog
 from vigil.hub.channels import AppriseNotifier, Notifier, deliver_due
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.store import (
+    Acceptance,
     AlertKind,
     DeviceRecord,
     PendingDownlink,
@@ -35,6 +36,7 @@ from vigil.runtime.systemd import sd_notify
 from vigil.wire.envelope import seal_downlink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
+from vigil.wire.liveness import Epoch, NonceMinter
 from vigil.wire.messages import (
     Acknowledged,
     ClockSource,
@@ -73,11 +75,12 @@ class HubService:
         self.rejected: Counter[str] = Counter()
         self.accepted = 0  # uplinks this instance stored (not duplicates)
         self._silent: dict[object, float] = {}
+        self._nonces = NonceMinter(hub_keys.nonce_secret())
         self.checkpoints = Checkpointer(store, hub_keys.signing, policy=config.audit.checkpoints,
                                         anchor_file=config.audit.anchor_file)  # fmt: skip
         with store.read() as tx:
             for a in tx.alerts.all():
-                if a.kind is AlertKind.SILENT:
+                if a.kind in (AlertKind.SILENT, AlertKind.DARK):
                     since = self._silent.get(a.device_id, 0.0)
                     self._silent[a.device_id] = max(a.opened_at, since)
 
@@ -114,36 +117,59 @@ class HubService:
         _LOG.warning("rejected uplink device=%s reason=%s: %s", device, reason, detail)
 
     def _ingest(self, up: pipeline.Uplink, now: float) -> None:
-        msg, device_id = up.message, up.device_id
+        msg, device_id, epoch = up.message, up.device_id, up.message.epoch.hex
         try:
             with self.store.transaction() as tx:
-                new = tx.uplinks.accept(device_id, msg, received_at=now)
-        except ReplayedMessage as exc:
+                accepted = tx.uplinks.accept(device_id, msg, received_at=now)
+                if accepted.previous_epoch is not None:
+                    self.audit(tx, "device state was reset", f"device {device_id}",
+                               f"epoch {accepted.previous_epoch} -> {epoch}")  # fmt: skip
+        except ReplayedMessage as exc:  # below the window: no receipt (docs/protocol.md §7)
             self._reject("ReplayedMessage", str(exc), device_id.hex, now)
             return
-        self.accepted += new
+        status = accepted.status
+        self.accepted += status is Acceptance.NEW
+        alive_at = liveness.proven_at(self._nonces, device_id, msg)
         # The uplink is on disk; its effects and its receipt commit together.
         with self.store.transaction() as tx:
-            if new:
-                self._run_handler(tx, up, received_at=now)
-            else:  # a resend: finish what a crash may have interrupted
-                stored = tx.uplinks.get(device_id, msg.seq)
-                if stored is not None and not stored.processed:
-                    self._run_handler(tx, up, received_at=stored.received_at)
-            # A duplicate gets a fresh receipt too: the first one may have been lost.
-            tx.downlinks.queue(device_id, Stored.KIND.value, msg.seq, now=now)
-        _LOG.info(
-            "uplink device=%s seq=%s kind=%s %s", device_id, msg.seq, msg.kind,
-            "stored" if new else "duplicate",
-        )  # fmt: skip
+            if alive_at is not None:
+                tx.devices.note_alive(device_id, at=alive_at)
+            receipt = self._settle(tx, up, status, now=now, alive_at=alive_at)
+            if receipt:
+                tx.downlinks.queue(device_id, Stored.KIND.value, msg.seq, now=now,
+                                   epoch=epoch, digest=accepted.digest)  # fmt: skip
+        _LOG.info("uplink device=%s seq=%s kind=%s %s%s", device_id, msg.seq, msg.kind,
+                  status.value, "" if receipt else " (no receipt)")  # fmt: skip
         self.flush_downlinks()
 
-    def _run_handler(self, tx: Transaction, up: pipeline.Uplink, *, received_at: float) -> None:
+    def _settle(
+        self, tx: Transaction, up: pipeline.Uplink, status: Acceptance, *, now: float,
+        alive_at: float | None,
+    ) -> bool:  # fmt: skip
+        """Run what the uplink causes; return whether it gets a receipt."""
+        msg, device_id = up.message, up.device_id
+        if status is Acceptance.NEW:
+            self._run_handler(tx, up, received_at=now, alive_at=alive_at)
+            return True
+        if status is Acceptance.CONFLICT:  # never receipted: the wearer must not feel "stored"
+            liveness.conflict(tx, tx.devices.active(device_id), msg, now=now,
+                              audit=functools.partial(self.audit, tx))  # fmt: skip
+            return False
+        stored = tx.uplinks.get(device_id, msg.epoch.hex, msg.seq)
+        if stored is not None and not stored.processed:  # a crash interrupted it
+            self._run_handler(tx, up, received_at=stored.received_at, alive_at=alive_at)
+        # The first receipt may have been lost; a replaying broker gets few more.
+        return tx.uplinks.may_receipt(device_id, msg.epoch.hex, msg.seq, now=now)
+
+    def _run_handler(
+        self, tx: Transaction, up: pipeline.Uplink, *, received_at: float,
+        alive_at: float | None = None,
+    ) -> None:  # fmt: skip
         device = tx.devices.active(up.device_id)
         audit = functools.partial(self.audit, tx)
-        ctx = pipeline.Context(tx, device, up.message, received_at, audit)
+        ctx = pipeline.Context(tx, device, up.message, received_at, audit, alive_at)
         summary = pipeline.handle(ctx)
-        tx.uplinks.mark_processed(up.device_id, up.message.seq)
+        tx.uplinks.mark_processed(up.device_id, up.message.epoch.hex, up.message.seq)
         _LOG.info("device=%s seq=%s kind=%s: %s", up.device_id, up.message.seq,
                   up.message.kind, summary)  # fmt: skip
 
@@ -187,8 +213,15 @@ class HubService:
     def _publish(self, d: PendingDownlink, device: DeviceRecord, now: float) -> bool:
         """Seal and publish one claimed downlink; False (and released) if the broker is away."""
         assert self.transport is not None  # noqa: S101 - checked by flush_downlinks
-        body: DownlinkBody = _DOWNLINKS[Kind(d.kind)](d.arg)
-        message = Message(seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP)
+        if d.epoch is None or d.digest is None:  # queued by protocol version 1: unanswerable
+            with self.store.transaction() as tx:
+                tx.downlinks.mark_sent(d.id, at=now)
+            return True
+        body: DownlinkBody = _DOWNLINKS[Kind(d.kind)](d.arg, d.digest)
+        message = Message(
+            seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP, epoch=Epoch.parse(d.epoch),
+            nonce=self._nonces.mint(d.device_id, at=now),
+        )  # fmt: skip
         envelope = seal_downlink(
             message, device_id=d.device_id, hub_keys=self.keys, device=device.public_keys
         )
@@ -222,6 +255,7 @@ class HubService:
                 now=now,
                 silent_after=self.config.silent_after,
                 last_silent_alert=self._silent,  # type: ignore[arg-type]
+                risk_silent_after=self.config.risk_silent_after,
             )
             for device, reason in found:
                 alert = tx.alerts.open(alerts.device_silent(device, now=now, reason=reason))

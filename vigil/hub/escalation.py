@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from vigil.errors import BadTransition
 from vigil.hub.alerts import may_broadcast
 from vigil.hub.config import Channel, Recipient, Tier
-from vigil.hub.store.records import Alert, AlertKind, AlertState, DeviceRecord
+from vigil.hub.store.records import Alert, AlertState, DeviceRecord
 
 CONTACTS = "contacts"
 PUBLIC_STEP = "public broadcast"
@@ -33,7 +33,7 @@ def due_tiers(alert: Alert, tiers: Sequence[Tier], fired: set[str], *, now: floa
     """The tiers to fire now for `alert`, given the steps that already fired."""
     if alert.state is not AlertState.OPEN:
         return []
-    candidates = tiers[:1] if alert.kind is AlertKind.SILENT else tiers
+    candidates = tiers if alert.kind.alarm_grade else tiers[:1]
     return [
         t
         for t in candidates

@@ -43,9 +43,8 @@ def act(
             return alert
         updated, downlink = _transition(alert, action, by=by, now=now, note=note)
         tx.alerts.save(updated)
-        if downlink is not None and alert.kind is AlertKind.ALARM and alert.alarm_seq is not None:
-            seq = tx.downlinks.queue(alert.device_id, downlink.value, alert.alarm_seq, now=now)
-            _LOG.info("queued %s seq %s for device %s", downlink, seq, alert.device_id)
+        if downlink is not None:
+            _tell_wearer(tx, alert, downlink, now=now)
         _audit(tx, alert, at=now, by=by, action=action, detail=note or "")
     return updated
 
@@ -60,6 +59,18 @@ def _transition(
         return alerts.verify(alert, by=by, now=now), None
     closed = alerts.close(alert, false_alarm=action == "false-alarm", now=now, note=note)
     return closed, Resolved.KIND
+
+
+def _tell_wearer(tx: Transaction, alert: Alert, kind: Kind, *, now: float) -> None:
+    """Queue the downlink that answers the wearer's alarm (by its epoch and digest)."""
+    if alert.kind is not AlertKind.ALARM or alert.alarm_seq is None or alert.alarm_epoch is None:
+        return
+    alarm = tx.uplinks.get(alert.device_id, alert.alarm_epoch, alert.alarm_seq)
+    if alarm is None or alarm.digest is None:  # a duress cancel that overtook its alarm
+        return
+    seq = tx.downlinks.queue(alert.device_id, kind.value, alert.alarm_seq, now=now,
+                             epoch=alert.alarm_epoch, digest=alarm.digest)  # fmt: skip
+    _LOG.info("queued %s seq %s for device %s", kind, seq, alert.device_id)
 
 
 def _audit(tx: Transaction, alert: Alert, *, at: float, by: str, action: str, detail: str) -> None:

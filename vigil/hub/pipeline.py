@@ -80,18 +80,27 @@ Audit = Callable[[str, str, str], None]  # (action, subject, detail)
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a handler gets: the open transaction's repositories, the sender, the message."""
+    """What a handler gets: the open transaction's repositories, the sender, the message.
+
+    `alive_at` is the hub time the message's nonce echo proves it was made after
+    (None: it proves nothing, docs/protocol.md §8).
+    """
 
     tx: Transaction
     device: DeviceRecord
     message: Message
     received_at: float
     audit: Audit
+    alive_at: float | None = None
+
+    @property
+    def epoch(self) -> str:
+        return self.message.epoch.hex
 
 
 def _alarm(ctx: Context, body: Alarm) -> str:
     draft = alerts.from_alarm(
-        ctx.device.device_id, ctx.message.seq, body, received_at=ctx.received_at
+        ctx.device.device_id, ctx.epoch, ctx.message.seq, body, received_at=ctx.received_at
     )
     alert = ctx.tx.alerts.open(draft)
     ctx.tx.devices.note_state(ctx.device.device_id, battery=body.battery, fix=draft.last_fix)
@@ -103,14 +112,15 @@ def _alarm(ctx: Context, body: Alarm) -> str:
 
 def _cancel(ctx: Context, body: Cancel) -> str:
     tx, device_id = ctx.tx, ctx.device.device_id
-    alert = tx.alerts.find(device_id, body.alarm_seq)
+    alert = tx.alerts.find(device_id, ctx.epoch, body.alarm_seq)
     if alert is None:
         if not body.duress:
-            return f"cancel of unknown alarm {body.alarm_seq} ignored"
+            return withheld(ctx, body.alarm_seq, "a cancel names it")
         # A duress cancel that overtook its alarm must still raise one.
         draft = alerts.from_alarm(
-            device_id, body.alarm_seq, Alarm(Trigger.DURESS), received_at=ctx.received_at
-        )
+            device_id, ctx.epoch, body.alarm_seq, Alarm(Trigger.DURESS),
+            received_at=ctx.received_at,
+        )  # fmt: skip
         alert = tx.alerts.open(draft)
     updated = alerts.cancel(alert, duress=body.duress, now=ctx.received_at)
     if updated != alert:
@@ -124,10 +134,10 @@ def _position(ctx: Context, body: Position) -> str:
     tx, device_id = ctx.tx, ctx.device.device_id
     fix = alerts.last_fix(body.fix, received_at=ctx.received_at)
     tx.devices.note_state(device_id, fix=fix)
-    alert = tx.alerts.find(device_id, body.alarm_seq)
+    alert = tx.alerts.find(device_id, ctx.epoch, body.alarm_seq)
     if alert is None:
-        return f"position for unknown alarm {body.alarm_seq} kept as last fix"
-    tx.alerts.add_position(alert.id, device_id, ctx.message.seq, fix)
+        return withheld(ctx, body.alarm_seq, "a position follows it")
+    tx.alerts.add_position(alert.id, device_id, ctx.epoch, ctx.message.seq, fix)
     updated = alerts.attach_position(alert, fix, now=ctx.received_at)
     if updated != alert:
         tx.alerts.save(updated)
@@ -135,9 +145,27 @@ def _position(ctx: Context, body: Position) -> str:
 
 
 def _heartbeat(ctx: Context, body: Heartbeat) -> str:
-    fix_at = None if body.fix_age is None else ctx.received_at - body.fix_age
-    ctx.tx.devices.note_state(ctx.device.device_id, battery=body.battery, gps_fix_at=fix_at)
+    fix = None if body.fix is None else alerts.last_fix(body.fix, received_at=ctx.received_at)
+    fix_at = None if fix is None else fix.taken_at
+    ctx.tx.devices.note_state(
+        ctx.device.device_id, battery=body.battery, fix=fix, gps_fix_at=fix_at
+    )
+    oldest = body.oldest_pending
+    if oldest is not None and not ctx.tx.uplinks.has(ctx.device.device_id, ctx.epoch, oldest):
+        return withheld(ctx, oldest, f"the device reports {body.pending} waiting for a receipt")
     return "heartbeat"
+
+
+def withheld(ctx: Context, seq: int, evidence: str) -> str:
+    """The device's own word names seq `seq`, which never arrived: someone holds it back."""
+    reason = f"seq {seq} of epoch {ctx.epoch} never arrived, but {evidence}"
+    draft = alerts.suspicion(ctx.device, AlertKind.WITHHELD, trigger="withheld",
+                             now=ctx.received_at, reason=reason)  # fmt: skip
+    alert = ctx.tx.alerts.open(draft)
+    if alert.opened_at == ctx.received_at:
+        ctx.audit("message withheld", f"alert {alert.id}", reason)
+    _LOG.warning("device %s: %s (alert %s)", ctx.device.device_id, reason, alert.id)
+    return f"message withheld: alert {alert.id}"
 
 
 def _checkin(ctx: Context, body: Checkin) -> str:
@@ -166,10 +194,17 @@ def handle(ctx: Context) -> str:
 
 
 def _end_silence(ctx: Context) -> None:
-    """A silent device spoke again: close its open (not yet taken) silent alert."""
+    """A silent device spoke again: close its open (not yet taken) silent alert.
+
+    Only a message proven made after the alert opened counts: a heartbeat the
+    broker stashed and released later says nothing about now.
+    """
+    if ctx.alive_at is None:
+        return
     for alert in ctx.tx.alerts.all(active_only=True):
         silent = alert.kind is AlertKind.SILENT and alert.state is AlertState.OPEN
-        if silent and alert.device_id == ctx.device.device_id:
+        fresh = ctx.alive_at >= alert.opened_at
+        if silent and fresh and alert.device_id == ctx.device.device_id:
             closed = alerts.close(alert, false_alarm=False, now=ctx.received_at,
                                   note="device spoke again")  # fmt: skip
             ctx.tx.alerts.save(replace(closed, note="device spoke again"))

@@ -43,7 +43,9 @@ def describe_uplink(u: StoredUplink) -> str:
         fix = body.fix.fix
         return f"alarm_seq={body.alarm_seq} fix={fix.lat:.5f},{fix.lon:.5f}"
     if isinstance(body, Heartbeat):
-        return f"battery={body.battery} fix_age={body.fix_age} signal={body.signal}"
+        age = "none" if body.fix is None else f"{body.fix.age:.0f}s"
+        return (f"battery={body.battery} fix_age={age} signal={body.signal} "
+                f"pending={body.pending}")  # fmt: skip
     return ""
 
 
@@ -54,7 +56,7 @@ class Follower:
     store: Store
     colour: bool = False
     since: float = 0.0
-    _seen: set[tuple[str, int]] = field(default_factory=set)
+    _seen: set[tuple[str, str, int]] = field(default_factory=set)
     _audit_id: int = 0
     _rejections: dict[str, int] = field(default_factory=dict)
 
@@ -78,7 +80,7 @@ class Follower:
 
     def _uplink_events(self, uplinks: list[StoredUplink]) -> Iterator[tuple[float, str]]:
         for u in uplinks:
-            key = (u.device_id.hex, u.seq)
+            key = (u.device_id.hex, u.epoch, u.seq)
             if key not in self._seen:
                 self._seen.add(key)
                 self.since = max(self.since, u.received_at)

@@ -1,7 +1,7 @@
 """Offline watchdog (pure): which devices went silent, and why.
 
 A device is silent when the broker published its Will (connection lost) or
-when nothing arrived from it for `silent_after` seconds. Each silence raises
+when nothing proved it alive for `silent_after` seconds. Each silence raises
 one alert: a device is flagged again only after it has spoken since its last
 silent alert. Devices never heard from (not yet deployed) and revoked ones are
 not watched.
@@ -21,20 +21,31 @@ def silent_devices(
     now: float,
     silent_after: float,
     last_silent_alert: Mapping[DeviceId, float],
+    risk_silent_after: float | None = None,
 ) -> list[tuple[DeviceRecord, str]]:
-    """Return (device, reason) for every device that needs a new device-silent alert."""
+    """Return (device, reason) for every device that needs a new device-silent alert.
+
+    Silence is measured from the last time the device's own word proved it alive
+    (`alive_at`: a nonce echo, or the first message of its current life), never
+    from when a message arrived. Inside a risk window the deadline is
+    `risk_silent_after` (the alert is then alarm-grade, see `alerts.device_silent`).
+    """
     out: list[tuple[DeviceRecord, str]] = []
     for d in devices:
-        if d.revoked or d.last_seen is None:
+        alive = d.alive_at if d.alive_at is not None else d.last_seen
+        if d.revoked or alive is None:
             continue
-        since = max(d.last_seen, d.offline_at or d.last_seen)
+        since = max(alive, d.offline_at or alive)
         flagged = last_silent_alert.get(d.device_id)
         if flagged is not None and flagged >= since:
             continue
+        deadline = silent_after
+        if risk_silent_after is not None and d.risk_until is not None and now <= d.risk_until:
+            deadline = min(silent_after, risk_silent_after)
         if d.offline_at is not None:
-            out.append((d, f"connection lost (broker published its Will), last message "
-                           f"{round(now - d.last_seen)} s ago"))  # fmt: skip
-        elif now - d.last_seen > silent_after:
-            out.append((d, f"no message for {round(now - d.last_seen)} s "
-                           f"(deadline {round(silent_after)} s)"))  # fmt: skip
+            out.append((d, f"connection lost (broker published its Will), last proof of life "
+                           f"{round(now - alive)} s ago"))  # fmt: skip
+        elif now - alive > deadline:
+            out.append((d, f"no proof of life for {round(now - alive)} s "
+                           f"(deadline {round(deadline)} s)"))  # fmt: skip
     return out

@@ -2,9 +2,9 @@
 
     envelope  = header(20) || enc || ct
     header    = version(1) || suite(1) || direction(1) || flags(1) = 0 || device_id(16)
-    info      = "vigil/v1 envelope" 0x00 || header            (HPKE info: binds all of the header)
+    info      = "vigil/v2 envelope" 0x00 || header            (HPKE info: binds all of the header)
     plaintext = len(2, big-endian) || payload || Ed25519 signature(64) || zero padding
-    signature = Sign(sender, "vigil/v1 signature" 0x00 || header || payload)
+    signature = Sign(sender, "vigil/v2 signature" 0x00 || header || payload)
 
 The plaintext is padded to the smallest of `BUCKETS` that holds it, so every
 uplink kind is the same length on the wire. Full specification:
@@ -38,7 +38,7 @@ from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DeviceKeys, DevicePublicKeys, HubKeys, HubPublicKeys, Suite
 from vigil.wire.messages import Direction, Message, decode_payload, encode_payload
 
-VERSION = 1
+VERSION = 2
 BUCKETS = (512, 2048)
 MAX_ENVELOPE = 4096
 SIGNATURE_BYTES = 64
@@ -46,8 +46,8 @@ TAG_BYTES = 16  # ChaCha20-Poly1305
 _HEADER = struct.Struct(">BBBB16s")
 HEADER_BYTES = _HEADER.size
 _LENGTH = struct.Struct(">H")
-_INFO_LABEL = b"vigil/v1 envelope\x00"
-_SIGNATURE_LABEL = b"vigil/v1 signature\x00"
+_INFO_LABEL = b"vigil/v2 envelope\x00"
+_SIGNATURE_LABEL = b"vigil/v2 signature\x00"
 
 PublicKem = X25519PublicKey | hpke.MLKEM768X25519PublicKey
 PrivateKem = X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
@@ -81,8 +81,23 @@ def seal(
     suite: Suite = Suite.X25519_CHACHA20,
 ) -> bytes:
     """Sign, pad and encrypt `message` for `recipient`; return the envelope bytes."""
-    header = Header(suite, message.direction, device_id).to_bytes()
-    payload = encode_payload(message)
+    return seal_payload(
+        encode_payload(message), message.direction,
+        device_id=device_id, signer=signer, recipient=recipient, suite=suite,
+    )  # fmt: skip
+
+
+def seal_payload(
+    payload: bytes,
+    direction: Direction,
+    *,
+    device_id: DeviceId,
+    signer: Ed25519PrivateKey,
+    recipient: PublicKem,
+    suite: Suite = Suite.X25519_CHACHA20,
+) -> bytes:
+    """`seal` for a payload already encoded: every call is a new envelope (fresh HPKE `enc`)."""
+    header = Header(suite, direction, device_id).to_bytes()
     signature = signer.sign(_signed_bytes(header, payload))
     plaintext = _pad(_LENGTH.pack(len(payload)) + payload + signature)
     return header + suite.hpke.encrypt(plaintext, recipient, info=_INFO_LABEL + header)
@@ -105,7 +120,7 @@ def peek_header(data: bytes) -> Header:
         kind = UnknownSuite if suite_id not in Suite._value2member_map_ else MalformedEnvelope
         raise kind(f"envelope header names suite {suite_id}, direction {direction_id}") from exc
     if flags != 0:
-        raise MalformedEnvelope(f"envelope flags must be 0 in version 1, got {flags}")
+        raise MalformedEnvelope(f"envelope flags must be 0 in version {VERSION}, got {flags}")
     _check_length(len(data), suite)
     return Header(suite, direction, DeviceId(raw_id), version)
 
@@ -165,17 +180,40 @@ def seal_uplink(
     suite: Suite = Suite.X25519_CHACHA20,
 ) -> bytes:
     """Device side: seal an uplink message to the hub."""
-    recipient: PublicKem = hub.kem if suite is Suite.X25519_CHACHA20 else hub.hybrid_kem
-    return seal(
-        message, device_id=device_id, signer=device_keys.signing, recipient=recipient, suite=suite
+    return seal_uplink_payload(
+        encode_payload(message), device_id=device_id, device_keys=device_keys, hub=hub, suite=suite
     )
+
+
+def seal_uplink_payload(
+    payload: bytes,
+    *,
+    device_id: DeviceId,
+    device_keys: DeviceKeys,
+    hub: HubPublicKeys,
+    suite: Suite = Suite.X25519_CHACHA20,
+) -> bytes:
+    """Device side: seal a stored uplink payload again; a resend is a new envelope (§8)."""
+    recipient: PublicKem = hub.kem if suite is Suite.X25519_CHACHA20 else hub.hybrid_kem
+    return seal_payload(
+        payload, Direction.UP,
+        device_id=device_id, signer=device_keys.signing, recipient=recipient, suite=suite,
+    )  # fmt: skip
 
 
 def open_uplink(
     data: bytes, *, device_id: DeviceId, hub_keys: HubKeys, lookup: Verifier
 ) -> Message:
-    """Hub side: open an uplink that arrived on `device_id`'s topic."""
+    """Hub side: open an uplink that arrived on `device_id`'s topic.
+
+    Every uplink kind fits the smallest bucket; one in a larger bucket would mark
+    itself on the wire, so it is refused before any decryption (§5).
+    """
     suite = peek_header(data).suite  # build only the key this envelope needs
+    if len(data) != envelope_size(suite):
+        raise MalformedEnvelope(
+            f"uplink of {len(data)} bytes: uplinks are {envelope_size(suite)} bytes in this suite"
+        )
     key: PrivateKem = hub_keys.kem if suite is Suite.X25519_CHACHA20 else hub_keys.hybrid_kem
     keys = {suite: key}
     return open(

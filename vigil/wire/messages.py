@@ -19,7 +19,8 @@ from types import MappingProxyType
 from typing import Any, ClassVar, TypeAlias
 
 from vigil.errors import MalformedMessage, UnknownKind
-from vigil.wire.fix import MAX_AGE, MAX_TIME, AgedFix, check_float, check_int
+from vigil.wire.fix import MAX_TIME, AgedFix, check_float, check_int
+from vigil.wire.liveness import Epoch, check_digest, check_nonce
 from vigil.wire.replay import MAX_SEQ
 
 MAX_BATTERY = 100
@@ -112,21 +113,46 @@ class Position:
             raise MalformedMessage("a position needs a fix")
 
 
+class Mode(enum.StrEnum):
+    """The device's alarm state, as its heartbeats report it to the hub (encrypted)."""
+
+    IDLE = "idle"
+    ACTIVE = "active"
+    SILENT = "silent"
+
+
+MAX_PENDING = 4095  # below the replay window: more could never all be accepted
+
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Still alive: battery %, age of the last fix (s), link quality % (None = unknown)."""
+    """The device's own word on its state (docs/protocol.md §8).
+
+    Battery %, the latest fix, link quality %, its alarm mode, and how many
+    uplinks other than heartbeats wait for a `stored` (with the oldest seq), so
+    that a hub which never saw that seq knows something is being withheld.
+    """
 
     KIND: ClassVar[Kind] = Kind.HEARTBEAT
     DIRECTION: ClassVar[Direction] = Direction.UP
     battery: int | None = None
-    fix_age: float | None = None
+    fix: AgedFix | None = None
     signal: int | None = None
+    mode: Mode = Mode.IDLE
+    pending: int = 0
+    oldest_pending: int | None = None
 
     def __post_init__(self) -> None:
         _check_optional_int("battery", self.battery, 0, MAX_BATTERY)
-        if self.fix_age is not None:
-            check_float("fix_age", self.fix_age, 0.0, MAX_AGE)
+        if self.fix is not None and not isinstance(self.fix, AgedFix):
+            raise MalformedMessage("a heartbeat's fix must be a fix object or null")
         _check_optional_int("signal", self.signal, 0, 100)
+        if not isinstance(self.mode, Mode):
+            raise MalformedMessage(f"mode must be one of {[m.value for m in Mode]}")
+        check_int("pending", self.pending, 0, MAX_PENDING)
+        _check_optional_int("oldest_pending", self.oldest_pending, 0, MAX_SEQ)
+        if (self.pending == 0) != (self.oldest_pending is None):
+            raise MalformedMessage("oldest_pending is given exactly when pending is not 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,14 +165,16 @@ class Checkin:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """The hub has uplink `seq` on disk: the device may drop it from its outbox."""
+    """The hub has uplink `seq` (the one with `digest`) on disk: the device may drop it."""
 
     KIND: ClassVar[Kind] = Kind.STORED
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     seq: int
+    digest: str  # of the uplink this answers (vigil.wire.liveness.uplink_digest)
 
     def __post_init__(self) -> None:
         check_int("seq", self.seq, 0, MAX_SEQ)
+        check_digest(self.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +184,11 @@ class Acknowledged:
     KIND: ClassVar[Kind] = Kind.ACKNOWLEDGED
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     alarm_seq: int
+    digest: str  # of the uplink this answers (vigil.wire.liveness.uplink_digest)
 
     def __post_init__(self) -> None:
         check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        check_digest(self.digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +198,11 @@ class Resolved:
     KIND: ClassVar[Kind] = Kind.RESOLVED
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     alarm_seq: int
+    digest: str  # of the uplink this answers (vigil.wire.liveness.uplink_digest)
 
     def __post_init__(self) -> None:
         check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
+        check_digest(self.digest)
 
 
 Setting: TypeAlias = bool | int | float | str
@@ -211,15 +243,29 @@ DOWNLINK_KINDS: dict[Kind, type[DownlinkBody]] = {
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One message: the sender's sequence number, its send time, and the typed body."""
+    """One message: seq, send time, the device's epoch, the nonce, and the typed body.
+
+    `epoch` is the device's current life (docs/protocol.md §7): the sender's in
+    an uplink, the addressed one in a downlink. `nonce` is fresh from the hub in
+    a downlink (never None there) and the device's echo of the newest one in an
+    uplink (None until it has one).
+    """
 
     seq: int
     body: Body
     sent_at: float | None = None
     clock: ClockSource = ClockSource.UNSYNCED
+    epoch: Epoch = field(kw_only=True)
+    nonce: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         check_int("seq", self.seq, 0, MAX_SEQ)
+        if not isinstance(self.epoch, Epoch):
+            raise MalformedMessage(f"epoch must be an Epoch, got {type(self.epoch).__name__}")
+        if self.nonce is not None:
+            check_nonce(self.nonce)
+        elif self.body.DIRECTION is Direction.DOWN:
+            raise MalformedMessage("a downlink carries a fresh nonce")
         if self.sent_at is not None:
             check_float("sent_at", self.sent_at, 0.0, MAX_TIME)
         if not isinstance(self.clock, ClockSource):
@@ -260,6 +306,8 @@ def encode_payload(message: Message) -> bytes:
         "seq": message.seq,
         "sent_at": message.sent_at,
         "clock": message.clock.value,
+        "epoch": message.epoch.hex,
+        "nonce": message.nonce,
         "body": _body_to_json(message.body),
     }
     return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
@@ -281,6 +329,11 @@ def _body_from_json(cls: type[Body], doc: object) -> Body:
     values = _exact_keys(f"{cls.KIND} body", doc, {f.name for f in fields(cls)})
     if values.get("fix") is not None:
         values["fix"] = AgedFix.from_json(values["fix"])
+    if "mode" in values:
+        try:
+            values["mode"] = Mode(values["mode"])
+        except ValueError as exc:
+            raise MalformedMessage(f"unknown mode {values['mode']!r}") from exc
     if "trigger" in values:
         try:
             values["trigger"] = Trigger(values["trigger"])
@@ -297,7 +350,7 @@ def decode_payload(data: bytes, direction: Direction) -> Message:
         doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedMessage(f"payload is not UTF-8 JSON: {exc}") from exc
-    top = _exact_keys("message", doc, {"kind", "seq", "sent_at", "clock", "body"})
+    top = _exact_keys("message", doc, _MESSAGE_KEYS)
     try:
         cls = kinds.get(Kind(top["kind"]))
     except (ValueError, TypeError):  # not a kind at all, or not even a string
@@ -312,4 +365,11 @@ def decode_payload(data: bytes, direction: Direction) -> Message:
         body = _body_from_json(cls, top["body"])
     except TypeError as exc:  # a dataclass given a value it cannot hold
         raise MalformedMessage(f"bad {cls.KIND} body: {exc}") from exc
-    return Message(seq=top["seq"], body=body, sent_at=top["sent_at"], clock=clock)
+    epoch = Epoch.parse(top["epoch"])
+    return Message(
+        seq=top["seq"], body=body, sent_at=top["sent_at"], clock=clock, epoch=epoch,
+        nonce=top["nonce"],
+    )  # fmt: skip
+
+
+_MESSAGE_KEYS = {"kind", "seq", "sent_at", "clock", "epoch", "nonce", "body"}

@@ -48,6 +48,8 @@ PATTERNS: dict[Pattern, tuple[tuple[float, float], ...]] = {
     Pattern.STORED: ((0.1, 0.1), (0.1, 0.1), (0.1, 0.0)),
     Pattern.ACKNOWLEDGED: ((0.5, 0.2), (0.1, 0.2), (0.5, 0.0)),
     Pattern.REMINDER: ((0.1, 0.4), (0.1, 0.0)),
+    # Four long pulses: unlike anything help sends back. Not yet delivered: try to move.
+    Pattern.UNDELIVERED: ((0.4, 0.3), (0.4, 0.3), (0.4, 0.3), (0.4, 0.0)),
 }
 
 

@@ -33,8 +33,11 @@ from vigil.hub.store.records import (
     StoredUplink,
 )
 from vigil.hub.store.repositories import Transaction
+from vigil.hub.store.traffic import Acceptance, Accepted
 
 __all__ = [
+    "Acceptance",
+    "Accepted",
     "Alert",
     "AlertKind",
     "AlertState",

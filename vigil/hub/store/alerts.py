@@ -10,7 +10,8 @@ from vigil.hub.store.repo import Repository, Row
 from vigil.wire.ids import DeviceId
 
 _COLUMNS = (
-    "id, device_id, kind, state, opened_at, updated_at, alarm_seq, trigger, duress, battery, "
+    "id, device_id, kind, state, opened_at, updated_at, alarm_epoch, alarm_seq, trigger, "
+    "duress, battery, "
     "fix_lat, fix_lon, fix_taken_at, fix_received_at, acknowledged_by, acknowledged_at, "
     "verified_at, closed_at, note"
 )
@@ -29,6 +30,7 @@ def _alert(r: Row) -> Alert:
         opened_at=r["opened_at"],
         updated_at=r["updated_at"],
         alarm_seq=r["alarm_seq"],
+        alarm_epoch=r["alarm_epoch"],
         trigger=r["trigger"],
         duress=bool(r["duress"]),
         battery=r["battery"],
@@ -49,7 +51,7 @@ class Alerts(Repository):
     """Open, change, find and list alerts; keep an alarm's follow-up positions."""
 
     def open(self, alert: Alert) -> Alert:
-        """Insert `alert` (its id is ignored) unless one exists for (device, alarm_seq).
+        """Insert `alert` (its id is ignored) unless one exists for (device, epoch, alarm_seq).
 
         Idempotent: a handler re-run after a crash returns the existing alert.
         Silent-device alerts have no seq; at most one is active per device.
@@ -58,22 +60,23 @@ class Alerts(Repository):
         if existing is not None:
             return existing
         self._cur.execute(
-            "INSERT INTO alerts (device_id, kind, state, opened_at, updated_at, alarm_seq, "
-            "trigger, duress, battery, fix_lat, fix_lon, fix_taken_at, fix_received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO alerts (device_id, kind, state, opened_at, updated_at, alarm_epoch, "
+            "alarm_seq, trigger, duress, battery, fix_lat, fix_lon, fix_taken_at, "
+            "fix_received_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (alert.device_id.hex, alert.kind.value, alert.state.value, alert.opened_at,
-             alert.updated_at, alert.alarm_seq, alert.trigger, int(alert.duress),
-             alert.battery, *_fix_params(alert.last_fix)),
+             alert.updated_at, alert.alarm_epoch, alert.alarm_seq, alert.trigger,
+             int(alert.duress), alert.battery, *_fix_params(alert.last_fix), alert.note),
         )  # fmt: skip
         found = self._existing(alert)
         assert found is not None  # noqa: S101 - inserted or already there
         return found
 
     def _existing(self, alert: Alert) -> Alert | None:
-        params: tuple[str, int | str]
+        params: tuple[str | int | None, ...]
         if alert.alarm_seq is not None:
-            where = "device_id = ? AND alarm_seq = ?"
-            params = (alert.device_id.hex, alert.alarm_seq)
+            where = "device_id = ? AND alarm_epoch = ? AND alarm_seq = ?"
+            params = (alert.device_id.hex, alert.alarm_epoch, alert.alarm_seq)
         else:
             where = f"device_id = ? AND kind = ? AND {_ACTIVE}"
             params = (alert.device_id.hex, alert.kind.value)
@@ -98,10 +101,12 @@ class Alerts(Repository):
             raise NoSuchAlert(f"there is no alert {alert_id}")
         return _alert(row)
 
-    def find(self, device_id: DeviceId, alarm_seq: int) -> Alert | None:
+    def find(self, device_id: DeviceId, epoch: str, alarm_seq: int) -> Alert | None:
+        """The alert of alarm `alarm_seq` in this life (`epoch`) of the device, if any."""
         row = self._one(
-            f"SELECT {_COLUMNS} FROM alerts WHERE device_id = ? AND alarm_seq = ?",  # noqa: S608
-            (device_id.hex, alarm_seq),
+            f"SELECT {_COLUMNS} FROM alerts "  # noqa: S608
+            "WHERE device_id = ? AND alarm_epoch = ? AND alarm_seq = ?",
+            (device_id.hex, epoch, alarm_seq),
         )
         return None if row is None else _alert(row)
 
@@ -109,12 +114,15 @@ class Alerts(Repository):
         where = f"WHERE {_ACTIVE}" if active_only else ""
         return [_alert(r) for r in self._all(f"SELECT {_COLUMNS} FROM alerts {where} ORDER BY id")]  # noqa: S608
 
-    def add_position(self, alert_id: int, device_id: DeviceId, seq: int, fix: LastFix) -> None:
+    def add_position(
+        self, alert_id: int, device_id: DeviceId, epoch: str, seq: int, fix: LastFix
+    ) -> None:
         self._cur.execute(
-            "INSERT INTO positions (device_id, seq, alert_id, lat, lon, taken_at, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (device_id.hex, seq, alert_id, fix.lat, fix.lon, fix.taken_at, fix.received_at),
-        )
+            "INSERT INTO positions (device_id, epoch, seq, alert_id, lat, lon, taken_at, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (device_id.hex, epoch, seq, alert_id, fix.lat, fix.lon, fix.taken_at,
+             fix.received_at),
+        )  # fmt: skip
 
     def positions(self, alert_id: int) -> list[LastFix]:
         rows = self._all(

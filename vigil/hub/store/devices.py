@@ -17,7 +17,8 @@ MASK_BYTES = WINDOW_SIZE // 8
 
 _COLUMNS = (
     "device_id, label, signing_key, kem_key, contacts, enrolled_at, revoked_at, last_seen, "
-    "battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, down_seq, offline_at, gps_fix_at"
+    "battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, down_seq, offline_at, gps_fix_at, "
+    "epoch, alive_at, risk_until"
 )
 
 
@@ -40,6 +41,9 @@ def _device(row: Row) -> DeviceRecord:
         down_seq=row["down_seq"],
         offline_at=row["offline_at"],
         gps_fix_at=row["gps_fix_at"],
+        epoch=row["epoch"],
+        alive_at=row["alive_at"],
+        risk_until=row["risk_until"],
     )
 
 
@@ -138,6 +142,41 @@ class Devices(Repository):
                 "AND (fix_taken_at IS NULL OR fix_taken_at <= ?)",
                 (fix.lat, fix.lon, fix.taken_at, fix.received_at, device_id.hex, fix.taken_at),
             )
+
+    def note_alive(self, device_id: DeviceId, *, at: float) -> None:
+        """The device's own word proves it was alive at hub time `at` (never moves back)."""
+        self._cur.execute(
+            "UPDATE devices SET alive_at = ?, offline_at = NULL WHERE device_id = ? "
+            "AND (alive_at IS NULL OR alive_at < ?)",
+            (at, device_id.hex, at),
+        )
+
+    def start_epoch(self, device_id: DeviceId, epoch: str, *, now: float) -> str | None:
+        """Make `epoch` the device's current life; return the one it replaces (None: first).
+
+        The first message of a life starts its liveness clock: until a nonce echo
+        proves more, the device is taken as alive when it was first heard.
+        """
+        row = self._one(
+            f"SELECT epoch FROM devices WHERE device_id = ?{self._for_update}",  # noqa: S608
+            (device_id.hex,),
+        )
+        if row is None:
+            raise UnknownDevice(f"device {device_id} is not enrolled")
+        self._cur.execute(
+            "UPDATE devices SET epoch = ?, alive_at = ? WHERE device_id = ?",
+            (epoch, now, device_id.hex),
+        )
+        previous: str | None = row["epoch"]
+        return previous
+
+    def set_risk(self, device_id: DeviceId, *, until: float | None) -> None:
+        """Arm (or, with None, clear) the wearer's risk window (docs/protocol.md §8)."""
+        self._cur.execute(
+            "UPDATE devices SET risk_until = ? WHERE device_id = ?", (until, device_id.hex)
+        )
+        if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
+            raise UnknownDevice(f"device {device_id} is not enrolled")
 
     def note_offline(self, device_id: DeviceId, *, at: float) -> None:
         """Record that the broker published the device's Will (connection lost)."""

@@ -24,6 +24,14 @@ class AlertState(enum.StrEnum):
 class AlertKind(enum.StrEnum):
     ALARM = "alarm"  # raised by the wearer (button, tamper, missed check-in, duress)
     SILENT = "silent"  # raised by the hub: the device stopped talking
+    DARK = "dark"  # the device went silent inside its risk window
+    WITHHELD = "withheld"  # the device's own word names a message the hub never got
+    CONFLICT = "conflict"  # two different messages signed with one (device, epoch, seq)
+
+    @property
+    def alarm_grade(self) -> bool:
+        """Escalates like an alarm (every tier), not as a notice to the first tier."""
+        return self is not AlertKind.SILENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,9 @@ class DeviceRecord:
     down_seq: int = -1
     offline_at: float | None = None  # Will received, not seen since
     gps_fix_at: float | None = None  # hub time of the device's last GPS fix (heartbeats)
+    epoch: str | None = None  # the newest life of the device the hub has heard from
+    alive_at: float | None = None  # the latest hub time the device's own word proves
+    risk_until: float | None = None  # end of the wearer's risk window, if one is armed
 
     @property
     def revoked(self) -> bool:
@@ -72,6 +83,7 @@ class Alert:
     opened_at: float
     updated_at: float
     alarm_seq: int | None = None
+    alarm_epoch: str | None = None
     trigger: str | None = None
     duress: bool = False
     battery: int | None = None
@@ -98,6 +110,8 @@ class StoredUplink:
     payload: bytes
     received_at: float
     processed: bool
+    epoch: str = ""
+    digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +124,8 @@ class PendingDownlink:
     kind: str
     arg: int
     created_at: float
+    epoch: str | None = None  # the device's life the receipt answers
+    digest: str | None = None  # the uplink it answers
 
 
 @dataclass(frozen=True, slots=True)

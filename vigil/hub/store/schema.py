@@ -1,7 +1,8 @@
 """Versioned schema migrations, shared by SQLite and PostgreSQL.
 
-Each migration is a list of statements with dialect placeholders: `{pk}` (an
-auto-numbered primary key), `{blob}` (bytes). A migration never changes once
+Each migration is a list of statements with placeholders: `{pk}` (an
+auto-numbered primary key), `{blob}` (bytes), `{legacy}` (the epoch of version-1 rows);
+a statement given as (dialect name, SQL) runs on that dialect only. A migration never changes once
 released; add a new one instead. `schema_version` records what was applied.
 """
 
@@ -20,7 +21,7 @@ class Dialect:
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB")
 POSTGRES = Dialect("postgresql", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA")
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+MIGRATIONS: tuple[tuple[int, tuple[str | tuple[str, str], ...]], ...] = (
     (
         1,
         (
@@ -153,12 +154,130 @@ MIGRATIONS += (
     (3, ("ALTER TABLE devices ADD COLUMN gps_fix_at DOUBLE PRECISION",)),
 )
 
+LEGACY_EPOCH = "0" * 16  # what protocol-version-1 rows are filed under
+
+_ALERTS_V2_SQLITE = (
+    """CREATE TABLE alerts_v2 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL REFERENCES devices(device_id),
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        alarm_epoch TEXT,
+        alarm_seq BIGINT,
+        trigger TEXT,
+        duress INTEGER NOT NULL DEFAULT 0,
+        battery INTEGER,
+        fix_lat DOUBLE PRECISION,
+        fix_lon DOUBLE PRECISION,
+        fix_taken_at DOUBLE PRECISION,
+        fix_received_at DOUBLE PRECISION,
+        acknowledged_by TEXT,
+        acknowledged_at DOUBLE PRECISION,
+        verified_at DOUBLE PRECISION,
+        closed_at DOUBLE PRECISION,
+        note TEXT,
+        UNIQUE (device_id, alarm_epoch, alarm_seq)
+    )""",
+    "INSERT INTO alerts_v2 SELECT id, device_id, kind, state, opened_at, updated_at, "
+    "CASE WHEN alarm_seq IS NULL THEN NULL ELSE '{legacy}' END, alarm_seq, trigger, "
+    "duress, battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, acknowledged_by, "
+    "acknowledged_at, verified_at, closed_at, note FROM alerts",
+    "DROP TABLE alerts",  # the store runs migrations with foreign keys off (SQLite's way)
+    "ALTER TABLE alerts_v2 RENAME TO alerts",
+)
+_ALERTS_V2_POSTGRES = (
+    "ALTER TABLE alerts ADD COLUMN alarm_epoch TEXT",
+    "UPDATE alerts SET alarm_epoch = '{legacy}' WHERE alarm_seq IS NOT NULL",
+    "ALTER TABLE alerts DROP CONSTRAINT alerts_device_id_alarm_seq_key",
+    "ALTER TABLE alerts ADD CONSTRAINT alerts_alarm UNIQUE (device_id, alarm_epoch, alarm_seq)",
+)
+
+MIGRATIONS += (
+    # 4: protocol version 2. Uplinks, positions, alarms and replay windows are keyed by
+    # (device, epoch, seq); receipts name the epoch and digest they answer; a device is
+    # alive when its own word proves it (alive_at), and may be in a risk window.
+    (
+        4,
+        (
+            """CREATE TABLE device_epochs (
+                device_id TEXT NOT NULL REFERENCES devices(device_id),
+                epoch TEXT NOT NULL,
+                first_seen DOUBLE PRECISION NOT NULL,
+                window_highest BIGINT NOT NULL DEFAULT -1,
+                window_mask {blob} NOT NULL,
+                PRIMARY KEY (device_id, epoch)
+            )""",
+            "INSERT INTO device_epochs (device_id, epoch, first_seen, window_highest, "
+            "window_mask) SELECT device_id, '{legacy}', enrolled_at, window_highest, "
+            "window_mask FROM devices",
+            "ALTER TABLE devices ADD COLUMN epoch TEXT",
+            "ALTER TABLE devices ADD COLUMN alive_at DOUBLE PRECISION",
+            "ALTER TABLE devices ADD COLUMN risk_until DOUBLE PRECISION",
+            "ALTER TABLE devices ADD COLUMN dup_window_at DOUBLE PRECISION",
+            "ALTER TABLE devices ADD COLUMN dup_receipts INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE downlinks ADD COLUMN epoch TEXT",
+            "ALTER TABLE downlinks ADD COLUMN digest TEXT",
+            """CREATE TABLE uplinks_v2 (
+                device_id TEXT NOT NULL REFERENCES devices(device_id),
+                epoch TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                payload {blob} NOT NULL,
+                digest TEXT,
+                received_at DOUBLE PRECISION NOT NULL,
+                processed INTEGER NOT NULL DEFAULT 0,
+                receipted_at DOUBLE PRECISION,
+                PRIMARY KEY (device_id, epoch, seq)
+            )""",
+            "INSERT INTO uplinks_v2 (device_id, epoch, seq, kind, payload, received_at, "
+            "processed) SELECT device_id, '{legacy}', seq, kind, payload, received_at, "
+            "processed FROM uplinks",
+            "DROP TABLE uplinks",
+            "ALTER TABLE uplinks_v2 RENAME TO uplinks",
+            "CREATE INDEX uplinks_unprocessed ON uplinks (processed)",
+            "CREATE INDEX uplinks_received ON uplinks (received_at)",
+            *(("sqlite", s) for s in _ALERTS_V2_SQLITE),
+            *(("postgresql", s) for s in _ALERTS_V2_POSTGRES),
+            """CREATE TABLE positions_v2 (
+                device_id TEXT NOT NULL,
+                epoch TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                alert_id BIGINT NOT NULL REFERENCES alerts(id),
+                lat DOUBLE PRECISION NOT NULL,
+                lon DOUBLE PRECISION NOT NULL,
+                taken_at DOUBLE PRECISION NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (device_id, epoch, seq)
+            )""",
+            "INSERT INTO positions_v2 SELECT device_id, "
+            "'{legacy}', seq, alert_id, lat, lon, taken_at, received_at FROM positions",
+            "DROP TABLE positions",
+            "ALTER TABLE positions_v2 RENAME TO positions",
+        ),
+    ),
+)
+
 LATEST = MIGRATIONS[-1][0]
+
+Statement = str | tuple[str, str]  # SQL for every dialect, or (dialect name, SQL)
 
 
 def statements(version: int, dialect: Dialect) -> list[str]:
     """The statements of migration `version`, rendered for `dialect`."""
     for number, stmts in MIGRATIONS:
         if number == version:
-            return [s.format(pk=dialect.pk, blob=dialect.blob) for s in stmts]
+            return [
+                s.format(pk=dialect.pk, blob=dialect.blob, legacy=LEGACY_EPOCH)
+                for s in (_for(stmt, dialect) for stmt in stmts)
+                if s is not None
+            ]
     raise KeyError(version)
+
+
+def _for(stmt: Statement, dialect: Dialect) -> str | None:
+    if isinstance(stmt, str):
+        return stmt
+    name, sql = stmt
+    return sql if name == dialect.name else None

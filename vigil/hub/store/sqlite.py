@@ -14,7 +14,6 @@ from vigil.hub.store.sql import SqlStore, first_line
 _PRAGMAS = (
     "journal_mode = WAL",
     "synchronous = FULL",  # an ACK promises the alarm is on disk
-    "foreign_keys = ON",
     "busy_timeout = 10000",
 )
 
@@ -43,10 +42,20 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {self.where}: {first_line(exc)}") from exc
         try:
+            # Migrations that rebuild a table run with foreign keys off, as SQLite's own
+            # procedure says (a dropped parent table would otherwise fail or cascade);
+            # the references are checked once they are done.
             self._open(create=True)  # the file exists by now (checked, or just created)
+            self._check_references()
+            self._conn.execute("PRAGMA foreign_keys = ON")
         except BaseException:
             self._conn.close()
             raise
+
+    def _check_references(self) -> None:
+        broken = self._conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise StorageError(f"{self.where}: a migration broke {len(broken)} references")
 
     def _cursor(self) -> Cursor:
         return self._conn.cursor()

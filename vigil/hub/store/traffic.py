@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-from vigil.errors import UnknownDevice
-from vigil.hub.store.devices import MASK_BYTES
+import enum
+from dataclasses import dataclass
+
+from vigil.errors import ReplayedMessage, UnknownDevice
+from vigil.hub.store.devices import MASK_BYTES, Devices
 from vigil.hub.store.records import PendingDownlink, StoredUplink
 from vigil.hub.store.repo import Repository, Row
 from vigil.wire.ids import DeviceId
+from vigil.wire.liveness import uplink_digest
 from vigil.wire.messages import Message, encode_payload
-from vigil.wire.replay import ReplayWindow
+from vigil.wire.replay import ReplayWindow, Verdict
 
-_UPLINK_COLUMNS = "device_id, seq, kind, payload, received_at, processed"
+_UPLINK_COLUMNS = "device_id, epoch, seq, kind, payload, digest, received_at, processed"
+RECEIPT_EVERY = 10.0  # s: at most one receipt per stored uplink in this time
+DUPLICATE_RECEIPTS_PER_MINUTE = 20  # per device: a replaying broker mints no more
+
+
+class Acceptance(enum.Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"  # the same signed message again: answer it (rate-limited)
+    CONFLICT = "conflict"  # another message under a stored (epoch, seq): the key is cloned
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    status: Acceptance
+    digest: str
+    previous_epoch: str | None = None  # set when this uplink opened a new life of the device
+    new_epoch: bool = False
 
 
 def _uplink(row: Row) -> StoredUplink:
@@ -21,49 +41,110 @@ def _uplink(row: Row) -> StoredUplink:
         payload=bytes(row["payload"]),
         received_at=row["received_at"],
         processed=bool(row["processed"]),
+        epoch=row["epoch"],
+        digest=row["digest"],
     )
 
 
 class Uplinks(Repository):
-    """Accepted uplinks, deduplicated by (device, seq) behind each device's replay window."""
+    """Accepted uplinks, deduplicated by (device, epoch, seq) behind each life's replay window."""
 
-    def accept(self, device_id: DeviceId, message: Message, *, received_at: float) -> bool:
-        """Store an uplink unless (device, seq) was seen: True if new, False if a duplicate.
+    def accept(self, device_id: DeviceId, message: Message, *, received_at: float) -> Accepted:
+        """Store an uplink unless (device, epoch, seq) was seen; say which case it was.
 
-        Raises `ReplayedMessage` for a seq older than the replay window.
+        Raises `ReplayedMessage` for a seq older than the window (no receipt for it).
         """
+        epoch = message.epoch.hex
+        digest = uplink_digest(encode_payload(message))
+        window, previous, new_epoch = self._window(device_id, epoch, now=received_at)
+        if window.check(message.seq) is Verdict.TOO_OLD:
+            raise ReplayedMessage(f"seq {message.seq} of epoch {epoch} is below the window")
+        stored = self.get(device_id, epoch, message.seq)
+        if stored is not None:
+            same = stored.digest == digest
+            return Accepted(Acceptance.DUPLICATE if same else Acceptance.CONFLICT, digest)
+        window = window.admit(message.seq)
+        self._cur.execute(
+            "INSERT INTO uplinks (device_id, epoch, seq, kind, payload, digest, received_at, "
+            "receipted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (device_id.hex, epoch, message.seq, message.kind.value, encode_payload(message),
+             digest, received_at, received_at),
+        )  # fmt: skip
+        self._cur.execute(
+            "UPDATE device_epochs SET window_highest = ?, window_mask = ? "
+            "WHERE device_id = ? AND epoch = ?",
+            (window.highest, window.mask.to_bytes(MASK_BYTES, "big"), device_id.hex, epoch),
+        )
+        self._cur.execute(
+            "UPDATE devices SET last_seen = ? WHERE device_id = ?", (received_at, device_id.hex)
+        )
+        return Accepted(Acceptance.NEW, digest, previous, new_epoch)
+
+    def _window(
+        self, device_id: DeviceId, epoch: str, *, now: float
+    ) -> tuple[ReplayWindow, str | None, bool]:
+        """The replay window of this life, made (and the device's epoch moved) if it is new."""
         row = self._one(
-            "SELECT window_highest, window_mask FROM devices "  # noqa: S608
-            f"WHERE device_id = ?{self._for_update}",
+            "SELECT window_highest, window_mask FROM device_epochs "  # noqa: S608
+            f"WHERE device_id = ? AND epoch = ?{self._for_update}",
+            (device_id.hex, epoch),
+        )
+        if row is not None:
+            mask = int.from_bytes(bytes(row["window_mask"]), "big")
+            return ReplayWindow(row["window_highest"], mask), None, False
+        previous = Devices(self._cur, self._dialect).start_epoch(device_id, epoch, now=now)
+        self._cur.execute(
+            "INSERT INTO device_epochs (device_id, epoch, first_seen, window_mask) "
+            "VALUES (?, ?, ?, ?)",
+            (device_id.hex, epoch, now, bytes(MASK_BYTES)),
+        )
+        return ReplayWindow(), previous, True
+
+    def may_receipt(self, device_id: DeviceId, epoch: str, seq: int, *, now: float) -> bool:
+        """Whether a duplicate may be answered now; if so, count the receipt (docs §7)."""
+        row = self._one(
+            "SELECT receipted_at FROM uplinks WHERE device_id = ? AND epoch = ? AND seq = ?",
+            (device_id.hex, epoch, seq),
+        )
+        if row is None or (row["receipted_at"] is not None
+                           and now - row["receipted_at"] < RECEIPT_EVERY):  # fmt: skip
+            return False
+        lock = self._for_update
+        dev = self._one(
+            f"SELECT dup_window_at, dup_receipts FROM devices WHERE device_id = ?{lock}",  # noqa: S608
             (device_id.hex,),
         )
-        if row is None:
-            raise UnknownDevice(f"device {device_id} is not enrolled")
-        window = ReplayWindow(
-            row["window_highest"], int.from_bytes(bytes(row["window_mask"]), "big")
-        )
-        if self.get(device_id, message.seq) is not None:
+        if dev is None:
             return False
-        window = window.admit(message.seq)  # ReplayedMessage if too old
+        start, count = dev["dup_window_at"], int(dev["dup_receipts"])
+        if start is None or now - start >= 60.0:
+            start, count = now, 0
+        if count >= DUPLICATE_RECEIPTS_PER_MINUTE:
+            return False
         self._cur.execute(
-            "INSERT INTO uplinks (device_id, seq, kind, payload, received_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (device_id.hex, message.seq, message.kind, encode_payload(message), received_at),
+            "UPDATE devices SET dup_window_at = ?, dup_receipts = ? WHERE device_id = ?",
+            (start, count + 1, device_id.hex),
         )
         self._cur.execute(
-            "UPDATE devices SET window_highest = ?, window_mask = ?, last_seen = ?, "
-            "offline_at = NULL WHERE device_id = ?",
-            (window.highest, window.mask.to_bytes(MASK_BYTES, "big"), received_at,
-             device_id.hex),
-        )  # fmt: skip
+            "UPDATE uplinks SET receipted_at = ? WHERE device_id = ? AND epoch = ? AND seq = ?",
+            (now, device_id.hex, epoch, seq),
+        )
         return True
 
-    def get(self, device_id: DeviceId, seq: int) -> StoredUplink | None:
+    def get(self, device_id: DeviceId, epoch: str, seq: int) -> StoredUplink | None:
         row = self._one(
-            f"SELECT {_UPLINK_COLUMNS} FROM uplinks WHERE device_id = ? AND seq = ?",  # noqa: S608
-            (device_id.hex, seq),
+            f"SELECT {_UPLINK_COLUMNS} FROM uplinks "  # noqa: S608
+            "WHERE device_id = ? AND epoch = ? AND seq = ?",
+            (device_id.hex, epoch, seq),
         )
         return None if row is None else _uplink(row)
+
+    def has(self, device_id: DeviceId, epoch: str, seq: int) -> bool:
+        row = self._one(
+            "SELECT 1 AS one FROM uplinks WHERE device_id = ? AND epoch = ? AND seq = ?",
+            (device_id.hex, epoch, seq),
+        )
+        return row is not None
 
     def unprocessed(self) -> list[StoredUplink]:
         """Uplinks stored but whose handlers have not finished (a crash in between)."""
@@ -81,10 +162,10 @@ class Uplinks(Repository):
         )
         return [_uplink(r) for r in rows]
 
-    def mark_processed(self, device_id: DeviceId, seq: int) -> None:
+    def mark_processed(self, device_id: DeviceId, epoch: str, seq: int) -> None:
         self._cur.execute(
-            "UPDATE uplinks SET processed = 1 WHERE device_id = ? AND seq = ?",
-            (device_id.hex, seq),
+            "UPDATE uplinks SET processed = 1 WHERE device_id = ? AND epoch = ? AND seq = ?",
+            (device_id.hex, epoch, seq),
         )
 
     def count(self) -> int:
@@ -95,8 +176,20 @@ class Uplinks(Repository):
 class Downlinks(Repository):
     """Receipts and operator news for wearers, each with its persisted per-device seq."""
 
-    def queue(self, device_id: DeviceId, kind: str, arg: int, *, now: float) -> int:
-        """Allocate and persist the device's next downlink seq; return it."""
+    def queue(
+        self,
+        device_id: DeviceId,
+        kind: str,
+        arg: int,
+        *,
+        now: float,
+        epoch: str | None = None,
+        digest: str | None = None,
+    ) -> int:
+        """Allocate and persist the device's next downlink seq; return it.
+
+        A receipt names the life (`epoch`) and the uplink (`digest`) it answers.
+        """
         self._cur.execute(
             "UPDATE devices SET down_seq = down_seq + 1 WHERE device_id = ?", (device_id.hex,)
         )
@@ -105,8 +198,9 @@ class Downlinks(Repository):
             raise UnknownDevice(f"device {device_id} is not enrolled")
         seq = int(row["down_seq"])
         self._cur.execute(
-            "INSERT INTO downlinks (device_id, seq, kind, arg, created_at) VALUES (?, ?, ?, ?, ?)",
-            (device_id.hex, seq, kind, arg, now),
+            "INSERT INTO downlinks (device_id, seq, kind, arg, created_at, epoch, digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (device_id.hex, seq, kind, arg, now, epoch, digest),
         )
         return seq
 
@@ -115,7 +209,7 @@ class Downlinks(Repository):
         unclaimed = "" if now is None else " AND (claimed_until IS NULL OR claimed_until < ?)"
         params = (limit,) if now is None else (now, limit)
         rows = self._all(
-            "SELECT id, device_id, seq, kind, arg, created_at FROM downlinks "  # noqa: S608
+            "SELECT id, device_id, seq, kind, arg, created_at, epoch, digest FROM downlinks "  # noqa: S608
             f"WHERE sent_at IS NULL{unclaimed} ORDER BY id LIMIT ?",
             params,
         )
@@ -127,6 +221,8 @@ class Downlinks(Repository):
                 kind=r["kind"],
                 arg=r["arg"],
                 created_at=r["created_at"],
+                epoch=r["epoch"],
+                digest=r["digest"],
             )
             for r in rows
         ]
