@@ -116,6 +116,7 @@ class Daemon:
         battery: Callable[[], int | None] | None = None,
         link_quality: Callable[[], int | None] = read_link_quality,
         notify: Callable[[str], bool] = sd_notify,
+        rand: Callable[[], float] | None = None,
     ) -> None:
         self.cfg, self._keys, self.outbox, self._feedback = cfg, keys, outbox, feedback
         self._clock, self._wall, self._ntp_flag = clock, wall, ntp_flag
@@ -125,7 +126,7 @@ class Daemon:
         self._memory = _load_memory(outbox)
         self.core = AlarmCore(
             cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory,
-            undelivered=outbox.pending_alarms(),
+            undelivered=outbox.pending_alarms(), **({} if rand is None else {"rand": rand}),
         )  # fmt: skip
         self._epoch = outbox.epoch
         self._nonce: str | None = None  # the newest hub nonce, echoed in every uplink
@@ -199,6 +200,16 @@ class Daemon:
         self._poll_battery()
         self.flush()
         self._ping_watchdog()
+
+    def run_due(self, *, limit: int = 1000) -> None:
+        """Handle every queued input and every deadline already due, never waiting.
+
+        For a driven clock (tests, the adversary harness): `run()` is the real loop.
+        """
+        for _ in range(limit):
+            if self._queue.empty() and self._wait_time(self._clock()) > 0:
+                return
+            self.step()
 
     def _wait_time(self, now: float) -> float:
         unsaved = self._unsaved_retry if self._unsaved else None
