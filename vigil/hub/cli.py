@@ -39,6 +39,7 @@ EPILOG = """examples:
   vigil-hub devices                                # last seen, battery, last fix age
   vigil-hub enroll --device-id 3f.. --label "A. (Oaxaca)" --signing ed25519:.. --kem x25519:..
   vigil-hub revoke 3f2a...                         # a seized device: refuse its messages
+  vigil-hub risk 3f2a... --hours 6                 # a dangerous trip: silence = alarm
   vigil-hub audit verify                           # detect edited, deleted or wiped entries
   vigil-hub audit anchor --out /media/usb/anchors  # keep a signed head outside the hub
   vigil-hub audit verify --anchor anchors --public-key hub.pub   # on another machine
@@ -111,6 +112,12 @@ def _add_registry(
     e.add_argument("--contact", action="append", default=[], help="Apprise URL (repeatable)")
     r = sub.add_parser("revoke", parents=[common], help="refuse a device's messages from now on")
     r.add_argument("device_id")
+    w = sub.add_parser("risk", parents=[common], help="arm a risk window: silence inside it "
+                       "is an alarm, at once (docs/protocol.md §8)")  # fmt: skip
+    w.add_argument("device_id")
+    span = w.add_mutually_exclusive_group(required=True)
+    span.add_argument("--hours", type=_hours, help="how long the wearer is at risk from now")
+    span.add_argument("--clear", action="store_true", help="end the risk window now")
     au = sub.add_parser("audit", parents=[common], help="audit log commands")
     au_sub = au.add_subparsers(dest="action", required=True, metavar="ACTION")
     au_sub.add_parser("show", parents=[common], help="list the audit log")
@@ -290,6 +297,33 @@ def _enroll(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
     return 0
 
 
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if not 0 < hours <= 24 * 31:
+        raise argparse.ArgumentTypeError("a risk window lasts more than 0 and at most 744 hours")
+    return hours
+
+
+def _risk(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    device_id = DeviceId.parse(args.device_id)
+    now = time.time()
+    until = None if args.clear else now + args.hours * 3600
+    with store.transaction() as tx:
+        tx.devices.set_risk(device_id, until=until)
+        detail = "cleared" if until is None else f"until {until:.0f}"
+        tx.audit.append(at=now, actor=_user(), action="risk window", subject=f"device {device_id}",
+                        detail=detail)  # fmt: skip
+    if until is None:
+        out.write(f"risk window of {device_id} cleared\n")
+    else:
+        out.write(f"risk window of {device_id} armed for {args.hours:g} h: silence for "
+                  f"{config.risk_silent_after:g} s raises an alarm\n")  # fmt: skip
+    return 0
+
+
 def _revoke(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     device_id = DeviceId.parse(args.device_id)
     now = time.time()
@@ -397,7 +431,7 @@ def _tail(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO
 
 
 _OPERATOR_ACTIONS = frozenset({"ack", "resolve", "false-alarm", "verify", "broadcast",
-                               "enroll", "revoke"})  # fmt: skip
+                               "enroll", "revoke", "risk"})  # fmt: skip
 _COMMANDS = {
     "devices": _devices,
     "alerts": _alerts,
@@ -408,6 +442,7 @@ _COMMANDS = {
     "broadcast": _act,
     "enroll": _enroll,
     "revoke": _revoke,
+    "risk": _risk,
     "audit": _audit,
     "stats": _stats,
     "tail": _tail,
