@@ -84,7 +84,8 @@ class Follower:
             if key not in self._seen:
                 self._seen.add(key)
                 self.since = max(self.since, u.received_at)
-                text = f"up     {u.device_id.hex[:8]}  seq {u.seq:<5} {u.kind:<9} {describe_uplink(u)}"
+                device, kind = u.device_id.hex[:8], f"{u.kind:<9}"
+                text = f"up     {device}  seq {u.seq:<5} {kind} {describe_uplink(u)}"
                 yield u.received_at, self._paint(u.kind, text)
 
     def _audit_events(self, entries: list[AuditEntry]) -> Iterator[tuple[float, str]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
@@ -22,7 +22,15 @@ import wcwidth
 
 from vigil.errors import BadTransition
 from vigil.hub import alerts
-from vigil.hub.store import Alert, AlertKind, AlertState, AuditEntry, Delivery, DeviceRecord, LastFix
+from vigil.hub.store import (
+    Alert,
+    AlertKind,
+    AlertState,
+    AuditEntry,
+    Delivery,
+    DeviceRecord,
+    LastFix,
+)
 
 GAP = "  "  # between table columns
 ELLIPSIS = "…"
@@ -170,7 +178,7 @@ _COMMAND = {
 
 def valid_actions(alert: Alert) -> list[str]:
     """The operator actions the alert lifecycle (`vigil.hub.alerts`) allows now."""
-    tries = {
+    tries: dict[str, Callable[[], Alert]] = {
         "ack": lambda: alerts.acknowledge(alert, by="", now=0.0),
         "verify": lambda: alerts.verify(alert, by="", now=0.0),
         "resolve": lambda: alerts.close(alert, false_alarm=False, now=0.0),
@@ -241,12 +249,14 @@ def _facts(file: AlertFile, *, now: float, clock: Clock, map_url: str) -> list[s
     if a.verified_at is not None:
         rows.append(("verified", f"{clock.at(a.verified_at)} by {_actor(file, 'verify')}"))
     if a.closed_at is not None:
-        closer = "the wearer" if a.state is AlertState.CANCELLED else _actor(file, *CLOSING_ACTIONS)
+        closer = (
+            "the wearer" if a.state is AlertState.CANCELLED else _actor(file, *CLOSING_ACTIONS)
+        )
         rows.append(("closed", f"{clock.at(a.closed_at)}: {a.state.value} by {closer}"))
     if a.note:
         rows.append(("note", a.note))
     rows += _where(a, now=now, clock=clock, map_url=map_url)
-    battery = a.battery if a.battery is not None else (file.device and file.device.battery)
+    battery = a.battery if a.battery is not None or file.device is None else file.device.battery
     rows.append(("battery", percent(battery)))
     return [pad(f"{k}:", _KEY_CELLS) + " " + clean(v) for k, v in rows]
 
@@ -275,7 +285,8 @@ def _history(entries: Sequence[AuditEntry], clock: Clock) -> list[str]:
 
 def _deliveries(deliveries: Sequence[tuple[Delivery, float | None]], clock: Clock) -> list[str]:
     columns = [Column("STEP"), Column("TO"), Column("CHANNEL"), Column("STATUS"),
-               Column("ATTEMPTS", right=True), Column("LAST TRY"), Column("LAST ERROR")]  # fmt: skip
+               Column("ATTEMPTS", right=True), Column("LAST TRY"),
+               Column("LAST ERROR")]  # fmt: skip
     rows = [(d.step, d.label, d.channel, d.status, d.attempts, clock.at(last) if last else "-",
              d.last_error or "-") for d, last in deliveries]  # fmt: skip
     return table(columns, rows)
