@@ -186,3 +186,14 @@ def test_provision_names_a_folder_it_may_not_write(shared_tmp: Path) -> None:
     assert error.startswith(f"vigil-provision: cannot write key file {out / 'device.key'}: "
                             f"permission denied: {locked} belongs to ")  # fmt: skip
     assert "another --out" in error
+
+
+def test_provision_names_any_folder_it_may_not_write(shared_tmp: Path) -> None:
+    locked = shared_tmp / "etc-vigil"
+    locked.mkdir(mode=0o755)
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+    argv = ["broker-certs", "--out", str(locked / "broker"), "--host", "broker.example.org"]
+    error = one_line_error(unprivileged(lambda: provision(argv)))
+    assert error == (f"vigil-provision: {locked / 'broker'}: Permission denied; "
+                     "run it with sudo or write somewhere else")  # fmt: skip
