@@ -175,6 +175,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except VigilError as exc:
         sys.stderr.write(f"vigil-hub: {exc}\n")
         return 1
+    except BrokenPipeError:  # `vigil-hub tail | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 def _init(config: HubConfig, out: TextIO) -> int:
