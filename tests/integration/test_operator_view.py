@@ -23,14 +23,16 @@ from vigil.hub import alerts
 from vigil.hub.cli import main
 from vigil.hub.config import load_config
 from vigil.hub.store import Store, open_store
-from vigil.wire import Alarm, Fix, Heartbeat, Message, Trigger
+from vigil.wire import AgedFix, Alarm, Fix, Heartbeat, Message, Trigger
 
 pytestmark = pytest.mark.integration
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)")
 EPOCH = re.compile(r"\b1\d{9}(\.\d+)?\b")  # a raw Unix time of this era
 LONG_NAME = "operator-with-a-forty-character-name-xyz"
-FIX = Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9, age=3.0)
+FIX = AgedFix(
+    Fix(lat=17.0654, lon=-96.7237, fix_time=None, quality=1, satellites=7, hdop=0.9), age=3.0
+)
 
 
 @pytest.fixture

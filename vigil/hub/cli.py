@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import logging
 import os
@@ -175,9 +174,6 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except VigilError as exc:
         sys.stderr.write(f"vigil-hub: {exc}\n")
         return 1
-    except BrokenPipeError:  # `vigil-hub tail | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return 0
 
 
 def _init(config: HubConfig, out: TextIO) -> int:
@@ -400,9 +396,13 @@ def _stats(args: argparse.Namespace, config: HubConfig, store: Store, out: TextI
 
 def _tail(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     colour = args.colour == "always" or (args.colour == "auto" and out.isatty())
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a live tail
+    try:
         tail.follow(store, out, colour=colour, once=args.once,
                     clock=views.Clock.choose(utc=args.utc))  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C ends a live tail
+        pass
+    except BrokenPipeError:  # `vigil-hub tail | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
     return 0
 
 
