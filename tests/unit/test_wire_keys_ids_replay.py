@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from vigil.errors import BadConfigValue, InsecureKeyFile, KeyFileError, TopicMismatch
 from vigil.wire import DeviceId, DeviceKeys, HubKeys, ReplayWindow, Verdict
-from vigil.wire.keys import DevicePublicKeys, HubPublicKeys
+from vigil.wire.keys import DevicePublicKeys, HubPublicKeys, write_atomically
 from vigil.wire.replay import WINDOW_SIZE
 from vigil.wire.topics import down_topic, parse_topic, shared_up_filter, up_topic
 
@@ -133,3 +133,19 @@ def test_replay_window_never_accepts_twice(seqs: list[int]) -> None:
             w = w.accept(seq)
         else:
             assert seq in accepted or seq <= w.highest - WINDOW_SIZE
+
+
+def test_a_failed_write_leaves_no_copy_of_the_secret(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()  # the rename onto a folder fails after the data is written
+    with pytest.raises(IsADirectoryError):
+        write_atomically(tmp_path / "taken", b"secret", mode=0o600)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_folder_is_not_a_key_file(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    with pytest.raises(KeyFileError, match="is a folder") as raised:
+        DeviceKeys.load(tmp_path)
+    assert "chmod" not in str(raised.value).replace(str(tmp_path), "")
+    with pytest.raises(KeyFileError, match=f"e.g. --out {tmp_path / 'device.key'}"):
+        DeviceKeys.generate().save(tmp_path, force=True)

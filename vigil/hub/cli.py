@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import logging
 import os
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import KeyFileError, StorageError, VigilError
 from vigil.hub import alerts as alert_rules
-from vigil.hub import audit, checkpoints, daemon, operator, tail
+from vigil.hub import audit, checkpoints, daemon, operator, tail, views
 from vigil.hub.config import HubConfig, load_config
 from vigil.hub.store import AuditEntry, Store, open_store
 from vigil.wire.ids import DeviceId
@@ -45,7 +44,11 @@ EPILOG = """examples:
   vigil-hub audit verify --anchor anchors --public-key hub.pub   # on another machine
   vigil-hub keygen --out /var/lib/vigil-hub/hub.key
 
-The config file defaults to $VIGIL_HUB_CONFIG or /etc/vigil/hub.toml."""
+The config file defaults to $VIGIL_HUB_CONFIG or /etc/vigil/hub.toml. Times show as
+ISO 8601 in the local zone (set TZ to choose another), or in UTC with --utc."""
+
+
+_UTC_HELP = "show times in UTC (default: the local zone, or the zone TZ names)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,10 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="hub config TOML")
+    p.add_argument("--utc", action="store_true", help=_UTC_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # --config is accepted before or after the command.
+    # --config and --utc are accepted before or after the command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="hub config TOML")
+    common.add_argument("--utc", action="store_true", default=argparse.SUPPRESS, help=_UTC_HELP)
     sub.add_parser(
         "init", parents=[common], help="create the store and bring its schema up to date"
     )
@@ -73,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--once", action="store_true", help="print what is there and exit")
     t.add_argument("--colour", "--color", choices=["auto", "always", "never"], default="auto")
     sub.add_parser(
-        "devices", parents=[common], help="enrolled devices: last seen, battery, last fix age"
+        "devices", parents=[common], help="enrolled devices: state, last heard, battery, last fix"
     )
     a = sub.add_parser("alerts", parents=[common], help="active alerts")
     a.add_argument("--all", action="store_true", help="include closed alerts")
@@ -217,63 +222,60 @@ def _print_public(keys: HubKeys, out: TextIO) -> None:
         out.write(f'{name} = "{value}"\n')
 
 
-def _age(now: float, t: float | None) -> str:
-    if t is None:
-        return "never"
-    s = max(0, round(now - t))
-    return f"{s}s" if s < 120 else (f"{s // 60}m" if s < 7200 else f"{s // 3600}h")
-
-
 def _devices(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
-    now = time.time()
-    out.write(f"{'DEVICE':<34}{'LABEL':<24}{'STATE':<9}{'SEEN':>7}{'BATT':>6}{'FIX AGE':>9}\n")
+    now, clock = time.time(), views.Clock.choose(utc=args.utc)
     with store.read() as tx:
         devices = tx.devices.all()
+        silent = views.silent_alerts(tx.alerts.all(active_only=True))
+    rows = []
     for d in devices:
-        state = "revoked" if d.revoked else ("offline" if d.offline_at else "ok")
-        battery = "?" if d.battery is None else f"{d.battery}%"
+        state = views.device_state(d, silent_alert=silent.get(d.device_id.hex), now=now,
+                                   silent_after=config.silent_after)  # fmt: skip
         fix_at = d.last_fix.taken_at if d.last_fix else None
         if d.gps_fix_at is not None:
             fix_at = max(d.gps_fix_at, fix_at or d.gps_fix_at)
-        fix_age = _age(now, fix_at)
-        out.write(f"{d.device_id.hex:<34}{d.label[:23]:<24}{state:<9}"
-                  f"{_age(now, d.last_seen):>7}{battery:>6}{fix_age:>9}\n")  # fmt: skip
+        fix = "none" if fix_at is None else views.ago(now - fix_at)
+        rows.append((d.device_id.hex, d.label, state, clock.at_ago(d.last_seen, now=now),
+                     views.percent(d.battery), fix))  # fmt: skip
+    columns = ["DEVICE", "LABEL", "STATE", "LAST HEARD", "BATTERY", "LAST FIX"]
+    _write_lines(out, views.table([views.Column(c) for c in columns], rows))
     return 0
 
 
 def _alerts(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
+    now, clock = time.time(), views.Clock.choose(utc=args.utc)
     if args.id is not None:
-        return _show_alert(args.id, config, store, out)
-    now = time.time()
+        return _show_alert(args.id, config, store, out, now=now, clock=clock)
     with store.read() as tx:
         labels = {d.device_id: d.label for d in tx.devices.all()}
         listed = tx.alerts.all(active_only=not args.all)
-    out.write(f"{'ID':>4}  {'STATE':<13}{'WHO':<24}{'TRIGGER':<16}{'OPENED':>8}  TAKEN BY\n")
-    for a in listed:
-        who = labels.get(a.device_id, a.device_id.hex[:8])
-        out.write(f"{a.id:>4}  {alert_rules.operator_view(a):<13}{who[:23]:<24}"
-                  f"{a.trigger or '':<16}{_age(now, a.opened_at):>8}  "
-                  f"{a.acknowledged_by or '-'}\n")  # fmt: skip
+    rows = [(a.id, alert_rules.operator_view(a), labels.get(a.device_id, a.device_id.hex[:8]),
+             a.trigger or "-", clock.at_ago(a.opened_at, now=now), a.acknowledged_by or "-")
+            for a in listed]  # fmt: skip
+    columns = [views.Column("ID", right=True), *(views.Column(c) for c in
+               ("STATE", "WHO", "TRIGGER", "OPENED", "TAKEN BY"))]  # fmt: skip
+    _write_lines(out, views.table(columns, rows))
     return 0
 
 
-def _show_alert(alert_id: int, config: HubConfig, store: Store, out: TextIO) -> int:
-    from vigil.hub.channels import compose  # noqa: PLC0415 - imports apprise, only needed here
-
+def _show_alert(
+    alert_id: int, config: HubConfig, store: Store, out: TextIO, *, now: float, clock: views.Clock
+) -> int:
+    subject = f"alert {alert_id}"
     with store.read() as tx:
-        a = tx.alerts.get(alert_id)
-        device = tx.devices.get(a.device_id)
-        positions = tx.alerts.positions(a.id)
-        deliveries = tx.deliveries.for_alert(a.id)
-    if device is not None:
-        out.write(compose(a, device, now=time.time(), map_url=config.map_url).body + "\n")
-    for fix in positions:
-        out.write(f"position {fix.lat:.6f},{fix.lon:.6f} at {fix.taken_at:.0f}\n")
-    for d in deliveries:
-        error = f", last error: {d.last_error}" if d.last_error else ""
-        out.write(f"delivery {d.step} -> {d.label} ({d.channel}): {d.status}, "
-                  f"{d.attempts} attempt(s){error}\n")  # fmt: skip
+        alert = tx.alerts.get(alert_id)
+        history = [e for e in tx.audit.entries()
+                   if e.subject == subject and not e.action.startswith("delivery ")]  # fmt: skip
+        deliveries = [(d, max((at for _, at, _, _ in tx.deliveries.attempts(d.id)), default=None))
+                      for d in tx.deliveries.for_alert(alert_id)]  # fmt: skip
+        file = views.AlertFile(alert, tx.devices.get(alert.device_id), history,
+                               tx.alerts.positions(alert_id), deliveries)  # fmt: skip
+    _write_lines(out, views.alert_detail(file, now=now, clock=clock, map_url=config.map_url))
     return 0
+
+
+def _write_lines(out: TextIO, lines: list[str]) -> None:
+    out.writelines(line + "\n" for line in lines)
 
 
 def _act(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
@@ -340,8 +342,11 @@ def _audit(args: argparse.Namespace, config: HubConfig, store: Store, out: TextI
     with store.read() as tx:
         entries, head = tx.audit.entries(), tx.audit.head()
     if args.action == "show":
-        for e in entries:
-            out.write(f"{e.id:>6} {e.at:.3f} {e.actor} {e.action} {e.subject} {e.detail}\n")
+        clock = views.Clock.choose(utc=args.utc)
+        columns = [views.Column("ID", right=True), *(views.Column(c) for c in
+                   ("TIME", "BY", "ACTION", "SUBJECT", "DETAIL"))]  # fmt: skip
+        rows = [(e.id, clock.at(e.at), e.actor, e.action, e.subject, e.detail) for e in entries]
+        _write_lines(out, views.table(columns, rows))
         return 0
     anchored, findings = _anchors(args.anchor, config, entries)
     needs_key = bool(anchored) or any(e.action == audit.CHECKPOINT for e in entries)
@@ -425,8 +430,13 @@ def _stats(args: argparse.Namespace, config: HubConfig, store: Store, out: TextI
 
 def _tail(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     colour = args.colour == "always" or (args.colour == "auto" and out.isatty())
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a live tail
-        tail.follow(store, out, colour=colour, once=args.once)
+    try:
+        tail.follow(store, out, colour=colour, once=args.once,
+                    clock=views.Clock.choose(utc=args.utc))  # fmt: skip
+    except KeyboardInterrupt:  # Ctrl-C ends a live tail
+        pass
+    except BrokenPipeError:  # `vigil-hub tail | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
     return 0
 
 

@@ -3,7 +3,10 @@
 It follows the store (not the broker), so it shows what the hub decided:
 stored uplinks with their decoded fields, alerts, escalations, deliveries,
 operator actions, and counts of rejected input. Colour on a terminal, plain
-text when piped.
+text when piped. Each line starts with its time (ISO 8601 with the zone, see
+`vigil.hub.views`); operator names, actions and subjects are cut with an
+ellipsis at fixed widths (`_ACTOR`, `_ACTION`, `_SUBJECT` cells) so the columns
+of a stream stay in line.
 """
 
 from __future__ import annotations
@@ -11,18 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TextIO
 
 from vigil.errors import VigilError
 from vigil.hub.store import AuditEntry, Store, StoredUplink
+from vigil.hub.views import Clock, duration, fit, pad, percent
 from vigil.wire.messages import Alarm, Cancel, Direction, Heartbeat, Position, decode_payload
 
 _COLOURS = {"alarm": "31;1", "cancel": "33", "position": "36", "audit": "35", "reject": "31"}
-
-
-def _clock(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S")
+_ACTOR, _ACTION, _SUBJECT = 16, 20, 16  # cells of an audit line's columns
 
 
 def describe_uplink(u: StoredUplink) -> str:
@@ -32,20 +32,20 @@ def describe_uplink(u: StoredUplink) -> str:
     except VigilError:  # pragma: no cover - only valid payloads are stored
         return "(undecodable)"
     if isinstance(body, Alarm):
-        parts = [f"trigger={body.trigger.value}", f"battery={body.battery}"]
+        parts = [f"trigger {body.trigger.value}", f"battery {percent(body.battery)}"]
         if body.fix is not None:
             fix = body.fix.fix
-            parts.append(f"fix={fix.lat:.5f},{fix.lon:.5f} age={body.fix.age:.0f}s")
-        return " ".join(parts)
+            parts.append(f"fix {fix.lat:.5f},{fix.lon:.5f} ({duration(body.fix.age)} old)")
+        return ", ".join(parts)
     if isinstance(body, Cancel):
-        return f"alarm_seq={body.alarm_seq}"  # a duress cancel shows in the audit, not here
+        return f"alarm_seq {body.alarm_seq}"  # a duress cancel shows in the audit, not here
     if isinstance(body, Position):
         fix = body.fix.fix
-        return f"alarm_seq={body.alarm_seq} fix={fix.lat:.5f},{fix.lon:.5f}"
+        return f"alarm_seq {body.alarm_seq}, fix {fix.lat:.5f},{fix.lon:.5f}"
     if isinstance(body, Heartbeat):
-        age = "none" if body.fix is None else f"{body.fix.age:.0f}s"
-        return (f"battery={body.battery} fix_age={age} signal={body.signal} "
-                f"pending={body.pending}")  # fmt: skip
+        fix_age = "no fix" if body.fix is None else duration(body.fix.age)
+        return (f"battery {percent(body.battery)}, fix_age {fix_age}, "
+                f"signal {percent(body.signal)}, {body.pending} waiting")  # fmt: skip
     return ""
 
 
@@ -84,9 +84,8 @@ class Follower:
             if key not in self._seen:
                 self._seen.add(key)
                 self.since = max(self.since, u.received_at)
-                text = (
-                    f"up     {u.device_id.hex[:8]} seq={u.seq:<5} {u.kind:<9} {describe_uplink(u)}"
-                )
+                device, kind = u.device_id.hex[:8], f"{u.kind:<9}"
+                text = f"up     {device}  seq {u.seq:<5} {kind} {describe_uplink(u)}"
                 yield u.received_at, self._paint(u.kind, text)
 
     def _audit_events(self, entries: list[AuditEntry]) -> Iterator[tuple[float, str]]:
@@ -96,7 +95,9 @@ class Follower:
 
 
 def _audit_line(e: AuditEntry) -> str:
-    return f"event  {e.actor:<8} {e.action:<18} {e.subject:<10} {e.detail}".rstrip()
+    columns = (pad(fit(e.actor, _ACTOR), _ACTOR), pad(fit(e.action, _ACTION), _ACTION),
+               pad(fit(e.subject, _SUBJECT), _SUBJECT), fit(e.detail, 1000))  # fmt: skip
+    return ("event  " + " ".join(columns)).rstrip()
 
 
 def follow(
@@ -105,14 +106,15 @@ def follow(
     *,
     colour: bool,
     once: bool,
+    clock: Clock | None = None,
     interval: float = 0.5,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Print events as they happen (or what is there now, with `once`)."""
-    follower = Follower(store, colour=colour)
+    follower, clock = Follower(store, colour=colour), clock or Clock()
     while True:
         for at, line in follower.poll():
-            out.write(f"{_clock(at)}  {line}\n")
+            out.write(f"{clock.at(at)}  {line}\n")
         out.flush()
         if once or stop():
             return

@@ -11,6 +11,7 @@ write such a function and append it to `COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -209,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"vigil-provision: {exc}\n")
         return 1
     except OSError as exc:  # a folder we may not write (not root?), a full disk
-        sys.stderr.write(f"vigil-provision: {exc.filename or ''}: {exc.strerror or exc}\n")
+        advice = "; run it with sudo or write somewhere else" if exc.errno == errno.EACCES else ""
+        sys.stderr.write(f"vigil-provision: {exc.filename or ''}: {exc.strerror or exc}{advice}\n")
         return 1
     return 0
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import enum
 import os
+import pwd
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ class DeviceKeys:
         return DevicePublicKeys(self.signing.public_key(), self.kem.public_key())
 
     def save(self, path: Path, *, force: bool = False) -> None:
-        _save_pem(path, [self.signing, self.kem], force=force)
+        _save_pem(path, [self.signing, self.kem], force=force, example="device.key")
 
     @classmethod
     def load(cls, path: Path) -> DeviceKeys:
@@ -203,7 +204,7 @@ class HubKeys:
 
     def save(self, path: Path, *, force: bool = False) -> None:
         keys: list[_PrivateKey] = [self.signing, self.kem, self.hybrid_mlkem, self.hybrid_x25519]
-        _save_pem(path, keys, force=force)
+        _save_pem(path, keys, force=force, example="hub.key")
 
     @classmethod
     def load(cls, path: Path) -> HubKeys:
@@ -222,10 +223,11 @@ class HubKeys:
 _PrivateKey = Ed25519PrivateKey | X25519PrivateKey | MLKEM768PrivateKey
 
 
-def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool) -> None:
-    """Write the keys atomically with mode 0600; refuse to replace a file unless `force`."""
-    if path.exists() and not force:
-        raise KeyFileError(f"{path} already exists; pass --force to replace these keys")
+def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool, example: str) -> None:
+    """Write the keys atomically with mode 0600; refuse to replace a file unless `force`.
+
+    `example` is a file name to suggest when `path` is a folder.
+    """
     pem = b"".join(
         k.private_bytes(
             serialization.Encoding.PEM,
@@ -234,7 +236,19 @@ def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool) -> None:
         )
         for k in keys
     )
-    write_atomically(path, pem, mode=0o600)
+    try:
+        if path.is_dir():
+            raise KeyFileError(f"{path} is a folder; give the key file's own path, e.g. "
+                               f"--out {path / example}")  # fmt: skip
+        if path.exists() and not force:
+            raise KeyFileError(f"{path} already exists; pass --force to replace these keys")
+        write_atomically(path, pem, mode=0o600)
+    except PermissionError as exc:
+        raise KeyFileError(f"cannot write key file {path}: {_denied(path.parent)}; run it "
+                           "with sudo (or as that folder's owner), or choose another "
+                           "--out") from exc  # fmt: skip
+    except OSError as exc:  # a full disk, a read-only file system
+        raise KeyFileError(f"cannot write key file {path}: {exc.strerror or exc}") from exc
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
@@ -248,30 +262,82 @@ def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a stray copy of a secret behind
+        raise
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _denied(folder: Path) -> str:
+    """Why this user may not write in `folder` (or the nearest folder above it that exists)."""
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    me = _user(os.geteuid())
+    try:
+        info = folder.stat()
+    except OSError:
+        return f"permission denied: {me} may not enter the folders above {folder}"
+    owner, mode = _user(info.st_uid), stat.S_IMODE(info.st_mode)
+    return (f"permission denied: {folder} belongs to {owner} (mode {mode:04o}) and this "
+            f"command runs as {me}")  # fmt: skip
+
+
+def _run_as(owner: str) -> str:
+    return "with sudo" if owner == "root" else f"as {owner} (sudo -u {owner} …) or with sudo"
 
 
 def check_private_file(path: Path) -> None:
-    """Refuse a secret file that group or others may read or write."""
+    """Refuse a secret file that is missing, unreadable, not a file, or open to group or others.
+
+    The `chmod` advice names the file, and only when the file's own mode is the
+    problem: a folder given as a key path, or a folder this user cannot enter,
+    gets its own message.
+    """
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except FileNotFoundError as exc:
         raise KeyFileError(f"key file {path} does not exist") from exc
+    except PermissionError as exc:
+        why = _denied(path.parent)
+        raise KeyFileError(f"cannot read key file {path}: {why}; run it as the service's "
+                           "user (sudo -u …) or with sudo") from exc  # fmt: skip
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise KeyFileError(f"key file {path} is a folder; give the path of the key file itself")
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(f"key file {path} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InsecureKeyFile(
-            f"key file {path} has mode {stat.S_IMODE(mode):04o}; run 'chmod 600 {path}'"
-        )
+        raise InsecureKeyFile(f"key file {path} has mode {mode:04o}, so others may read it; "
+                              f"run 'chmod 600 {path}'")  # fmt: skip
+    if not os.access(path, os.R_OK):
+        owner, me = _user(info.st_uid), _user(os.geteuid())
+        raise KeyFileError(f"cannot read key file {path}: it belongs to {owner} (mode "
+                           f"{mode:04o}) and this command runs as {me}; run it "
+                           f"{_run_as(owner)}")  # fmt: skip
 
 
 def _load_pem(path: Path, kinds: tuple[type, ...]) -> list[object]:
     """Read the PEM blocks of `path`, checking their number, order and key types."""
     check_private_file(path)
     count = len(kinds)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # checked just above; this is a race or an I/O error
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
     blocks = [b + _END for b in data.split(_END) if _BEGIN in b]
     if len(blocks) != count:
         raise KeyFileError(f"{path} must hold {count} private keys, found {len(blocks)}")
