@@ -44,6 +44,17 @@ class Clock:
 
 
 @dataclass
+class DeviceClock:
+    """The wearable's idea of wall time: synchronised or not, and off by `offset` seconds."""
+
+    synced: bool = True
+    offset: float = 0.0
+
+    def wall(self, now: float) -> float:
+        return now + self.offset
+
+
+@dataclass
 class Wearer:
     """What the wearer feels: every pattern the device played, in order."""
 
@@ -192,7 +203,13 @@ urls = ["json://127.0.0.1:9/never"]
 
 
 @contextmanager
-def rig(tmp_path: Path, *, seed: int = 1, broker: HostileBroker | None = None) -> Iterator[Rig]:
+def rig(
+    tmp_path: Path,
+    *,
+    seed: int = 1,
+    broker: HostileBroker | None = None,
+    device_clock: DeviceClock | None = None,
+) -> Iterator[Rig]:
     """A hub and one enrolled wearable behind a hostile broker, at T0."""
     clock = Clock()
     broker = broker or HostileBroker(clock)
@@ -215,7 +232,8 @@ def rig(tmp_path: Path, *, seed: int = 1, broker: HostileBroker | None = None) -
     hub.transport = broker.transport()
     broker.subscribe("up", hub.handle)
     wearer = Wearer()
-    device, outbox = start_device(provisioned, clock, wearer, broker, seed=seed)
+    device, outbox = start_device(provisioned, clock, wearer, broker, seed=seed,
+                                  device_clock=device_clock)  # fmt: skip
     try:
         yield Rig(clock, broker, hub, device, wearer, provisioned, provisioned.state_dir)
     finally:
@@ -230,15 +248,19 @@ def start_device(
     broker: HostileBroker,
     *,
     seed: int = 1,
+    device_clock: DeviceClock | None = None,
 ) -> tuple[Daemon, Outbox]:
-    """The real daemon on its real outbox; NTP synchronised (a flag file), battery 80 %."""
+    """The real daemon on its real outbox, battery 80 %; NTP synchronised unless told."""
     cfg = load_config(provisioned.config_path)
+    device_clock = device_clock or DeviceClock()
     flag = provisioned.config_path.parent / "ntp-synchronized"
-    flag.touch()
+    if device_clock.synced:
+        flag.touch()
     jitter = random.Random(seed)  # noqa: S311 - reproducible jitter, not cryptography
     outbox = Outbox.open(cfg.state_dir / "outbox.sqlite3", rand=jitter.random)
     device = Daemon(cfg, keys=provisioned.device_keys, outbox=outbox, feedback=wearer,
-                    clock=clock, wall=clock, ntp_flag=flag, battery=lambda: 80,
+                    clock=clock, wall=lambda: device_clock.wall(clock()), ntp_flag=flag,
+                    battery=lambda: 80,
                     link_quality=lambda: 70, notify=lambda _: True,
                     rand=jitter.random)  # fmt: skip
     device.attach(broker.transport())

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.adversary.hostile_broker import Packet, Verdict, drop_all, hold_all
 from tests.adversary.rig import (
     HEARTBEAT,
     HUB_TICK,
     SILENT_AFTER,
+    DeviceClock,
     Rig,
     restart_device_with_new_state,
     rig,
@@ -183,3 +186,38 @@ def test_a_seq_signed_twice_raises_a_conflict_and_gets_no_receipt(tmp_path: Path
         r.advance(1)
         assert r.alerts(AlertKind.CONFLICT)
         assert len(r.broker.sent("down")) == before
+
+
+@pytest.mark.parametrize(
+    "device_clock",
+    [DeviceClock(synced=False), DeviceClock(offset=-4 * 3600.0), DeviceClock(offset=4 * 3600.0)],
+    ids=["no-rtc-unsynced", "ntp-stepped-back-4h", "ntp-stepped-forward-4h"],
+)
+def test_liveness_rests_on_the_nonce_whatever_the_device_clock_says(
+    tmp_path: Path, device_clock: DeviceClock
+) -> None:
+    with rig(tmp_path, device_clock=device_clock) as r:
+        r.advance(10 * HEARTBEAT)
+        assert not r.alerts(AlertKind.SILENT), "a live device was taken for silent"
+        r.broker.rules.append(hold_all("up"))
+        r.advance(10 * HEARTBEAT)
+        stashed = list(r.broker.held)
+        r.destroy_device()
+        r.broker.rules.clear()
+        assert r.alerts(AlertKind.SILENT)
+        r.broker.release(stashed)
+        r.advance(HUB_TICK)
+        (alert,) = r.alerts(AlertKind.SILENT)
+        assert alert.state is AlertState.OPEN
+
+
+def test_silence_inside_a_risk_window_is_an_alarm_at_once(tmp_path: Path) -> None:
+    with rig(tmp_path) as r:
+        r.advance(3 * HEARTBEAT)
+        with r.hub.store.transaction() as tx:
+            tx.devices.set_risk(r.provisioned.device_id, until=r.clock.now + 3600)
+        r.broker.rules.append(drop_all("up"))  # the wearable is taken, or jammed
+        r.advance(90 + 1.25 * HEARTBEAT + HUB_TICK)  # risk_silent_after = 90 s in the rig
+        (dark,) = r.alerts(AlertKind.DARK)
+        assert dark.kind.alarm_grade
+        assert not r.alerts(AlertKind.SILENT)

@@ -2,7 +2,9 @@
 
 The hub never takes arrival time as proof of life: a broker can hold a genuine
 heartbeat for hours. An uplink proves the device was alive at the hub time its
-echoed nonce was minted, and nothing later.
+echoed nonce was minted, and nothing later. The device's `sent_at` is not used:
+a wearable without an RTC has none, and an NTP step backwards or forwards must
+neither hide a stashed heartbeat nor make a live device look silent.
 """
 
 from __future__ import annotations
@@ -14,13 +16,9 @@ from vigil.hub import alerts
 from vigil.hub.store import AlertKind, DeviceRecord, Transaction
 from vigil.wire.ids import DeviceId
 from vigil.wire.liveness import NonceMinter
-from vigil.wire.messages import ClockSource, Message
+from vigil.wire.messages import Message
 
 _LOG = logging.getLogger(__name__)
-
-# A synchronised device clock may lag the hub's by this much before its `sent_at`
-# makes an echo suspect (the message claims to predate the nonce it echoes).
-CLOCK_TOLERANCE = 600.0
 
 
 def proven_at(nonces: NonceMinter, device_id: DeviceId, message: Message) -> float | None:
@@ -31,13 +29,6 @@ def proven_at(nonces: NonceMinter, device_id: DeviceId, message: Message) -> flo
     if minted is None:
         _LOG.warning("device %s seq=%s echoes a nonce this hub never made", device_id,
                      message.seq)  # fmt: skip
-        return None
-    synced = message.clock is not ClockSource.UNSYNCED and message.sent_at is not None
-    if synced and message.sent_at < minted - CLOCK_TOLERANCE:  # type: ignore[operator]
-        _LOG.warning(
-            "device %s seq=%s says it was sent before the nonce it echoes; its clock is "
-            "wrong: not taken as proof of life", device_id, message.seq,
-        )  # fmt: skip
         return None
     return minted
 

@@ -3,8 +3,9 @@
 A device is silent when the broker published its Will (connection lost) or
 when nothing proved it alive for `silent_after` seconds. Each silence raises
 one alert: a device is flagged again only after it has spoken since its last
-silent alert. Devices never heard from (not yet deployed) and revoked ones are
-not watched.
+silent alert. A device never heard from is watched from its enrolment (one
+notice, which operators resolve if it was simply not handed out yet); revoked
+ones are not watched.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def silent_devices(
     """
     out: list[tuple[DeviceRecord, str]] = []
     for d in devices:
-        alive = d.alive_at if d.alive_at is not None else d.last_seen
-        if d.revoked or alive is None:
+        if d.revoked:
             continue
+        # Never heard at all is watched too, from enrolment: a broker that swallows a
+        # wearable's every message from its first day must not make it invisible.
+        alive = d.alive_at if d.alive_at is not None else (d.last_seen or d.enrolled_at)
         since = max(alive, d.offline_at or alive)
         flagged = last_silent_alert.get(d.device_id)
         if flagged is not None and flagged >= since:
@@ -45,6 +48,9 @@ def silent_devices(
         if d.offline_at is not None:
             out.append((d, f"connection lost (broker published its Will), last proof of life "
                            f"{round(now - alive)} s ago"))  # fmt: skip
+        elif d.last_seen is None and now - alive > deadline:
+            out.append((d, f"never heard from since it was enrolled {round(now - alive)} s ago "
+                           "(not yet handed out? then resolve this)"))  # fmt: skip
         elif now - alive > deadline:
             out.append((d, f"no proof of life for {round(now - alive)} s "
                            f"(deadline {round(deadline)} s)"))  # fmt: skip
