@@ -17,7 +17,8 @@ from tests.support.wait import wait_until
 from vigil.errors import VigilError
 from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import HubConfig, load_config
-from vigil.hub.daemon import HubService, _enqueue, serve
+from vigil.hub.daemon import HubService
+from vigil.hub.process import _enqueue, serve
 from vigil.hub.store import open_store
 from vigil.runtime.mqtt import MqttClient, MqttSettings
 from vigil.wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
@@ -160,7 +161,9 @@ def running_hub(
     assert client.wait_connected(10)
     stop = threading.Event()
     thread = threading.Thread(
-        target=serve, args=(service, client, inbox, stop), kwargs={"interval": 0.05}
+        target=serve,
+        args=(service, client, inbox, stop),
+        kwargs={"interval": 0.05, "tick": 0.1, "instance": config.mqtt.client_id or "hub"},
     )
     thread.start()
     try:

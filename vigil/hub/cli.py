@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import KeyFileError, StorageError, VigilError
 from vigil.hub import alerts as alert_rules
-from vigil.hub import audit, checkpoints, daemon, operator, tail
+from vigil.hub import audit, checkpoints, operator, process, tail
 from vigil.hub.config import HubConfig, load_config
 from vigil.hub.store import AuditEntry, Store, open_store
 from vigil.wire.ids import DeviceId
@@ -187,7 +187,7 @@ def _run(config: HubConfig, level: str, *, create: bool) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    daemon.run(config, stop=stop, create=create)
+    process.run(config, stop=stop, create=create)
     return 0
 
 
