@@ -160,7 +160,7 @@ class _Supervisor:
         """Put the status line in the store for `vigil-hub stats` (best effort)."""
         try:
             with self.service.store.transaction() as tx:
-                tx.hubs.report(self.instance, line, at=self.service.clock())
+                tx.hubs.report(self.instance, line, at=time.time())  # wall time, for people
         except StorageError as exc:
             _LOG.warning("cannot report the hub's status to the store: %s", exc)
             return
