@@ -7,7 +7,7 @@ that hangs, keeps failing or died withholds the ping, and systemd restarts the h
 
     beats = Heartbeats({"ingest": 30.0, "timer": 60.0})
     beats.beat("ingest")
-    beats.stuck()   # [("timer", 75.2)] once the timer has not beaten for 60 s
+    beats.stuck()   # [("timer", 60.0)] once the timer has not beaten for 60 s
 """
 
 from __future__ import annotations
@@ -61,13 +61,17 @@ class Heartbeats:
             self._last[worker] = self._clock()
 
     def stuck(self) -> list[tuple[str, float]]:
-        """(worker, seconds since its last round) for every worker past its bound."""
+        """(worker, its bound) for every worker whose last round is older than its bound."""
         now = self._clock()
         with self._lock:
             late = [(w, now - t) for w, t in self._last.items()]
-        return [(w, age) for w, age in late if age > self._bounds[w]]
+        return [(w, self._bounds[w]) for w, age in late if age > self._bounds[w]]
 
 
 def describe_stuck(stuck: list[tuple[str, float]]) -> str:
-    """'ingest stuck for 45 s, timer stuck for 70 s' (empty when none is)."""
-    return ", ".join(f"{worker} stuck for {age:.0f} s" for worker, age in stuck)
+    """'ingest stuck (no round for over 30 s)' for each stuck worker (empty when none is).
+
+    The text stays the same while the worker stays stuck: the status line changes
+    (and is sent) only when the state does.
+    """
+    return ", ".join(f"{worker} stuck (no round for over {bound:g} s)" for worker, bound in stuck)
