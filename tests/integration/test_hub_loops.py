@@ -112,8 +112,8 @@ def test_the_running_hub_survives_a_poisoned_uplink_and_stats_shows_it(
         config = write_config(tmp_path, broker=mosquitto, smtp=smtp, hook=hook)
         with running_hub(config, FakeClock()) as hub:
             p = parties()
-            keys, device_id = p.device.public(), p.device_id
-            write(hub.store, lambda tx: tx.devices.enroll(device_id, label="Ana", public_keys=keys))
+            keys, dev = p.device.public(), p.device_id
+            write(hub.store, lambda tx: tx.devices.enroll(dev, label="Ana", public_keys=keys))
             with wearable(mosquitto) as device:
                 device.send(Message(seq=1, body=Heartbeat(battery=50)))
                 device.wait_for("stored")  # the poisoned one is on disk: receipted
