@@ -6,8 +6,9 @@ and paho call in from their own threads only to put items on the queue. Each
 outbox before it is published; entries are resent with backoff until a
 verified `stored` downlink arrives. Downlinks that do not verify, or whose seq
 was already seen, are dropped and logged. systemd gets READY=1 once pins, GPS
-and outbox are up, and WATCHDOG=1 only from this loop, so a hung loop is
-restarted.
+and outbox are up, WATCHDOG=1 only from this loop, so a hung loop is
+restarted, and the broker connection's state (connected, or connecting since
+when and why it fails) as the unit's status line whenever it changed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from vigil.device.config import DeviceConfig
 from vigil.device.core import (
@@ -44,8 +45,8 @@ from vigil.device.drivers.battery import read_battery
 from vigil.device.drivers.link import read_link_quality
 from vigil.device.outbox import PRIORITY, Entry, Outbox
 from vigil.errors import StorageError, TransportError, VigilError
-from vigil.runtime.mqtt import MqttSettings, Transport, Will
-from vigil.runtime.systemd import sd_notify
+from vigil.runtime.mqtt import ConnectionState, MqttSettings, Transport, Will
+from vigil.runtime.systemd import sd_notify, status_assignment
 from vigil.wire.envelope import open_downlink, seal_uplink
 from vigil.wire.keys import DeviceKeys
 from vigil.wire.messages import ClockSource, Message
@@ -60,6 +61,14 @@ BATTERY_POLL = 60.0
 MAX_WAIT = 30.0  # idle wake-up without a watchdog; every deadline is in the wait anyway
 GPS_EVERY = 1.0  # hand at most one fix per second to the core
 FIX_GAP = 10.0  # a fix after this long without one is logged as acquired again
+
+
+@runtime_checkable
+class _Described(Protocol):
+    """A transport that can say how its broker connection stands (`MqttClient`)."""
+
+    @property
+    def state(self) -> ConnectionState: ...
 
 
 class Player(Protocol):
@@ -123,6 +132,7 @@ class Daemon:
         self._next_battery = 0.0
         self._watchdog = _watchdog_interval()
         self._last_ping = 0.0
+        self._link_status = ""  # the status line systemd last got
         self.stop_event = threading.Event()
         self.ready = threading.Event()
 
@@ -182,6 +192,7 @@ class Daemon:
             self._save_memory()
         self._poll_battery()
         self.flush()
+        self._report_link()
         self._ping_watchdog()
 
     def _wait_time(self, now: float) -> float:
@@ -346,6 +357,16 @@ class Daemon:
         self._next_battery = now + BATTERY_POLL
         self._carry_out(self.core.handle(BatteryLevel(now, self._battery())))
         self._carry_out(self.core.handle(SignalLevel(now, self._link_quality())))
+
+    def _report_link(self) -> None:
+        """Put the broker connection's state in systemd's status line when it changed."""
+        transport = self._transport
+        if not isinstance(transport, _Described):
+            return
+        line = f"broker: {transport.state.describe()}"
+        if line != self._link_status:
+            self._link_status = line
+            self._notify(status_assignment(line))
 
     def _ping_watchdog(self) -> None:
         now = self._clock()

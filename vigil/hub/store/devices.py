@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vigil.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, UnknownDevice
+from vigil.hub.store import schema
 from vigil.hub.store.records import DeviceRecord, LastFix
 from vigil.hub.store.repo import Repository, Row
 from vigil.wire.ids import DeviceId
@@ -88,7 +89,8 @@ class Devices(Repository):
     def revoke(self, device_id: DeviceId, *, now: float) -> None:
         """Refuse the device's messages from now on (its key may be in other hands)."""
         self._cur.execute(
-            "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+            "UPDATE devices SET revoked_at = ?, watch_from = NULL "
+            "WHERE device_id = ? AND revoked_at IS NULL",
             (now, device_id.hex),
         )
         if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
@@ -143,4 +145,36 @@ class Devices(Repository):
         """Record that the broker published the device's Will (connection lost)."""
         self._cur.execute(
             "UPDATE devices SET offline_at = ? WHERE device_id = ?", (at, device_id.hex)
+        )
+        self._cur.execute(  # watched again (the Will is news even after a silent alert)
+            "UPDATE devices SET watch_from = COALESCE(watch_from, ?) "
+            "WHERE device_id = ? AND last_seen IS NOT NULL AND revoked_at IS NULL",
+            (at, device_id.hex),
+        )
+
+    def due_silent(
+        self, *, now: float, silent_after: float, limit: int = 100
+    ) -> list[DeviceRecord]:
+        """Watched devices past their deadline, or whose Will arrived (both indexed).
+
+        A device is watched from its last message until a silent alert is raised for it
+        (`mark_silent`); the cost does not grow with the devices that are fine.
+        """
+        skip = " FOR UPDATE SKIP LOCKED" if self._dialect is schema.POSTGRES else ""
+        rows = self._all(
+            f"SELECT {_COLUMNS} FROM devices WHERE watch_from IS NOT NULL "  # noqa: S608
+            f"AND watch_from < ? ORDER BY watch_from LIMIT ?{skip}",
+            (now - silent_after, limit),
+        )
+        rows += self._all(
+            f"SELECT {_COLUMNS} FROM devices WHERE offline_at IS NOT NULL "  # noqa: S608
+            f"AND watch_from IS NOT NULL AND watch_from >= ? ORDER BY offline_at LIMIT ?{skip}",
+            (now - silent_after, limit),
+        )
+        return [_device(r) for r in rows if r["revoked_at"] is None]
+
+    def mark_silent(self, device_id: DeviceId) -> None:
+        """Stop watching a device a silent alert was raised for, until it speaks again."""
+        self._cur.execute(
+            "UPDATE devices SET watch_from = NULL WHERE device_id = ?", (device_id.hex,)
         )

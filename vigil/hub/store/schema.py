@@ -151,6 +151,39 @@ MIGRATIONS += (
     (2, ("ALTER TABLE downlinks ADD COLUMN claimed_until DOUBLE PRECISION",)),
     # 3: when the device's GPS last had a fix (hub time), from heartbeats' fix_age.
     (3, ("ALTER TABLE devices ADD COLUMN gps_fix_at DOUBLE PRECISION",)),
+    # 4: loops that cannot die quietly, and periodic work that selects only what is due.
+    (
+        4,
+        (
+            # A handler that raised: the uplink stays stored, marked processed, with why.
+            "ALTER TABLE uplinks ADD COLUMN error TEXT",
+            "CREATE INDEX uplinks_failed ON uplinks (received_at) WHERE error IS NOT NULL",
+            # When the escalation timer next looks at an open alert (NULL: never again).
+            "ALTER TABLE alerts ADD COLUMN next_escalation_at DOUBLE PRECISION",
+            "CREATE INDEX alerts_escalation_due ON alerts (next_escalation_at) "
+            "WHERE next_escalation_at IS NOT NULL",
+            "UPDATE alerts SET next_escalation_at = opened_at WHERE state = 'open'",
+            # Further alarms of a device at its cap of active alerts, joined to this alert.
+            "ALTER TABLE alerts ADD COLUMN joined INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX alerts_by_device ON alerts (device_id, state)",
+            # Silence is counted from watch_from; NULL once flagged (or never heard from).
+            "ALTER TABLE devices ADD COLUMN watch_from DOUBLE PRECISION",
+            """UPDATE devices SET watch_from = last_seen
+               WHERE last_seen IS NOT NULL AND revoked_at IS NULL AND NOT EXISTS (
+                   SELECT 1 FROM alerts a WHERE a.device_id = devices.device_id
+                   AND a.kind = 'silent' AND a.opened_at >= devices.last_seen
+                   AND a.opened_at >= COALESCE(devices.offline_at, devices.last_seen))""",
+            "CREATE INDEX devices_watch ON devices (watch_from) WHERE watch_from IS NOT NULL",
+            "CREATE INDEX devices_offline ON devices (offline_at) WHERE offline_at IS NOT NULL",
+            "CREATE INDEX deliveries_due ON deliveries (next_at) WHERE status = 'pending'",
+            # Each running hub's view of itself (broker link, workers), for `vigil-hub stats`.
+            """CREATE TABLE hub_status (
+                instance TEXT PRIMARY KEY,
+                status TEXT NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

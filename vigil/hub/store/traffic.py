@@ -10,7 +10,7 @@ from vigil.wire.ids import DeviceId
 from vigil.wire.messages import Message, encode_payload
 from vigil.wire.replay import ReplayWindow
 
-_UPLINK_COLUMNS = "device_id, seq, kind, payload, received_at, processed"
+_UPLINK_COLUMNS = "device_id, seq, kind, payload, received_at, processed, error"
 
 
 def _uplink(row: Row) -> StoredUplink:
@@ -21,6 +21,7 @@ def _uplink(row: Row) -> StoredUplink:
         payload=bytes(row["payload"]),
         received_at=row["received_at"],
         processed=bool(row["processed"]),
+        error=row["error"],
     )
 
 
@@ -52,9 +53,9 @@ class Uplinks(Repository):
         )
         self._cur.execute(
             "UPDATE devices SET window_highest = ?, window_mask = ?, last_seen = ?, "
-            "offline_at = NULL WHERE device_id = ?",
+            "watch_from = ?, offline_at = NULL WHERE device_id = ?",
             (window.highest, window.mask.to_bytes(MASK_BYTES, "big"), received_at,
-             device_id.hex),
+             received_at, device_id.hex),
         )  # fmt: skip
         return True
 
@@ -87,8 +88,32 @@ class Uplinks(Repository):
             (device_id.hex, seq),
         )
 
-    def count(self) -> int:
-        row = self._one("SELECT COUNT(*) AS n FROM uplinks")
+    def mark_failed(self, device_id: DeviceId, seq: int, *, error: str) -> bool:
+        """Record that the handlers of a stored uplink raised: processed, with the reason.
+
+        It is not run again (at start-up or on a resend): one poisoned message must not
+        stop the hub over and over. False if the uplink is not stored.
+        """
+        row = self._one(
+            "UPDATE uplinks SET processed = 1, error = ? WHERE device_id = ? AND seq = ? "
+            "RETURNING seq",
+            (error[:500], device_id.hex, seq),
+        )
+        return row is not None
+
+    def failed(self, *, limit: int = 20) -> list[StoredUplink]:
+        """The newest uplinks whose handlers failed, newest first."""
+        rows = self._all(
+            f"SELECT {_UPLINK_COLUMNS} FROM uplinks WHERE error IS NOT NULL "  # noqa: S608
+            "ORDER BY received_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_uplink(r) for r in rows]
+
+    def count(self, *, failed: bool = False) -> int:
+        """How many uplinks are stored (with `failed`: how many of them failed their handler)."""
+        where = " WHERE error IS NOT NULL" if failed else ""
+        row = self._one(f"SELECT COUNT(*) AS n FROM uplinks{where}")  # noqa: S608
         return 0 if row is None else int(row["n"])
 
 
@@ -161,3 +186,19 @@ class Rejections(Repository):
     def totals(self) -> dict[str, int]:
         rows = self._all("SELECT reason, count FROM rejections ORDER BY reason")
         return {r["reason"]: int(r["count"]) for r in rows}
+
+
+class HubStatus(Repository):
+    """What each running hub last said about itself (broker link, workers), by instance."""
+
+    def report(self, instance: str, status: str, *, at: float) -> None:
+        self._cur.execute(
+            "INSERT INTO hub_status (instance, status, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (instance) DO UPDATE SET status = ?, updated_at = ?",
+            (instance, status, at, status, at),
+        )
+
+    def all(self) -> list[tuple[str, str, float]]:
+        """(instance, status, updated_at) of every hub that reported, by instance."""
+        rows = self._all("SELECT instance, status, updated_at FROM hub_status ORDER BY instance")
+        return [(r["instance"], r["status"], r["updated_at"]) for r in rows]
