@@ -233,12 +233,40 @@ def test_ready_and_watchdog_reach_systemd(
         daemons.append(daemon)
         notify.wait_for("WATCHDOG=1", 10, count=2)
         assert notify.received[0] == "READY=1"
-        assert set(notify.received[1:]) == {"WATCHDOG=1"}
+        pings = [s for s in notify.received[1:] if not s.startswith("STATUS=")]
+        assert set(pings) == {"WATCHDOG=1"}
+        connected = f"STATUS=broker: connected to 127.0.0.1:{mosquitto.port} since "
+        wait_until(lambda: [s for s in statuses(notify) if s.startswith(connected)], 10)
         daemon.command("quit")
         assert daemon.proc.wait(10) == 0
         notify.wait_for("STOPPING=1", 10)
         assert notify.received[-1] == "STOPPING=1"
-        assert set(notify.received[1:-1]) == {"WATCHDOG=1"}
+        pings = [s for s in notify.received[1:-1] if not s.startswith("STATUS=")]
+        assert set(pings) == {"WATCHDOG=1"}
+
+
+def statuses(notify: NotifySocket) -> list[str]:
+    """The STATUS= lines received so far, after one more watchdog ping."""
+    notify.wait_for("WATCHDOG=1", 10, count=notify.received.count("WATCHDOG=1") + 1)
+    return [s for s in notify.received if s.startswith("STATUS=")]
+
+
+def test_an_unreachable_broker_is_in_the_status_line(
+    tmp_path: Path, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    port = free_port()  # nothing listens there
+    dev = make(tmp_path, port, hub_keys)
+    with NotifySocket() as notify:
+        env = {"WATCHDOG_USEC": "400000"}  # the loop passes often: the line follows promptly
+        daemons.append(DaemonProcess(dev, tmp_path / "daemon.log", env=env, notify=notify))
+        refused = wait_until(
+            lambda: [s for s in statuses(notify) if "connection refused" in s],
+            20,
+            what="the refusal in the status line",
+        )
+        line = refused[0]
+        assert line.startswith(f"STATUS=broker: connecting to 127.0.0.1:{port} since ")
+        assert "failed, last: connection refused: nothing listens on" in line
 
 
 # The main loop used to sleep until its next deadline (up to 30 s) before it saw a signal,

@@ -108,8 +108,13 @@ def test_run_as_a_service_with_operator_commands(
     hub = subprocess.Popen([*VIGIL_HUB, "run", "--config", str(config)], stdout=log,
                            stderr=subprocess.STDOUT, env=env)  # fmt: skip
     try:
-        assert notify.recv(100) == b"READY=1"
-        assert notify.recv(100) == b"WATCHDOG=1"
+        said = [notify.recv(4096).decode() for _ in range(2)]
+        while "WATCHDOG=1" not in said:
+            said.append(notify.recv(4096).decode())
+        # READY=1 only once the broker acknowledged the subscription; the status line says so.
+        ready = said.index("READY=1")
+        assert any(s.startswith("STATUS=broker: connected to 127.0.0.1:") for s in said[ready:])
+        assert all(s.startswith("STATUS=waiting for the broker") for s in said[:ready])
         with wearable(mosquitto) as device:
             # The hub may still be subscribing: resend like the wearable's outbox does.
             def stored() -> bool:

@@ -320,7 +320,7 @@ def test_migrates_a_version_1_store_keeping_its_data(tmp_path: Path) -> None:
     conn.close()
     store = open_store(f"sqlite:///{db}")  # an existing store is migrated without --create
     try:
-        assert store.schema_version() == schema.LATEST == 3
+        assert store.schema_version() == schema.LATEST == 4
         with store.transaction() as tx:
             record = tx.devices.get(parties().device_id)
             seq = tx.downlinks.queue(parties().device_id, "stored", 1, now=1.0)

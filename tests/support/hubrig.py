@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.broker import Broker
 from tests.support.parties import parties
@@ -17,7 +18,8 @@ from tests.support.wait import wait_until
 from vigil.errors import VigilError
 from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import HubConfig, load_config
-from vigil.hub.daemon import HubService, _enqueue, serve
+from vigil.hub.daemon import HubService
+from vigil.hub.process import _enqueue, serve
 from vigil.hub.store import open_store
 from vigil.runtime.mqtt import MqttClient, MqttSettings
 from vigil.wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
@@ -141,9 +143,17 @@ class Wearable:
 
 @contextmanager
 def running_hub(
-    config_path: Path, clock: FakeClock, *, store_url: str | None = None
+    config_path: Path,
+    clock: FakeClock,
+    *,
+    store_url: str | None = None,
+    connected: bool = True,
+    **serve_options: Any,
 ) -> Iterator[HubService]:
-    """Serve the hub from `config_path` in a thread, on `clock`, until the block ends."""
+    """Serve the hub from `config_path` in a thread, on `clock`, until the block ends.
+
+    `connected=False` does not wait for the broker; `serve_options` go to `serve`.
+    """
     config: HubConfig = load_config(config_path)
     store = open_store(store_url or config.store_url, create=True)
     service = HubService(
@@ -157,10 +167,11 @@ def running_hub(
         subscriptions=[shared_up_filter(group) if group else UP_FILTER],
     )
     client.start()
-    assert client.wait_connected(10)
+    assert client.wait_connected(10) or not connected
     stop = threading.Event()
+    options = {"interval": 0.05, "tick": 0.1, "instance": config.mqtt.client_id or "hub"}
     thread = threading.Thread(
-        target=serve, args=(service, client, inbox, stop), kwargs={"interval": 0.05}
+        target=serve, args=(service, client, inbox, stop), kwargs=options | serve_options
     )
     thread.start()
     try:

@@ -12,6 +12,7 @@ import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -46,12 +47,30 @@ class NotifySocket:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {assignment} (x{count}) on the notify socket within "
                                    f"{timeout}s; got {self.received}")  # fmt: skip
-            self.sock.settimeout(min(0.2, max(deadline - time.monotonic(), 0.01)))
-            try:
-                datagram = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            self.received += datagram.decode(errors="replace").splitlines()
+            self._receive(deadline)
+
+    def wait_line(
+        self, predicate: Callable[[str], bool], timeout: float, *, what: str, after: int = 0
+    ) -> int:
+        """Wait until an assignment matching `predicate` arrives (or has) at an index of
+        `received` from `after` on; return its index."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index in range(after, len(self.received)):
+                if predicate(self.received[index]):
+                    return index
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} on the notify socket within {timeout}s; "
+                                   f"got {self.received}")  # fmt: skip
+            self._receive(deadline)
+
+    def _receive(self, deadline: float) -> None:
+        self.sock.settimeout(min(0.2, max(deadline - time.monotonic(), 0.01)))
+        try:
+            datagram = self.sock.recv(4096)
+        except TimeoutError:
+            return
+        self.received += datagram.decode(errors="replace").splitlines()
 
     def close(self) -> None:
         self.sock.close()

@@ -8,6 +8,7 @@ with smtp_sink() as smtp, webhook_sink() as hook:
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -42,15 +43,33 @@ class Mail:
 
 @dataclass
 class SmtpSink:
-    """Collects every mail a client sends; `fail_next` makes the next N transactions fail."""
+    """Collects every mail a client sends; `fail_next` makes the next N transactions fail.
+
+    `stall()` makes it a slow server: each transaction then waits (without blocking
+    the server's event loop) until `release()`; `stalled` is set once one is waiting.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
     messages: list[Mail] = field(default_factory=list)
     fail_next: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gate: threading.Event = field(default_factory=threading.Event)
+    stalled: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.gate.set()  # open: not stalling
+
+    def stall(self) -> None:
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if not self.gate.is_set():
+            self.stalled.set()
+            await asyncio.to_thread(self.gate.wait)
         with self.lock:
             if self.fail_next > 0:
                 self.fail_next -= 1

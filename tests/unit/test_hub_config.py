@@ -65,6 +65,14 @@ def test_full_config(tmp_path: Path) -> None:
     assert cfg.channels["nearby"].recipients[0].lat == 17.0
     assert cfg.channels["public"].public
     assert cfg.silent_after == 300.0
+    assert (cfg.limits.max_active_alerts, cfg.limits.notices_per_minute) == (5, 30)  # defaults
+    limited = FULL.replace(
+        "silent_after = 300",
+        "silent_after = 300\n"
+        "max_active_alerts_per_device = 2\nmax_notices_per_device_per_minute = 9",
+    )
+    cfg = load_config(write(tmp_path, limited))
+    assert (cfg.limits.max_active_alerts, cfg.limits.notices_per_minute) == (2, 9)
     settings = cfg.mqtt.settings()
     assert (settings.host, settings.port, settings.client_id) == ("127.0.0.1", 1883, "hub-1")
 
@@ -85,6 +93,16 @@ def test_full_config(tmp_path: Path) -> None:
         (("port = 1883", "port = true"), BadConfigValue, "mqtt.port must be an integer 1-65535"),
         (('client_id = "hub-1"', 'client_id = "a\\u0000b"'), BadConfigValue, "mqtt.client_id"),
         (("silent_after = 300", "silent_after = 0"), BadConfigValue, "hub.silent_after"),
+        (
+            ("silent_after = 300", "silent_after = 300\nmax_active_alerts_per_device = 0"),
+            BadConfigValue,
+            "hub.max_active_alerts_per_device",
+        ),
+        (
+            ("silent_after = 300", "silent_after = 300\nmax_notices_per_device_per_minute = 1.5"),
+            BadConfigValue,
+            "hub.max_notices_per_device_per_minute",
+        ),
         (("retry_attempts = 3", "retry_attempts = 3.0"), BadConfigValue, "retry_attempts"),
         (("public = true", 'public = "yes"'), BadConfigValue, "channels.public.public"),
         (('name = "nearby"', "name = 5"), BadConfigValue, "tiers[1].name must be"),

@@ -11,6 +11,7 @@ from vigil.errors import BadTransition
 from vigil.hub import alerts, audit, escalation, watchdog
 from vigil.hub.channels import compose
 from vigil.hub.config import Channel, Recipient, Tier
+from vigil.hub.health import Heartbeats, WorkerBounds, describe_stuck
 from vigil.hub.store.records import Alert, AlertKind, AlertState, AuditEntry, DeviceRecord, LastFix
 from vigil.wire import AgedFix, Alarm, Fix, Trigger
 
@@ -120,6 +121,39 @@ def test_tiers_fall_due_on_schedule_once() -> None:
     assert escalation.next_due(a, TIERS, {"operators"}) == NOW + 120
 
 
+def test_next_due_never_waits_for_a_tier_that_cannot_fire() -> None:
+    silent = replace(alerts.device_silent(device(), now=NOW, reason="Will"), id=2)
+    assert escalation.next_due(silent, TIERS, set()) == NOW  # operators only
+    assert escalation.next_due(silent, TIERS, {"operators"}) is None  # not partners at +120
+    duress = alerts.cancel(alarm(), duress=True, now=NOW + 50)
+    assert escalation.next_due(duress, TIERS, {"operators"}) == NOW + 50  # at once
+    assert names(escalation.due_tiers(duress, TIERS, {"operators"}, now=NOW + 50)) == [
+        "partners", "nearby"]  # fmt: skip
+
+
+def test_a_joined_alarm_is_counted_keeps_the_newest_fix_and_duress_and_floods_once() -> None:
+    first = alarm()
+    later = alerts.from_alarm(parties().device_id, 9, Alarm(Trigger.DURESS, fix=replace(
+        FIX, age=1.0), battery=40), received_at=NOW + 60)  # fmt: skip
+    joined = alerts.join(first, later, now=NOW + 60)
+    assert (joined.joined, joined.duress, joined.battery) == (1, True, 40)
+    assert joined.last_fix == later.last_fix
+    stale = LastFix(1.0, 2.0, taken_at=NOW - 999, received_at=NOW + 70)  # arrived late
+    older = replace(later, last_fix=stale, duress=False, battery=None)
+    again = alerts.join(joined, older, now=NOW + 70)
+    assert (again.joined, again.duress, again.battery, again.last_fix) == (
+        2, True, 40, later.last_fix)  # fmt: skip
+    assert escalation.flood_due(first, TIERS, set()) is None  # nothing joined yet
+    assert escalation.flood_due(again, TIERS, set()) == TIERS[0]
+    assert escalation.flood_due(again, TIERS, {escalation.FLOOD_STEP}) is None
+    assert (
+        "FLOOD: 2 further alarms"
+        in compose(
+            again, device(), now=NOW, map_url="https://m/{lat}/{lon}", step=escalation.FLOOD_STEP
+        ).body
+    )
+
+
 def test_acknowledged_or_closed_alerts_do_not_escalate() -> None:
     acked = alerts.acknowledge(alarm(), by="x", now=NOW)
     assert escalation.due_tiers(acked, TIERS, set(), now=NOW + 999) == []
@@ -184,6 +218,23 @@ def test_watchdog_flags_silence_and_will_once() -> None:
     never = replace(device(), last_seen=None)
     revoked = replace(seen, revoked_at=NOW)
     assert watchdog.silent_devices([never, revoked], now=NOW + 9999, **kw) == []  # type: ignore[arg-type]
+
+
+def test_heartbeats_name_the_worker_past_its_bound() -> None:
+    now = [100.0]
+    beats = Heartbeats({"ingest": 30.0, "timer": 60.0}, clock=lambda: now[0])
+    now[0] = 130.0
+    assert beats.stuck() == []
+    now[0] = 131.0
+    beats.beat("timer")
+    assert beats.stuck() == [("ingest", 30.0)]
+    assert describe_stuck(beats.stuck()) == "ingest stuck (no round for over 30 s)"
+    beats.beat("ingest")
+    assert beats.stuck() == []
+    with pytest.raises(KeyError, match="delivery"):
+        beats.beat("delivery")
+    with pytest.raises(ValueError, match="> 0"):
+        WorkerBounds(timer=0)
 
 
 # -- audit chain -----------------------------------------------------------------------------

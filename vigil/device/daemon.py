@@ -9,7 +9,9 @@ what waits in the outbox. Downlinks that do not verify, whose seq was already
 seen, that answer another epoch or another message are dropped and logged;
 the newest nonce of those accepted is echoed in every uplink (docs §7-§8).
 systemd gets READY=1 once pins, GPS and outbox are up, and WATCHDOG=1 only
-from this loop, so a hung loop is restarted.
+from this loop, so a hung loop is restarted; the broker connection's state
+(connected, or connecting since when and why it fails) goes to the unit's
+status line whenever it changed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from vigil.device.config import DeviceConfig
 from vigil.device.core import (
@@ -46,8 +48,8 @@ from vigil.device.drivers.battery import read_battery
 from vigil.device.drivers.link import read_link_quality
 from vigil.device.outbox import PRIORITY, Entry, Outbox
 from vigil.errors import StorageError, TransportError, VigilError
-from vigil.runtime.mqtt import MqttSettings, Transport, Will
-from vigil.runtime.systemd import sd_notify
+from vigil.runtime.mqtt import ConnectionState, MqttSettings, Transport, Will
+from vigil.runtime.systemd import sd_notify, status_assignment
 from vigil.wire.envelope import open_downlink, seal_uplink_payload
 from vigil.wire.keys import DeviceKeys
 from vigil.wire.messages import (
@@ -72,6 +74,14 @@ MAX_WAIT = 30.0  # idle wake-up without a watchdog; every deadline is in the wai
 GPS_EVERY = 1.0  # hand at most one fix per second to the core
 FIX_GAP = 10.0  # a fix after this long without one is logged as acquired again
 HEARTBEATS_KEPT = 4  # digests of recent heartbeats, to check their receipts
+
+
+@runtime_checkable
+class _Described(Protocol):
+    """A transport that can say how its broker connection stands (`MqttClient`)."""
+
+    @property
+    def state(self) -> ConnectionState: ...
 
 
 class Player(Protocol):
@@ -140,6 +150,7 @@ class Daemon:
         self._next_battery = 0.0
         self._watchdog = _watchdog_interval()
         self._last_ping = 0.0
+        self._link_status = ""  # the status line systemd last got
         self.stop_event = threading.Event()
         self.ready = threading.Event()
 
@@ -199,6 +210,7 @@ class Daemon:
             self._save_memory()
         self._poll_battery()
         self.flush()
+        self._report_link()
         self._ping_watchdog()
 
     def run_due(self, *, limit: int = 1000) -> None:
@@ -430,6 +442,16 @@ class Daemon:
         self._next_battery = now + BATTERY_POLL
         self._carry_out(self.core.handle(BatteryLevel(now, self._battery())))
         self._carry_out(self.core.handle(SignalLevel(now, self._link_quality())))
+
+    def _report_link(self) -> None:
+        """Put the broker connection's state in systemd's status line when it changed."""
+        transport = self._transport
+        if not isinstance(transport, _Described):
+            return
+        line = f"broker: {transport.state.describe()}"
+        if line != self._link_status:
+            self._link_status = line
+            self._notify(status_assignment(line))
 
     def _ping_watchdog(self) -> None:
         now = self._clock()

@@ -132,6 +132,22 @@ def attach_position(alert: Alert, fix: LastFix, *, now: float) -> Alert:
     return replace(alert, last_fix=fix, updated_at=now)
 
 
+def join(alert: Alert, alarm: Alert, *, now: float) -> Alert:
+    """Count a further alarm of a device at its cap on its newest active alert: a duress
+    alarm makes it duress, a newer position or battery level is kept."""
+    fix = alert.last_fix
+    if alarm.last_fix is not None and (fix is None or alarm.last_fix.taken_at > fix.taken_at):
+        fix = alarm.last_fix
+    return replace(
+        alert,
+        joined=alert.joined + 1,
+        duress=alert.duress or alarm.duress,
+        last_fix=fix,
+        battery=alert.battery if alarm.battery is None else alarm.battery,
+        updated_at=now,
+    )
+
+
 def may_broadcast(alert: Alert) -> bool:
     """Public broadcast only for an active alert an operator verified; never automatic."""
     return alert.active and alert.verified_at is not None

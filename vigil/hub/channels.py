@@ -1,26 +1,22 @@
 """Responder channels: the text a responder needs, and delivery through Apprise with retries.
 
 Apprise turns one URL per recipient into email, Signal, Telegram, SMS
-gateways, webhooks and the rest it supports. Every attempt is stored with its
-result; a failure is retried with exponential backoff up to
-`[escalation] retry_attempts`; the store never plans one URL twice for one step.
+gateways, webhooks and the rest it supports. `vigil.hub.delivery` sends the
+notices (in parallel, each one contained), stores every attempt and retries.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from vigil.hub.alerts import operator_view
-from vigil.hub.config import EscalationConfig
-from vigil.hub.store import Alert, AlertKind, Delivery, DeviceRecord, Store, Transaction
-from vigil.runtime.backoff import backoff_delay
+from vigil.hub.escalation import FLOOD_STEP
+from vigil.hub.store import Alert, AlertKind, DeviceRecord
 
 if sys.version_info < (3, 13):  # pragma: no branch
     # Apprise's email plugin imports the deprecated `imghdr`; import it first, quietly.
@@ -31,7 +27,6 @@ if sys.version_info < (3, 13):  # pragma: no branch
 import apprise
 
 _LOG = logging.getLogger(__name__)
-CLAIM_LEASE = 120.0  # s a hub holds a delivery it is sending; then another may retry it
 
 _TRIGGERS = {
     "button": "panic button held",
@@ -90,6 +85,11 @@ def compose(
     ]
     if alert.duress:
         lines.append("The wearer was made to cancel: act, and do not reveal the alarm to them.")
+    if step == FLOOD_STEP:
+        lines.append(
+            f"FLOOD: {alert.joined} further alarms from this device joined this alert "
+            "(it reached its cap of active alerts). Seized? Consider revoking it."
+        )
     fix = alert.last_fix
     if fix is None:
         lines.append("Position: unknown (no GPS fix yet)")
@@ -130,80 +130,3 @@ class AppriseNotifier:
         log = captured.getvalue().strip().splitlines()
         detail = log[-1].split(" - ", 2)[-1] if log else ("delivered" if ok else "failed")
         return bool(ok), detail[:500]
-
-
-def deliver_due(
-    store: Store,
-    notifier: Notifier,
-    *,
-    policy: EscalationConfig,
-    map_url: str,
-    now: float,
-    actor: str = "hub",
-    rand: Callable[[], float] = random.random,
-) -> int:
-    """Try every delivery that is due; store each attempt; return how many were tried.
-
-    No transaction is open while a channel is sending: a slow server holds up
-    nobody's writes. Claiming a delivery and recording its attempt (with its
-    audit entry) are each one transaction. A failed attempt is retried after
-    a jittered backoff; `rand` draws the jitter.
-    """
-    with store.read() as tx:
-        due = tx.deliveries.due(now)
-    for d in due:
-        with store.transaction() as tx:
-            if not tx.deliveries.claim(d.id, now=now, lease=CLAIM_LEASE):
-                continue  # another hub instance took it
-            alert = tx.alerts.get(d.alert_id)
-            device = tx.devices.get(alert.device_id)
-        if device is None:  # pragma: no cover - alerts reference enrolled devices
-            continue
-        notice = compose(alert, device, now=now, map_url=map_url, step=d.step)
-        try:
-            ok, detail = notifier.send(d.url, notice)
-        except Exception as exc:  # a channel plugin bug must not stop the others
-            _LOG.exception("delivery %s to %s crashed", d.id, d.label)
-            ok, detail = False, f"crashed: {type(exc).__name__}"
-        with store.transaction() as tx:
-            next_at = _retry_at(d, ok=ok, policy=policy, now=now, rand=rand)
-            _record(tx, d, ok=ok, detail=detail, next_at=next_at, now=now, actor=actor)
-    return len(due)
-
-
-def _retry_at(
-    d: Delivery, *, ok: bool, policy: EscalationConfig, now: float, rand: Callable[[], float]
-) -> float | None:
-    """When to try a failed delivery again (jittered backoff), or None: delivered or given up."""
-    attempt = d.attempts + 1
-    if ok or attempt >= policy.retry_attempts:
-        return None
-    base, cap = policy.retry_backoff, policy.retry_max
-    return now + backoff_delay(attempt, base=base, cap=cap, rand=rand)
-
-
-def _record(
-    tx: Transaction,
-    d: Delivery,
-    *,
-    ok: bool,
-    detail: str,
-    next_at: float | None,
-    now: float,
-    actor: str,
-) -> None:
-    attempt, retry = d.attempts + 1, next_at is not None
-    tx.deliveries.record_attempt(d.id, at=now, ok=ok, detail=detail, next_at=next_at)
-    outcome = "delivered" if ok else ("retry" if retry else "gave up")
-    _LOG.log(
-        logging.INFO if ok else logging.WARNING,
-        "alert %s step %r to %s (%s): attempt %s %s: %s",
-        d.alert_id, d.step, d.label, d.channel, attempt, outcome, detail,
-    )  # fmt: skip
-    tx.audit.append(
-        at=now,
-        actor=actor,
-        action=f"delivery {outcome}",
-        subject=f"alert {d.alert_id}",
-        detail=f"step={d.step} channel={d.channel} to={d.label} attempt={attempt} {detail}",
-    )

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import KeyFileError, StorageError, VigilError
 from vigil.hub import alerts as alert_rules
-from vigil.hub import audit, checkpoints, daemon, operator, tail, views
+from vigil.hub import audit, checkpoints, operator, process, tail, views
 from vigil.hub.config import HubConfig, load_config
 from vigil.hub.store import AuditEntry, Store, open_store
 from vigil.wire.ids import DeviceId
@@ -199,7 +200,7 @@ def _run(config: HubConfig, level: str, *, create: bool) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    daemon.run(config, stop=stop, create=create)
+    process.run(config, stop=stop, create=create)
     return 0
 
 
@@ -422,10 +423,31 @@ def _sign_action(config: HubConfig, store: Store) -> None:
 def _stats(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     with store.read() as tx:
         stored, rejections = tx.uplinks.count(), tx.rejections.totals()
+        failed, newest_failed = tx.uplinks.count(failed=True), tx.uplinks.failed(limit=5)
+        hubs = tx.hubs.all()
     out.write(f"stored uplinks: {stored}\n")
+    out.write(f"failed uplinks: {failed} (stored and receipted; their handling raised)\n")
+    for u in newest_failed:
+        out.write(f"  device {u.device_id} seq {u.seq} {u.kind} at {_local(u.received_at)}: "
+                  f"{u.error}\n")  # fmt: skip
     for reason, count in rejections.items():
         out.write(f"rejected {reason}: {count}\n")
+    if not hubs:
+        out.write("hub: has not run on this store yet\n")
+    for instance, status, at in hubs:
+        out.write(f"hub {instance}: {status} (reported {_ago(time.time() - at)})\n")
     return 0
+
+
+def _local(t: float) -> str:
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def _ago(seconds: float) -> str:
+    """'12 s ago', with a warning when the report is older than a running hub would leave it."""
+    if seconds > 3 * process.REPORT_EVERY:
+        return f"{seconds:.0f} s ago: not running, or cannot write to the store"
+    return f"{max(0.0, seconds):.0f} s ago"
 
 
 def _tail(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:

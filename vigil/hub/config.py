@@ -1,7 +1,9 @@
 """Load the hub's TOML config into one frozen `HubConfig`, naming key and file on error.
 
     [hub]      keys, silent_after (s without traffic => device-silent alert),
-               map_url (template with {lat} and {lon}, no other placeholder: checked at load)
+               map_url (template with {lat} and {lon}, no other placeholder: checked at load),
+               max_active_alerts_per_device (further alarms join the newest active alert),
+               max_notices_per_device_per_minute (a flooding device's notices wait their turn)
     [store]    url ("sqlite:///rel.db", "sqlite:////abs.db" or "postgresql://...")
     [mqtt]     host, port, client_id, tls_ca, username, password_file, shared_group, keepalive
     [broker]   device_host, device_port, ca_file, password_file   (read by provisioning)
@@ -117,6 +119,21 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceLimits:
+    """What one device may cost the hub: a seized device flooding alarms must not bury
+    another device's genuine alarm."""
+
+    max_active_alerts: int = 5
+    notices_per_minute: int = 30
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_active_alerts <= 1000:
+            raise ValueError("max_active_alerts_per_device must be in 1..1000")
+        if not 1 <= self.notices_per_minute <= 100_000:
+            raise ValueError("max_notices_per_device_per_minute must be in 1..100000")
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     """Everything the hub needs, validated; `path` is the file it came from."""
 
@@ -131,6 +148,7 @@ class HubConfig:
     risk_silent_after: float = 180.0  # the deadline inside a wearer's risk window
     map_url: str = DEFAULT_MAP_URL
     audit: AuditConfig = field(default_factory=AuditConfig)
+    limits: DeviceLimits = field(default_factory=DeviceLimits)
 
 
 def load_config(path: Path) -> HubConfig:
@@ -151,6 +169,12 @@ def load_config(path: Path) -> HubConfig:
         risk_silent_after=hub.number("risk_silent_after", 180.0, above=0),
         map_url=_map_url(hub),
         audit=_audit(top.table("audit"), keys_path.parent / "audit-anchors.txt"),
+        limits=DeviceLimits(
+            max_active_alerts=hub.integer("max_active_alerts_per_device", 5, low=1, high=1000),
+            notices_per_minute=hub.integer(
+                "max_notices_per_device_per_minute", 30, low=1, high=100_000
+            ),
+        ),
     )
     top.check_unknown()
     return config

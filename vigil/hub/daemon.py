@@ -1,42 +1,42 @@
-"""The hub's shell: MQTT in, store, `stored` receipts out, watchdog, escalation, deliveries.
+"""What the running hub does, one step at a time: ingest, receipts, the periodic work.
 
-paho's thread only queues (topic, payload); the main loop decodes, stores
-(before any receipt), runs the kind's handler, publishes the receipt, then
-ticks the watchdog and the escalation. A second thread delivers notices, so a
-slow SMTP server never delays an ACK. The clock is injected (tests drive it).
+`handle` decodes, stores (before any receipt), runs the kind's handler and queues
+the receipt; nothing it meets ends the loop that calls it: bad input is counted
+and dropped, and an uplink whose handler raises is stored, marked failed with its
+reason and receipted (see `HubService.handle`). `tick` is the periodic work
+(silence watchdog, escalation timers, downlinks, checkpoints); each part selects
+only what is due, by index. `deliver` sends due notices. `vigil.hub.process` runs
+these on their own threads. The clock is injected (tests drive it).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import queue
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 
-from vigil.errors import ReplayedMessage, StorageError, TransportError, VigilError
+from vigil.errors import ReplayedMessage, StorageError, TransportError
 from vigil.hub import alerts, escalation, liveness, pipeline, watchdog
-from vigil.hub.channels import AppriseNotifier, Notifier, deliver_due
+from vigil.hub.channels import Notifier
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
+from vigil.hub.delivery import Dispatcher
 from vigil.hub.store import (
     Acceptance,
-    AlertKind,
+    Alert,
     DeviceRecord,
     PendingDownlink,
     Store,
     Transaction,
-    open_store,
 )
-from vigil.runtime.mqtt import MqttClient, Transport
-from vigil.runtime.systemd import sd_notify
+from vigil.runtime.mqtt import Transport
 from vigil.wire.envelope import seal_downlink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
-from vigil.wire.liveness import Epoch, NonceMinter
+from vigil.wire.liveness import Epoch, NonceMinter, uplink_digest
 from vigil.wire.messages import (
     Acknowledged,
     ClockSource,
@@ -45,12 +45,12 @@ from vigil.wire.messages import (
     Message,
     Resolved,
     Stored,
+    encode_payload,
 )
-from vigil.wire.topics import UP_FILTER, down_topic, shared_up_filter
+from vigil.wire.topics import down_topic
 
 _LOG = logging.getLogger(__name__)
 DOWNLINK_LEASE = 10.0  # s a hub holds a downlink it publishes; then another may send it
-WATCHDOG_PING = 1.0  # s between WATCHDOG=1 pings (WatchdogSec is several times longer)
 _DOWNLINKS: dict[Kind, type[Stored] | type[Acknowledged] | type[Resolved]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved)
 }
@@ -74,15 +74,13 @@ class HubService:
         self.transport: Transport | None = None
         self.rejected: Counter[str] = Counter()
         self.accepted = 0  # uplinks this instance stored (not duplicates)
-        self._silent: dict[object, float] = {}
+        self.failed = 0  # uplinks whose handling raised (see `stats` for the store's count)
         self._nonces = NonceMinter(hub_keys.nonce_secret())
         self.checkpoints = Checkpointer(store, hub_keys.signing, policy=config.audit.checkpoints,
                                         anchor_file=config.audit.anchor_file)  # fmt: skip
-        with store.read() as tx:
-            for a in tx.alerts.all():
-                if a.kind in (AlertKind.SILENT, AlertKind.DARK):
-                    since = self._silent.get(a.device_id, 0.0)
-                    self._silent[a.device_id] = max(a.opened_at, since)
+        self.dispatcher = Dispatcher(store, notifier, policy=config.escalation,
+                                     map_url=config.map_url, limits=config.limits,
+                                     rand=rand)  # fmt: skip
 
     def audit(self, tx: Transaction, action: str, subject: str, detail: str = "") -> None:
         """Append the hub's own audit entry within the caller's transaction."""
@@ -97,9 +95,26 @@ class HubService:
     # -- ingest ------------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Process one MQTT message; bad input is counted and dropped, never raised."""
+        """Process one MQTT message; nothing but a failing store (`StorageError`: no
+        receipt, the device resends) is raised.
+
+        Bad input is counted and dropped. An uplink whose handling raises anything else
+        (a bug, a poisoned message) is recorded as failed with its reason, counted in
+        `stats`, logged once, and not run again. If it was stored, it is receipted all the
+        same: the alarm IS on disk, so the wearer must feel `stored` (and stop resending);
+        the operator sees the failure in `stats`, the log and the audit trail.
+        """
         now = self.clock()
-        decoded = pipeline.decode(topic, payload, hub_keys=self.keys, registry=self.active_device)
+        try:
+            decoded = pipeline.decode(
+                topic, payload, hub_keys=self.keys, registry=self.active_device
+            )
+        except StorageError:
+            raise
+        except Exception as exc:  # a decoder bug: nothing was stored
+            _LOG.exception("decoding a message on %s crashed", topic)
+            self._reject(f"crashed:{type(exc).__name__}", str(exc), None, now)
+            return
         if isinstance(decoded, pipeline.Rejected):
             self._reject(decoded.reason, decoded.detail, decoded.device, now)
         elif isinstance(decoded, pipeline.ConnectionLost):
@@ -108,7 +123,32 @@ class HubService:
                 self.audit(tx, "connection lost", f"device {decoded.device_id}", "MQTT Will")
             _LOG.warning("device %s connection lost (Will)", decoded.device_id)
         else:
-            self._ingest(decoded, now)
+            try:
+                self._ingest(decoded, now)
+            except StorageError:
+                raise
+            except Exception as exc:
+                self._failed(decoded, now, exc)
+
+    def _failed(self, up: pipeline.Uplink, now: float, exc: Exception) -> None:
+        """Record an uplink whose handling raised; receipt it if it is stored."""
+        msg, device_id = up.message, up.device_id
+        reason = f"{type(exc).__name__}: {exc}"
+        self.failed += 1
+        _LOG.error("uplink device=%s seq=%s kind=%s failed: %s", device_id, msg.seq, msg.kind,
+                   reason, exc_info=exc)  # fmt: skip
+        epoch, digest = msg.epoch.hex, uplink_digest(encode_payload(msg))
+        with self.store.transaction() as tx:
+            stored = tx.uplinks.get(device_id, epoch, msg.seq)
+            if stored is not None and stored.digest == digest:  # this very message is on disk
+                tx.uplinks.mark_failed(device_id, epoch, msg.seq, error=reason)
+                tx.downlinks.queue(device_id, Stored.KIND.value, msg.seq, now=now,
+                                   epoch=epoch, digest=digest)  # fmt: skip
+                self.audit(tx, "uplink failed", f"device {device_id}",
+                           f"seq={msg.seq} kind={msg.kind} {reason}"[:500])  # fmt: skip
+            else:  # not stored: no receipt, the device resends it
+                tx.rejections.count(f"crashed:{type(exc).__name__}", at=now)
+        self.flush_downlinks()
 
     def _reject(self, reason: str, detail: str, device: str | None, now: float) -> None:
         self.rejected[reason] += 1
@@ -167,7 +207,8 @@ class HubService:
     ) -> None:  # fmt: skip
         device = tx.devices.active(up.device_id)
         audit = functools.partial(self.audit, tx)
-        ctx = pipeline.Context(tx, device, up.message, received_at, audit, alive_at)
+        ctx = pipeline.Context(tx, device, up.message, received_at, audit, alive_at,
+                               max_active_alerts=self.config.limits.max_active_alerts)  # fmt: skip
         summary = pipeline.handle(ctx)
         tx.uplinks.mark_processed(up.device_id, up.message.epoch.hex, up.message.seq)
         _LOG.info("device=%s seq=%s kind=%s: %s", up.device_id, up.message.seq,
@@ -180,12 +221,25 @@ class HubService:
         for u in pending:
             try:
                 message = _decode_stored(u.payload)
+            except Exception as exc:  # recorded as failed, never run again
+                self._mark_unreadable(u.device_id, u.epoch, u.seq, exc)
+                continue
+            up = pipeline.Uplink(u.device_id, message)
+            try:
                 with self.store.transaction() as tx:
-                    up = pipeline.Uplink(u.device_id, message)
                     self._run_handler(tx, up, received_at=u.received_at)
-            except VigilError:
-                _LOG.exception("cannot recover uplink device=%s seq=%s", u.device_id, u.seq)
+            except StorageError:
+                raise
+            except Exception as exc:
+                self._failed(up, self.clock(), exc)
         return len(pending)
+
+    def _mark_unreadable(self, device_id: DeviceId, epoch: str, seq: int, exc: Exception) -> None:
+        reason = f"unreadable: {type(exc).__name__}: {exc}"
+        _LOG.error("stored uplink device=%s seq=%s failed: %s", device_id, seq, reason)
+        self.failed += 1
+        with self.store.transaction() as tx:
+            tx.uplinks.mark_failed(device_id, epoch, seq, error=reason)
 
     # -- downlinks -----------------------------------------------------------------------------
 
@@ -241,7 +295,7 @@ class HubService:
     # -- periodic work --------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Watchdog, escalation, and queued downlinks (e.g. an operator's ACK)."""
+        """Silence watchdog, escalation, queued downlinks (e.g. an operator's ACK), checkpoints."""
         now = self.clock()
         self.watch(now)
         self.escalate(now)
@@ -249,132 +303,60 @@ class HubService:
         self.checkpoints.tick(now)
 
     def watch(self, now: float) -> None:
+        """Raise one device-silent alert per silence, for the devices the store says are due."""
         with self.store.transaction() as tx:
+            cfg = self.config
+            due = tx.devices.due_silent(
+                now=now, silent_after=cfg.silent_after, risk_silent_after=cfg.risk_silent_after
+            )
             found = watchdog.silent_devices(
-                tx.devices.all(),
+                due,
                 now=now,
                 silent_after=self.config.silent_after,
-                last_silent_alert=self._silent,  # type: ignore[arg-type]
+                last_silent_alert={},
                 risk_silent_after=self.config.risk_silent_after,
             )
             for device, reason in found:
                 alert = tx.alerts.open(alerts.device_silent(device, now=now, reason=reason))
+                tx.devices.mark_silent(device.device_id)
                 self.audit(tx, "device silent", f"alert {alert.id}", reason)
                 _LOG.warning("device %s silent: %s (alert %s)", device.device_id, reason, alert.id)
-        for device, _ in found:  # remembered only once the alerts are committed
-            self._silent[device.device_id] = now
 
     def escalate(self, now: float) -> None:
-        tiers, channels = self.config.escalation.tiers, self.config.channels
+        """Fire the steps of the alerts whose escalation timer has come; set the next timer."""
         with self.store.transaction() as tx:
-            for alert in tx.alerts.all(active_only=True):
-                fired = tx.deliveries.fired_steps(alert.id)
-                for tier in escalation.due_tiers(alert, tiers, fired, now=now):
-                    device = tx.devices.get(alert.device_id)
-                    if device is None:  # pragma: no cover - alerts reference enrolled devices
-                        continue
-                    planned = escalation.recipients(tier, channels, device, alert)
-                    if tx.deliveries.fire_step(alert.id, tier.name, planned, now=now):
-                        _LOG.info("alert %s escalated to %s (%s recipients)",
-                                  alert.id, tier.name, len(planned))  # fmt: skip
-                        self.audit(tx, "escalated", f"alert {alert.id}",
-                                   f"step={tier.name} recipients={len(planned)}")  # fmt: skip
+            planned = sum(self._escalate_one(tx, a, now) for a in tx.alerts.due_escalation(now))
+        if planned:
+            self.dispatcher.wake.set()
+
+    def _escalate_one(self, tx: Transaction, alert: Alert, now: float) -> int:
+        tiers, channels = self.config.escalation.tiers, self.config.channels
+        device = tx.devices.get(alert.device_id)
+        fired = tx.deliveries.fired_steps(alert.id)
+        planned = 0
+        steps = [(t.name, t) for t in escalation.due_tiers(alert, tiers, fired, now=now)]
+        flood = escalation.flood_due(alert, tiers, fired)
+        steps += [] if flood is None else [(escalation.FLOOD_STEP, flood)]
+        for step, tier in steps:
+            if device is None:  # pragma: no cover - alerts reference enrolled devices
+                break
+            recipients = escalation.recipients(tier, channels, device, alert)
+            if tx.deliveries.fire_step(alert.id, step, recipients, now=now):
+                planned += len(recipients)
+                fired.add(step)
+                _LOG.info("alert %s escalated to %s (%s recipients)",
+                          alert.id, step, len(recipients))  # fmt: skip
+                self.audit(tx, "escalated", f"alert {alert.id}",
+                           f"step={step} recipients={len(recipients)}")  # fmt: skip
+        tx.alerts.schedule_escalation(alert.id, escalation.next_due(alert, tiers, fired))
+        return planned
 
     def deliver(self) -> int:
-        """Send every notice that is due (first attempts and retries)."""
-        return deliver_due(
-            self.store,
-            self.notifier,
-            policy=self.config.escalation,
-            map_url=self.config.map_url,
-            now=self.clock(),
-            rand=self._rand,
-        )
+        """Send every notice that is due (first attempts and retries) and wait for them."""
+        return self.dispatcher.run_due(self.clock())
 
 
 def _decode_stored(payload: bytes) -> Message:
     from vigil.wire.messages import Direction, decode_payload  # noqa: PLC0415 - recovery path only
 
     return decode_payload(payload, Direction.UP)
-
-
-# -- the process -----------------------------------------------------------------------------
-
-
-def serve(service: HubService, client: MqttClient, inbox: queue.Queue[tuple[str, bytes]],
-          stop: threading.Event, *, interval: float = 0.2) -> None:  # fmt: skip
-    """Run the main loop and the delivery thread until `stop` is set."""
-    service.transport = client
-    service.recover()
-    worker = threading.Thread(target=_deliveries, args=(service, stop, interval), daemon=True)
-    worker.start()
-    sd_notify("READY=1")
-    pinged = -WATCHDOG_PING
-    try:
-        while not stop.is_set():
-            healthy = True
-            try:
-                topic, payload = inbox.get(timeout=interval)
-                service.handle(topic, payload)
-            except queue.Empty:
-                pass
-            except StorageError:  # no receipt: the device will resend
-                _LOG.exception("store failed while handling an uplink")
-                healthy = False
-            try:
-                service.tick()
-            except StorageError:
-                _LOG.exception("store failed during the periodic tick")
-                healthy = False
-            if healthy and time.monotonic() - pinged >= WATCHDOG_PING:
-                sd_notify("WATCHDOG=1")
-                pinged = time.monotonic()
-    finally:
-        sd_notify("STOPPING=1")
-        worker.join(timeout=10)
-        service.checkpoints.flush(service.clock())  # sign what this run logged last
-
-
-def _enqueue(inbox: queue.Queue[tuple[str, bytes]], topic: str, payload: bytes) -> None:
-    """Hand a message to the main loop; if it is swamped, drop it (the device resends)."""
-    try:
-        inbox.put_nowait((topic, payload))
-    except queue.Full:
-        _LOG.warning("inbox full, dropped a message on %s; the sender will retry", topic)
-
-
-def _deliveries(service: HubService, stop: threading.Event, interval: float) -> None:
-    while not stop.wait(interval):
-        try:
-            service.deliver()
-        except StorageError:
-            _LOG.exception("store failed during deliveries")
-
-
-def run(config: HubConfig, *, stop: threading.Event, clock: Callable[[], float] = time.time,
-        notifier: Notifier | None = None, create: bool = False) -> None:  # fmt: skip
-    """Start the hub from `config` and serve until `stop` is set (`create`: a missing store)."""
-    store = open_store(config.store_url, create=create)
-    try:
-        keys = HubKeys.load(config.keys_path)
-        service = HubService(
-            config, store=store, hub_keys=keys, notifier=notifier or AppriseNotifier(), clock=clock
-        )
-        inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10000)
-        group = config.mqtt.shared_group
-        subscription = shared_up_filter(group) if group else UP_FILTER
-        client = MqttClient(
-            config.mqtt.settings(),
-            on_message=lambda topic, payload: _enqueue(inbox, topic, payload),
-            subscriptions=[subscription],
-        )
-        client.start()
-        _LOG.info(
-            "hub subscribed to %s on %s:%s", subscription, config.mqtt.host, config.mqtt.port
-        )
-        try:
-            serve(service, client, inbox, stop)
-        finally:
-            client.stop()
-    finally:
-        store.close()

@@ -24,6 +24,7 @@ from vigil.hub.store.records import Alert, AlertState, DeviceRecord
 
 CONTACTS = "contacts"
 PUBLIC_STEP = "public broadcast"
+FLOOD_STEP = "flood"  # one notice to the first tier when a device floods alarms
 EARTH_RADIUS_KM = 6371.0088
 
 Planned = tuple[str, str, str]  # (channel, label, url)
@@ -42,11 +43,25 @@ def due_tiers(alert: Alert, tiers: Sequence[Tier], fired: set[str], *, now: floa
 
 
 def next_due(alert: Alert, tiers: Sequence[Tier], fired: set[str]) -> float | None:
-    """When the next tier of `alert` falls due (None if none will)."""
+    """When the next tier of `alert` falls due (None if none will): the same tiers
+    `due_tiers` would fire, so that the escalation timer never waits for a tier that
+    cannot fire (a silent alert's later tiers)."""
     if alert.state is not AlertState.OPEN:
         return None
-    pending = [alert.opened_at + t.delay for t in tiers if t.name not in fired]
+    candidates = tiers if alert.kind.alarm_grade else tiers[:1]
+    pending = [
+        alert.updated_at if alert.duress else alert.opened_at + t.delay
+        for t in candidates
+        if t.name not in fired
+    ]
     return min(pending, default=None)
+
+
+def flood_due(alert: Alert, tiers: Sequence[Tier], fired: set[str]) -> Tier | None:
+    """The tier (the first) to tell once that further alarms joined `alert`, if not yet told."""
+    if alert.joined == 0 or FLOOD_STEP in fired or not tiers or not alert.active:
+        return None
+    return tiers[0]
 
 
 def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

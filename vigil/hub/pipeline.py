@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import VigilError
 from vigil.hub import alerts
-from vigil.hub.store import AlertKind, AlertState, DeviceRecord, Transaction
+from vigil.hub.store import Alert, AlertKind, AlertState, DeviceRecord, Transaction
 from vigil.wire.envelope import open_uplink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
@@ -92,6 +92,7 @@ class Context:
     received_at: float
     audit: Audit
     alive_at: float | None = None
+    max_active_alerts: int = 5  # [hub] max_active_alerts_per_device
 
     @property
     def epoch(self) -> str:
@@ -99,15 +100,37 @@ class Context:
 
 
 def _alarm(ctx: Context, body: Alarm) -> str:
+    tx, device_id = ctx.tx, ctx.device.device_id
     draft = alerts.from_alarm(
-        ctx.device.device_id, ctx.epoch, ctx.message.seq, body, received_at=ctx.received_at
+        device_id, ctx.epoch, ctx.message.seq, body, received_at=ctx.received_at
     )
-    alert = ctx.tx.alerts.open(draft)
+    if tx.alerts.find(device_id, ctx.epoch, ctx.message.seq) is None:  # not a crash re-run
+        active = tx.alerts.active_for(device_id, AlertKind.ALARM)
+        if len(active) >= ctx.max_active_alerts:
+            return _join(ctx, active[0], draft)
+    alert = tx.alerts.open(draft)
     ctx.tx.devices.note_state(ctx.device.device_id, battery=body.battery, fix=draft.last_fix)
     ctx.audit(
         "alert opened", f"alert {alert.id}", f"trigger={body.trigger.value} seq={alert.alarm_seq}"
     )
     return f"alert {alert.id} open ({body.trigger.value})"
+
+
+def _join(ctx: Context, newest: Alert, draft: Alert) -> str:
+    """A device at its cap of active alerts (a seized device flooding?): the alarm joins
+    its newest active alert as a position and a count; the first join is audited once and
+    the escalation timer sends operators one flood notice."""
+    if draft.last_fix is not None:
+        ctx.tx.alerts.add_position(
+            newest.id, newest.device_id, ctx.epoch, ctx.message.seq, draft.last_fix
+        )
+    joined = alerts.join(newest, draft, now=ctx.received_at)
+    ctx.tx.alerts.save(joined)
+    if joined.joined == 1:
+        ctx.audit("alarm flood", f"alert {newest.id}",
+                  f"device at its cap of {ctx.max_active_alerts} active alerts; "
+                  f"further alarms join this alert (first seq={ctx.message.seq})")  # fmt: skip
+    return f"alarm joined alert {newest.id} ({joined.joined} joined: device at its cap)"
 
 
 def _cancel(ctx: Context, body: Cancel) -> str:
@@ -201,10 +224,8 @@ def _end_silence(ctx: Context) -> None:
     """
     if ctx.alive_at is None:
         return
-    for alert in ctx.tx.alerts.all(active_only=True):
-        silent = alert.kind is AlertKind.SILENT and alert.state is AlertState.OPEN
-        fresh = ctx.alive_at >= alert.opened_at
-        if silent and fresh and alert.device_id == ctx.device.device_id:
+    for alert in ctx.tx.alerts.active_for(ctx.device.device_id, AlertKind.SILENT):
+        if alert.state is AlertState.OPEN and ctx.alive_at >= alert.opened_at:
             closed = alerts.close(alert, false_alarm=False, now=ctx.received_at,
                                   note="device spoke again")  # fmt: skip
             ctx.tx.alerts.save(replace(closed, note="device spoke again"))

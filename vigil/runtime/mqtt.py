@@ -150,6 +150,7 @@ class MqttClient:
         self._on_connection_cb = on_connection
         self._subscriptions = tuple(subscriptions)
         self._connected = threading.Event()
+        self._subscribed = threading.Event()  # every subscription acknowledged (SUBACK)
         self._pending_subscriptions: dict[int | None, str] = {}
         self._broker = f"{settings.host}:{settings.port}"
         # Written on paho's thread, read anywhere: one immutable value, replaced whole.
@@ -163,6 +164,11 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def subscribed(self) -> bool:
+        """Connected, and the broker acknowledged every subscription (SUBACK) on this link."""
+        return self._subscribed.is_set()
 
     @property
     def state(self) -> ConnectionState:
@@ -191,10 +197,14 @@ class MqttClient:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+        self._subscribed.clear()
         self._state = ConnectionState(self._broker, LinkStatus.STOPPED, since=time.time())
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        return self._subscribed.wait(timeout)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
         """Hand one message to the broker; raise `TransportError` if we are not connected.
@@ -244,9 +254,12 @@ class MqttClient:
             self._refusal = _refusal_reason(reason)
             self._notify(up=False, reason=str(reason))
             return
+        self._pending_subscriptions.clear()
         for topic in self._subscriptions:
             _, mid = client.subscribe(topic, qos=1)
             self._pending_subscriptions[mid] = topic
+        if not self._subscriptions:
+            self._subscribed.set()
         self._retry_delay, self._first_attempt = None, False  # paho's backoff starts again
         self._state = ConnectionState(self._broker, LinkStatus.CONNECTED, since=time.time())
         self._connected.set()
@@ -268,6 +281,7 @@ class MqttClient:
     ) -> None:
         was_up = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         if self._stopping:
             return
         if was_up:
@@ -326,9 +340,11 @@ class MqttClient:
         properties: Properties | None,
     ) -> None:
         topic = self._pending_subscriptions.pop(mid, "?")
-        for reason in reasons:
-            if reason.is_failure:
-                _LOG.error("mqtt subscription to %s refused: %s", topic, reason)
+        refused = [reason for reason in reasons if reason.is_failure]
+        for reason in refused:
+            _LOG.error("mqtt subscription to %s refused: %s", topic, reason)
+        if not refused and not self._pending_subscriptions and self._connected.is_set():
+            self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:

@@ -39,5 +39,11 @@ def sd_status(text: str) -> bool:
     Control characters are replaced: a newline would start a new assignment, and a
     host name from a config file must never be able to send READY=1 or WATCHDOG=1.
     """
+    return sd_notify(status_assignment(text))
+
+
+def status_assignment(text: str) -> str:
+    """`STATUS=text` as one safe assignment (see `sd_status`), for callers with their own
+    notify function."""
     line = "".join(c if c.isprintable() else " " for c in text)[:_STATUS_MAX]
-    return sd_notify(f"STATUS={line}")
+    return f"STATUS={line}"

@@ -9,7 +9,7 @@
     store.close()
 
 `tx` hands out one repository per concern: `devices`, `uplinks`, `downlinks`,
-`rejections`, `alerts`, `deliveries`, `audit`. Both backends share the SQL
+`rejections`, `alerts`, `deliveries`, `audit`, `hubs`. Both backends share the SQL
 (`devices.py`, `traffic.py`, `alerts.py`, `deliveries.py`, `auditlog.py`),
 the transaction machinery (`sql.py`), the versioned migrations
 (`schema.py`) and one test suite.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vigil.errors import NoSuchAlert
+from vigil.hub.store import schema
 from vigil.hub.store.records import Alert, AlertKind, AlertState, LastFix
 from vigil.hub.store.repo import Repository, Row
 from vigil.wire.ids import DeviceId
@@ -13,7 +14,7 @@ _COLUMNS = (
     "id, device_id, kind, state, opened_at, updated_at, alarm_epoch, alarm_seq, trigger, "
     "duress, battery, "
     "fix_lat, fix_lon, fix_taken_at, fix_received_at, acknowledged_by, acknowledged_at, "
-    "verified_at, closed_at, note"
+    "verified_at, closed_at, note, joined"
 )
 _ACTIVE = "state IN ('open', 'acknowledged')"
 
@@ -40,6 +41,7 @@ def _alert(r: Row) -> Alert:
         verified_at=r["verified_at"],
         closed_at=r["closed_at"],
         note=r["note"],
+        joined=int(r["joined"]),
     )
 
 
@@ -62,11 +64,12 @@ class Alerts(Repository):
         self._cur.execute(
             "INSERT INTO alerts (device_id, kind, state, opened_at, updated_at, alarm_epoch, "
             "alarm_seq, trigger, duress, battery, fix_lat, fix_lon, fix_taken_at, "
-            "fix_received_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
+            "fix_received_at, note, next_escalation_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (alert.device_id.hex, alert.kind.value, alert.state.value, alert.opened_at,
              alert.updated_at, alert.alarm_epoch, alert.alarm_seq, alert.trigger,
-             int(alert.duress), alert.battery, *_fix_params(alert.last_fix), alert.note),
+             int(alert.duress), alert.battery, *_fix_params(alert.last_fix), alert.note,
+             alert.opened_at),
         )  # fmt: skip
         found = self._existing(alert)
         assert found is not None  # noqa: S101 - inserted or already there
@@ -84,16 +87,53 @@ class Alerts(Repository):
         return None if row is None else _alert(row)
 
     def save(self, alert: Alert) -> None:
-        """Write the mutable fields of an alert (state, duress, people, fix, note)."""
+        """Write the mutable fields of an alert (state, duress, people, fix, note, joined).
+
+        An open alert is looked at again by the escalation timer (its due steps may have
+        changed, e.g. under duress); any other has no escalation left. A closed alert's
+        notices not yet sent are stopped: nobody is called about an alarm that is over.
+        """
+        recheck = alert.updated_at if alert.state is AlertState.OPEN else None
         self._cur.execute(
             "UPDATE alerts SET state = ?, updated_at = ?, duress = ?, battery = ?, "
             "fix_lat = ?, fix_lon = ?, fix_taken_at = ?, fix_received_at = ?, "
             "acknowledged_by = ?, acknowledged_at = ?, verified_at = ?, closed_at = ?, "
-            "note = ? WHERE id = ?",
+            "note = ?, joined = ?, next_escalation_at = ? WHERE id = ?",
             (alert.state.value, alert.updated_at, int(alert.duress), alert.battery,
              *_fix_params(alert.last_fix), alert.acknowledged_by, alert.acknowledged_at,
-             alert.verified_at, alert.closed_at, alert.note, alert.id),
+             alert.verified_at, alert.closed_at, alert.note, alert.joined, recheck, alert.id),
         )  # fmt: skip
+        if alert.state.closed:
+            self._cur.execute(
+                "UPDATE deliveries SET status = 'stopped', next_at = NULL "
+                "WHERE alert_id = ? AND status = 'pending'",
+                (alert.id,),
+            )
+
+    def active_for(self, device_id: DeviceId, kind: AlertKind | None = None) -> list[Alert]:
+        """A device's active alerts (of `kind`), newest first (indexed by device)."""
+        where, params = "device_id = ?", [device_id.hex]
+        if kind is not None:
+            where, params = f"{where} AND kind = ?", [*params, kind.value]
+        rows = self._all(
+            f"SELECT {_COLUMNS} FROM alerts WHERE {where} AND {_ACTIVE} ORDER BY id DESC",  # noqa: S608
+            params,
+        )
+        return [_alert(r) for r in rows]
+
+    def due_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
+        """Alerts whose escalation timer has come (indexed); locked for this hub on PostgreSQL."""
+        skip = " FOR UPDATE SKIP LOCKED" if self._dialect is schema.POSTGRES else ""
+        rows = self._all(
+            f"SELECT {_COLUMNS} FROM alerts WHERE next_escalation_at <= ? "  # noqa: S608
+            f"ORDER BY next_escalation_at LIMIT ?{skip}",
+            (now, limit),
+        )
+        return [_alert(r) for r in rows]
+
+    def schedule_escalation(self, alert_id: int, at: float | None) -> None:
+        """When the escalation timer looks at the alert next (None: never)."""
+        self._cur.execute("UPDATE alerts SET next_escalation_at = ? WHERE id = ?", (at, alert_id))
 
     def get(self, alert_id: int) -> Alert:
         row = self._one(f"SELECT {_COLUMNS} FROM alerts WHERE id = ?", (alert_id,))  # noqa: S608

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from vigil.hub.store.records import Delivery
 from vigil.hub.store.repo import Repository, Row
+from vigil.wire.ids import DeviceId
 
 _COLUMNS = "id, alert_id, step, channel, label, url, status, attempts, next_at, last_error"
 
@@ -60,13 +62,22 @@ class Deliveries(Repository):
             )
         return True
 
-    def due(self, now: float) -> list[Delivery]:
+    def due(self, now: float, *, limit: int = 1000) -> list[Delivery]:
+        """Pending deliveries that are due, in the order they should go out.
+
+        First notices go ahead of retries; among them devices take turns (each device's
+        first, then each one's second, ...), so one device's flood never holds up another
+        device's first notice; then oldest first.
+        """
         rows = self._all(
-            f"SELECT {_COLUMNS} FROM deliveries "  # noqa: S608
-            "WHERE status = 'pending' AND next_at <= ? ORDER BY id",
-            (now,),
+            f"SELECT {_COLUMNS}, device_id FROM (SELECT d.*, a.device_id, "  # noqa: S608
+            "ROW_NUMBER() OVER (PARTITION BY a.device_id ORDER BY d.attempts, d.id) AS turn "
+            "FROM deliveries d JOIN alerts a ON a.id = d.alert_id "
+            "WHERE d.status = 'pending' AND d.next_at <= ?) due "
+            "ORDER BY attempts > 0, turn, id LIMIT ?",
+            (now, limit),
         )
-        return [_delivery(r) for r in rows]
+        return [replace(_delivery(r), device_id=DeviceId.parse(r["device_id"])) for r in rows]
 
     def claim(self, delivery_id: int, *, now: float, lease: float) -> bool:
         """Take a due delivery for `lease` seconds, so that no other hub sends it too."""
@@ -88,14 +99,21 @@ class Deliveries(Repository):
         self, delivery_id: int, *, at: float, ok: bool, detail: str, next_at: float | None
     ) -> None:
         """Store one delivery attempt; `next_at` None on failure means give up."""
+        now = self._one(
+            f"SELECT status FROM deliveries WHERE id = ?{self._for_update}",  # noqa: S608
+            (delivery_id,),
+        )
+        if now is None:
+            raise LookupError(f"there is no delivery {delivery_id}")
         status = "sent" if ok else ("pending" if next_at is not None else "failed")
+        if now["status"] == "stopped" and not ok:  # its alert closed meanwhile: no retry
+            status, next_at = "stopped", None
         row = self._one(
             "UPDATE deliveries SET attempts = attempts + 1, status = ?, next_at = ?, "
             "last_error = ? WHERE id = ? RETURNING attempts",
             (status, None if ok else next_at, None if ok else detail, delivery_id),
         )
-        if row is None:
-            raise LookupError(f"there is no delivery {delivery_id}")
+        assert row is not None  # noqa: S101 - selected just above, in this transaction
         self._cur.execute(
             "INSERT INTO delivery_attempts (delivery_id, attempt, at, ok, detail) "
             "VALUES (?, ?, ?, ?, ?)",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vigil.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, UnknownDevice
+from vigil.hub.store import schema
 from vigil.hub.store.records import DeviceRecord, LastFix
 from vigil.hub.store.repo import Repository, Row
 from vigil.wire.ids import DeviceId
@@ -71,9 +72,9 @@ class Devices(Repository):
         if row is None:
             self._cur.execute(
                 "INSERT INTO devices (device_id, label, signing_key, kem_key, contacts, "
-                "enrolled_at, window_mask) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "enrolled_at, window_mask, watch_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (device_id.hex, label, keys["signing"], keys["kem"], contacts_json, now,
-                 bytes(MASK_BYTES)),
+                 bytes(MASK_BYTES), now),
             )  # fmt: skip
             return
         same = (row["signing_key"], row["kem_key"]) == (keys["signing"], keys["kem"])
@@ -92,7 +93,8 @@ class Devices(Repository):
     def revoke(self, device_id: DeviceId, *, now: float) -> None:
         """Refuse the device's messages from now on (its key may be in other hands)."""
         self._cur.execute(
-            "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+            "UPDATE devices SET revoked_at = ?, watch_from = NULL "
+            "WHERE device_id = ? AND revoked_at IS NULL",
             (now, device_id.hex),
         )
         if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
@@ -144,11 +146,15 @@ class Devices(Repository):
             )
 
     def note_alive(self, device_id: DeviceId, *, at: float) -> None:
-        """The device's own word proves it was alive at hub time `at` (never moves back)."""
+        """The device's own word proves it was alive at hub time `at` (never moves back).
+
+        Silence is watched from there again, even after a silent alert: only a proof
+        newer than every earlier one re-arms it, so a stashed heartbeat cannot.
+        """
         self._cur.execute(
-            "UPDATE devices SET alive_at = ?, offline_at = NULL WHERE device_id = ? "
-            "AND (alive_at IS NULL OR alive_at < ?)",
-            (at, device_id.hex, at),
+            "UPDATE devices SET alive_at = ?, watch_from = ?, offline_at = NULL "
+            "WHERE device_id = ? AND revoked_at IS NULL AND (alive_at IS NULL OR alive_at < ?)",
+            (at, at, device_id.hex, at),
         )
 
     def start_epoch(self, device_id: DeviceId, epoch: str, *, now: float) -> str | None:
@@ -164,8 +170,8 @@ class Devices(Repository):
         if row is None:
             raise UnknownDevice(f"device {device_id} is not enrolled")
         self._cur.execute(
-            "UPDATE devices SET epoch = ?, alive_at = ? WHERE device_id = ?",
-            (epoch, now, device_id.hex),
+            "UPDATE devices SET epoch = ?, alive_at = ?, watch_from = ? WHERE device_id = ?",
+            (epoch, now, now, device_id.hex),
         )
         previous: str | None = row["epoch"]
         return previous
@@ -182,4 +188,42 @@ class Devices(Repository):
         """Record that the broker published the device's Will (connection lost)."""
         self._cur.execute(
             "UPDATE devices SET offline_at = ? WHERE device_id = ?", (at, device_id.hex)
+        )
+        self._cur.execute(  # watched again (the Will is news even after a silent alert)
+            "UPDATE devices SET watch_from = COALESCE(watch_from, ?) "
+            "WHERE device_id = ? AND last_seen IS NOT NULL AND revoked_at IS NULL",
+            (at, device_id.hex),
+        )
+
+    def due_silent(
+        self, *, now: float, silent_after: float, risk_silent_after: float, limit: int = 100
+    ) -> list[DeviceRecord]:
+        """Watched devices past their deadline, or whose Will arrived (both indexed).
+
+        A device is watched from its last message until a silent alert is raised for it
+        (`mark_silent`); the cost does not grow with the devices that are fine.
+        """
+        skip = " FOR UPDATE SKIP LOCKED" if self._dialect is schema.POSTGRES else ""
+        rows = self._all(
+            f"SELECT {_COLUMNS} FROM devices WHERE watch_from IS NOT NULL "  # noqa: S608
+            f"AND watch_from < ? ORDER BY watch_from LIMIT ?{skip}",
+            (now - silent_after, limit),
+        )
+        rows += self._all(
+            f"SELECT {_COLUMNS} FROM devices WHERE offline_at IS NOT NULL "  # noqa: S608
+            f"AND watch_from IS NOT NULL AND watch_from >= ? ORDER BY offline_at LIMIT ?{skip}",
+            (now - silent_after, limit),
+        )
+        rows += self._all(  # inside a risk window the deadline is shorter
+            f"SELECT {_COLUMNS} FROM devices WHERE risk_until IS NOT NULL "  # noqa: S608
+            f"AND risk_until >= ? AND watch_from < ? ORDER BY watch_from LIMIT ?{skip}",
+            (now, now - min(silent_after, risk_silent_after), limit),
+        )
+        unique = {r["device_id"]: r for r in rows if r["revoked_at"] is None}
+        return [_device(r) for r in unique.values()]
+
+    def mark_silent(self, device_id: DeviceId) -> None:
+        """Stop watching a device a silent alert was raised for, until it speaks again."""
+        self._cur.execute(
+            "UPDATE devices SET watch_from = NULL WHERE device_id = ?", (device_id.hex,)
         )

@@ -93,6 +93,7 @@ class Alert:
     verified_at: float | None = None
     closed_at: float | None = None
     note: str | None = None
+    joined: int = 0  # further alarms of a flooding device, joined to this alert
 
     @property
     def active(self) -> bool:
@@ -112,6 +113,7 @@ class StoredUplink:
     processed: bool
     epoch: str = ""
     digest: str | None = None
+    error: str | None = None  # why its handler failed (it stays stored; see `stats`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +140,11 @@ class Delivery:
     channel: str
     label: str
     url: str
-    status: str  # pending | sent | failed
+    status: str  # pending | sent | failed | stopped (its alert closed first)
     attempts: int
     next_at: float | None
     last_error: str | None = None
+    device_id: DeviceId | None = None  # the alert's device (filled in by `due`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from vigil.hub.store.auditlog import AuditLog
 from vigil.hub.store.deliveries import Deliveries
 from vigil.hub.store.devices import Devices
 from vigil.hub.store.repo import Cursor, Repository
-from vigil.hub.store.traffic import Downlinks, Rejections, Uplinks
+from vigil.hub.store.traffic import Downlinks, HubStatus, Rejections, Uplinks
 
 
 class Meta(Repository):
@@ -56,4 +56,5 @@ class Transaction:
         self.alerts = Alerts(cur, dialect)
         self.deliveries = Deliveries(cur, dialect)
         self.audit = AuditLog(cur, dialect)
+        self.hubs = HubStatus(cur, dialect)
         self.meta = Meta(cur, dialect)

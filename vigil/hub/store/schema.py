@@ -152,6 +152,39 @@ MIGRATIONS += (
     (2, ("ALTER TABLE downlinks ADD COLUMN claimed_until DOUBLE PRECISION",)),
     # 3: when the device's GPS last had a fix (hub time), from heartbeats' fix_age.
     (3, ("ALTER TABLE devices ADD COLUMN gps_fix_at DOUBLE PRECISION",)),
+    # 4: loops that cannot die quietly, and periodic work that selects only what is due.
+    (
+        4,
+        (
+            # A handler that raised: the uplink stays stored, marked processed, with why.
+            "ALTER TABLE uplinks ADD COLUMN error TEXT",
+            "CREATE INDEX uplinks_failed ON uplinks (received_at) WHERE error IS NOT NULL",
+            # When the escalation timer next looks at an open alert (NULL: never again).
+            "ALTER TABLE alerts ADD COLUMN next_escalation_at DOUBLE PRECISION",
+            "CREATE INDEX alerts_escalation_due ON alerts (next_escalation_at) "
+            "WHERE next_escalation_at IS NOT NULL",
+            "UPDATE alerts SET next_escalation_at = opened_at WHERE state = 'open'",
+            # Further alarms of a device at its cap of active alerts, joined to this alert.
+            "ALTER TABLE alerts ADD COLUMN joined INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX alerts_by_device ON alerts (device_id, state)",
+            # Silence is counted from watch_from; NULL once flagged (or never heard from).
+            "ALTER TABLE devices ADD COLUMN watch_from DOUBLE PRECISION",
+            """UPDATE devices SET watch_from = last_seen
+               WHERE last_seen IS NOT NULL AND revoked_at IS NULL AND NOT EXISTS (
+                   SELECT 1 FROM alerts a WHERE a.device_id = devices.device_id
+                   AND a.kind = 'silent' AND a.opened_at >= devices.last_seen
+                   AND a.opened_at >= COALESCE(devices.offline_at, devices.last_seen))""",
+            "CREATE INDEX devices_watch ON devices (watch_from) WHERE watch_from IS NOT NULL",
+            "CREATE INDEX devices_offline ON devices (offline_at) WHERE offline_at IS NOT NULL",
+            "CREATE INDEX deliveries_due ON deliveries (next_at) WHERE status = 'pending'",
+            # Each running hub's view of itself (broker link, workers), for `vigil-hub stats`.
+            """CREATE TABLE hub_status (
+                instance TEXT PRIMARY KEY,
+                status TEXT NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LEGACY_EPOCH = "0" * 16  # what protocol-version-1 rows are filed under
@@ -178,14 +211,19 @@ _ALERTS_V2_SQLITE = (
         verified_at DOUBLE PRECISION,
         closed_at DOUBLE PRECISION,
         note TEXT,
+        next_escalation_at DOUBLE PRECISION,
+        joined INTEGER NOT NULL DEFAULT 0,
         UNIQUE (device_id, alarm_epoch, alarm_seq)
     )""",
     "INSERT INTO alerts_v2 SELECT id, device_id, kind, state, opened_at, updated_at, "
     "CASE WHEN alarm_seq IS NULL THEN NULL ELSE '{legacy}' END, alarm_seq, trigger, "
     "duress, battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, acknowledged_by, "
-    "acknowledged_at, verified_at, closed_at, note FROM alerts",
+    "acknowledged_at, verified_at, closed_at, note, next_escalation_at, joined FROM alerts",
     "DROP TABLE alerts",  # the store runs migrations with foreign keys off (SQLite's way)
     "ALTER TABLE alerts_v2 RENAME TO alerts",
+    "CREATE INDEX alerts_escalation_due ON alerts (next_escalation_at) "
+    "WHERE next_escalation_at IS NOT NULL",
+    "CREATE INDEX alerts_by_device ON alerts (device_id, state)",
 )
 _ALERTS_V2_POSTGRES = (
     "ALTER TABLE alerts ADD COLUMN alarm_epoch TEXT",
@@ -195,11 +233,11 @@ _ALERTS_V2_POSTGRES = (
 )
 
 MIGRATIONS += (
-    # 4: protocol version 2. Uplinks, positions, alarms and replay windows are keyed by
+    # 5: protocol version 2. Uplinks, positions, alarms and replay windows are keyed by
     # (device, epoch, seq); receipts name the epoch and digest they answer; a device is
     # alive when its own word proves it (alive_at), and may be in a risk window.
     (
-        4,
+        5,
         (
             """CREATE TABLE device_epochs (
                 device_id TEXT NOT NULL REFERENCES devices(device_id),
@@ -228,16 +266,23 @@ MIGRATIONS += (
                 digest TEXT,
                 received_at DOUBLE PRECISION NOT NULL,
                 processed INTEGER NOT NULL DEFAULT 0,
+                error TEXT,
                 receipted_at DOUBLE PRECISION,
                 PRIMARY KEY (device_id, epoch, seq)
             )""",
             "INSERT INTO uplinks_v2 (device_id, epoch, seq, kind, payload, received_at, "
-            "processed) SELECT device_id, '{legacy}', seq, kind, payload, received_at, "
-            "processed FROM uplinks",
+            "processed, error) SELECT device_id, '{legacy}', seq, kind, payload, received_at, "
+            "processed, error FROM uplinks",
             "DROP TABLE uplinks",
             "ALTER TABLE uplinks_v2 RENAME TO uplinks",
             "CREATE INDEX uplinks_unprocessed ON uplinks (processed)",
             "CREATE INDEX uplinks_received ON uplinks (received_at)",
+            "CREATE INDEX uplinks_failed ON uplinks (received_at) WHERE error IS NOT NULL",
+            # Silence inside a risk window has its own, shorter deadline (few devices).
+            "CREATE INDEX devices_at_risk ON devices (risk_until) WHERE risk_until IS NOT NULL",
+            # Watched from enrolment: a device never heard from is news too.
+            "UPDATE devices SET watch_from = enrolled_at "
+            "WHERE last_seen IS NULL AND revoked_at IS NULL",
             *(("sqlite", s) for s in _ALERTS_V2_SQLITE),
             *(("postgresql", s) for s in _ALERTS_V2_POSTGRES),
             """CREATE TABLE positions_v2 (

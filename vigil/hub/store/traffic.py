@@ -14,7 +14,7 @@ from vigil.wire.liveness import uplink_digest
 from vigil.wire.messages import Message, encode_payload
 from vigil.wire.replay import ReplayWindow, Verdict
 
-_UPLINK_COLUMNS = "device_id, epoch, seq, kind, payload, digest, received_at, processed"
+_UPLINK_COLUMNS = "device_id, epoch, seq, kind, payload, digest, received_at, processed, error"
 RECEIPT_EVERY = 10.0  # s: at most one receipt per stored uplink in this time
 DUPLICATE_RECEIPTS_PER_MINUTE = 20  # per device: a replaying broker mints no more
 
@@ -43,6 +43,7 @@ def _uplink(row: Row) -> StoredUplink:
         processed=bool(row["processed"]),
         epoch=row["epoch"],
         digest=row["digest"],
+        error=row["error"],
     )
 
 
@@ -168,8 +169,32 @@ class Uplinks(Repository):
             (device_id.hex, epoch, seq),
         )
 
-    def count(self) -> int:
-        row = self._one("SELECT COUNT(*) AS n FROM uplinks")
+    def mark_failed(self, device_id: DeviceId, epoch: str, seq: int, *, error: str) -> bool:
+        """Record that the handlers of a stored uplink raised: processed, with the reason.
+
+        It is not run again (at start-up or on a resend): one poisoned message must not
+        stop the hub over and over. False if the uplink is not stored.
+        """
+        row = self._one(
+            "UPDATE uplinks SET processed = 1, error = ? "
+            "WHERE device_id = ? AND epoch = ? AND seq = ? RETURNING seq",
+            (error[:500], device_id.hex, epoch, seq),
+        )
+        return row is not None
+
+    def failed(self, *, limit: int = 20) -> list[StoredUplink]:
+        """The newest uplinks whose handlers failed, newest first."""
+        rows = self._all(
+            f"SELECT {_UPLINK_COLUMNS} FROM uplinks WHERE error IS NOT NULL "  # noqa: S608
+            "ORDER BY received_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_uplink(r) for r in rows]
+
+    def count(self, *, failed: bool = False) -> int:
+        """How many uplinks are stored (with `failed`: how many of them failed their handler)."""
+        where = " WHERE error IS NOT NULL" if failed else ""
+        row = self._one(f"SELECT COUNT(*) AS n FROM uplinks{where}")  # noqa: S608
         return 0 if row is None else int(row["n"])
 
 
@@ -257,3 +282,19 @@ class Rejections(Repository):
     def totals(self) -> dict[str, int]:
         rows = self._all("SELECT reason, count FROM rejections ORDER BY reason")
         return {r["reason"]: int(r["count"]) for r in rows}
+
+
+class HubStatus(Repository):
+    """What each running hub last said about itself (broker link, workers), by instance."""
+
+    def report(self, instance: str, status: str, *, at: float) -> None:
+        self._cur.execute(
+            "INSERT INTO hub_status (instance, status, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (instance) DO UPDATE SET status = ?, updated_at = ?",
+            (instance, status, at, status, at),
+        )
+
+    def all(self) -> list[tuple[str, str, float]]:
+        """(instance, status, updated_at) of every hub that reported, by instance."""
+        rows = self._all("SELECT instance, status, updated_at FROM hub_status ORDER BY instance")
+        return [(r["instance"], r["status"], r["updated_at"]) for r in rows]
