@@ -49,8 +49,9 @@ from vigil.wire import (
     seal_downlink,
     seal_uplink,
 )
-from vigil.wire.envelope import HEADER_BYTES, MAX_ENVELOPE
-from vigil.wire.messages import Mode
+from vigil.wire.envelope import HEADER_BYTES, MAX_ENVELOPE, VERSION, seal_payload
+from vigil.wire.liveness import EPOCH_BYTES, NONCE_BYTES, Epoch
+from vigil.wire.messages import MAX_PENDING, Direction, Mode, encode_payload
 from vigil.wire.replay import MAX_SEQ
 
 P = parties()
@@ -81,8 +82,11 @@ DOWNLINK_BODIES = [
 
 
 def up(body: object, *, seq: int = 41, suite: Suite = Suite.X25519_CHACHA20, p: Parties = P,
-       device_id: DeviceId | None = None) -> bytes:  # fmt: skip
-    message = Message(seq, body, sent_at=1764000000.5, clock=ClockSource.NTP, epoch=EPOCH)  # type: ignore[arg-type]
+       device_id: DeviceId | None = None, epoch: Epoch = EPOCH,
+       nonce: str | None = NONCE) -> bytes:  # fmt: skip
+    """An uplink echoing a nonce by default: the largest form every kind must fit in."""
+    message = Message(seq, body, sent_at=1764000000.5, clock=ClockSource.NTP, epoch=epoch,  # type: ignore[arg-type]
+                      nonce=nonce)  # fmt: skip
     return seal_uplink(
         message, device_id=device_id or p.device_id, device_keys=p.device, hub=p.hub.public(),
         suite=suite,
@@ -98,7 +102,7 @@ def open_up(
 
 
 def down(body: object, seq: int = 3) -> bytes:
-    message = Message(seq, body, epoch=EPOCH)  # type: ignore[arg-type]
+    message = Message(seq, body, epoch=EPOCH, nonce=NONCE)  # type: ignore[arg-type]
     return seal_downlink(message, device_id=P.device_id, hub_keys=P.hub, device=P.device.public())
 
 
@@ -119,13 +123,15 @@ def test_uplink_round_trip_and_fixed_size(body: object, suite: Suite) -> None:
     message = open_up(data)
     assert message.body == body
     assert (message.seq, message.sent_at, message.clock) == (41, 1764000000.5, ClockSource.NTP)
+    assert (message.epoch, message.nonce) == (EPOCH, NONCE)
 
 
 @pytest.mark.parametrize("body", DOWNLINK_BODIES, ids=lambda b: type(b).__name__)
 def test_downlink_round_trip(body: object) -> None:
     data = down(body)
     assert len(data) == envelope_size(Suite.X25519_CHACHA20)
-    assert open_down(data).body == body
+    message = open_down(data)
+    assert (message.body, message.epoch, message.nonce) == (body, EPOCH, NONCE)
 
 
 def test_sizes_are_the_documented_ones() -> None:
@@ -230,9 +236,22 @@ def test_extended_envelope_is_rejected() -> None:
         open_up(up(Checkin()) + b"\x00")
 
 
-def test_wrong_version_is_rejected() -> None:
+@pytest.mark.parametrize("version", [1, 3, 255])
+def test_wrong_version_is_rejected(version: int) -> None:
+    """Version 1 too: its envelopes are bound to other labels and lack epoch and nonce."""
     with pytest.raises(UnsupportedVersion):
-        open_up(b"\x02" + up(Checkin())[1:])
+        open_up(bytes([version]) + up(Checkin())[1:])
+
+
+def test_uplink_in_the_larger_bucket_is_rejected_before_decryption() -> None:
+    """A big uplink would mark itself on the wire: the hub refuses it unopened (§5)."""
+    payload = encode_payload(Message(41, Checkin(), epoch=EPOCH, nonce=NONCE))
+    padded = payload[:-1] + b" " * (BUCKETS[0]) + b"}"  # same JSON, too long for 512
+    big = seal_payload(padded, Direction.UP, device_id=P.device_id, signer=P.device.signing,
+                       recipient=P.hub.public().kem)  # fmt: skip
+    assert len(big) == envelope_size(Suite.X25519_CHACHA20, BUCKETS[1])
+    with pytest.raises(MalformedEnvelope, match="uplinks are 580 bytes"):
+        open_up(big)
 
 
 def test_unknown_suite_is_rejected() -> None:
@@ -257,6 +276,8 @@ fixes = st.builds(
     age=st.floats(0, 315_360_000),
 )
 seqs = st.integers(0, MAX_SEQ)
+epochs = st.binary(min_size=EPOCH_BYTES, max_size=EPOCH_BYTES).map(Epoch)
+nonces = st.binary(min_size=NONCE_BYTES, max_size=NONCE_BYTES).map(bytes.hex)
 uplink_bodies = st.one_of(
     st.builds(Alarm, st.sampled_from(Trigger), st.none() | fixes, st.none() | st.integers(0, 100)),
     st.builds(Cancel, seqs, st.booleans()),
@@ -264,21 +285,33 @@ uplink_bodies = st.one_of(
     st.builds(
         Heartbeat,
         st.none() | st.integers(0, 100),
-        st.none() | st.floats(0, 315_360_000),
+        st.none() | fixes,
         st.none() | st.integers(0, 100),
+        st.sampled_from(Mode),
+    ),
+    st.builds(
+        Heartbeat,
+        st.none() | st.integers(0, 100),
+        st.none() | fixes,
+        st.none() | st.integers(0, 100),
+        st.sampled_from(Mode),
+        pending=st.integers(1, MAX_PENDING),
+        oldest_pending=seqs,
     ),
     st.just(Checkin()),
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(body=uplink_bodies, seq=seqs)
-def test_any_uplink_round_trips_at_the_one_uplink_size(body: object, seq: int) -> None:
-    data = up(body, seq=seq)
+@given(body=uplink_bodies, seq=seqs, epoch=epochs, nonce=st.none() | nonces)
+def test_any_uplink_round_trips_at_the_one_uplink_size(
+    body: object, seq: int, epoch: Epoch, nonce: str | None
+) -> None:
+    data = up(body, seq=seq, epoch=epoch, nonce=nonce)
     assert len(data) == envelope_size(Suite.X25519_CHACHA20)
     message = open_up(data)
     assert message.body == body
-    assert message.seq == seq
+    assert (message.seq, message.epoch, message.nonce) == (seq, epoch, nonce)
 
 
 @settings(max_examples=300, deadline=None)
@@ -293,7 +326,7 @@ def test_arbitrary_bytes_raise_only_our_errors(data: bytes) -> None:
 def test_arbitrary_bytes_behind_a_valid_header_raise_only_our_errors(
     prefix: bytes, tail: bytes
 ) -> None:
-    header = bytes([1, 1, 1, 0]) + P.device_id.raw
+    header = bytes([VERSION, 1, 1, 0]) + P.device_id.raw
     body = (header + tail)[: envelope_size(Suite.X25519_CHACHA20)]
     body = body + bytes(envelope_size(Suite.X25519_CHACHA20) - len(body))
     with pytest.raises(VigilError):

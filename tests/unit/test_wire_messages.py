@@ -26,7 +26,14 @@ from vigil.wire import (
     Stored,
     Trigger,
 )
-from vigil.wire.messages import DOWNLINK_KINDS, UPLINK_KINDS, decode_payload, encode_payload
+from vigil.wire.messages import (
+    DOWNLINK_KINDS,
+    MAX_PENDING,
+    UPLINK_KINDS,
+    Mode,
+    decode_payload,
+    encode_payload,
+)
 
 GOOD = Message(5, Alarm(Trigger.TAMPER, AgedFix(Fix(lat=1.0, lon=2.0, satellites=4), age=0.0), 9),
                1e9, ClockSource.GPS, epoch=EPOCH)  # fmt: skip
@@ -65,6 +72,16 @@ def test_encoding_is_canonical() -> None:
         (lambda d: d["body"]["fix"].update(lon=-180.5), MalformedMessage),  # type: ignore[index]
         (lambda d: d["body"]["fix"].update(satellites=1.5), MalformedMessage),  # type: ignore[index]
         (lambda d: d["body"]["fix"].pop("age"), MalformedMessage),  # type: ignore[index]
+        (lambda d: d.pop("epoch"), MalformedMessage),
+        (lambda d: d.pop("nonce"), MalformedMessage),
+        (lambda d: d.update(epoch=None), MalformedMessage),
+        (lambda d: d.update(epoch="00112233445566"), MalformedMessage),  # 7 bytes
+        (lambda d: d.update(epoch="00112233445566AA"), MalformedMessage),  # not lowercase
+        (lambda d: d.update(epoch="001122334455667g"), MalformedMessage),
+        (lambda d: d.update(epoch=1234567890123456), MalformedMessage),
+        (lambda d: d.update(nonce="0e" * 15), MalformedMessage),
+        (lambda d: d.update(nonce="0E" * 16), MalformedMessage),
+        (lambda d: d.update(nonce=["0e" * 16]), MalformedMessage),
     ],
 )
 def test_hostile_fields_are_refused(mutate: object, error: type[Exception]) -> None:
@@ -72,6 +89,48 @@ def test_hostile_fields_are_refused(mutate: object, error: type[Exception]) -> N
     mutate(d)  # type: ignore[operator]
     with pytest.raises(error):
         decode_payload(json.dumps(d).encode(), Direction.UP)
+
+
+HEARTBEAT = Message(6, Heartbeat(50, None, 70, Mode.ACTIVE, 2, 3), 1e9, ClockSource.NTP,
+                    epoch=EPOCH, nonce=NONCE)  # fmt: skip
+RECEIPT = Message(2, Stored(3, DIGEST), 1e9, ClockSource.NTP, epoch=EPOCH, nonce=NONCE)
+
+
+@pytest.mark.parametrize(
+    ("message", "direction", "mutate"),
+    [
+        (HEARTBEAT, Direction.UP, lambda b: b.update(mode="panicking")),
+        (HEARTBEAT, Direction.UP, lambda b: b.update(mode=None)),
+        (HEARTBEAT, Direction.UP, lambda b: b.update(pending=0)),  # but an oldest seq given
+        (HEARTBEAT, Direction.UP, lambda b: b.update(oldest_pending=None)),  # but 2 pending
+        (HEARTBEAT, Direction.UP, lambda b: b.update(pending=MAX_PENDING + 1)),
+        (HEARTBEAT, Direction.UP, lambda b: b.update(pending=True)),
+        (HEARTBEAT, Direction.UP, lambda b: b.update(oldest_pending=-1)),
+        (HEARTBEAT, Direction.UP, lambda b: b.update(fix=12.5)),  # version 1's fix_age
+        (HEARTBEAT, Direction.UP, lambda b: b.update(fix_age=12.5)),
+        (RECEIPT, Direction.DOWN, lambda b: b.pop("digest")),
+        (RECEIPT, Direction.DOWN, lambda b: b.update(digest="d1" * 15)),
+        (RECEIPT, Direction.DOWN, lambda b: b.update(digest="D1" * 16)),
+        (RECEIPT, Direction.DOWN, lambda b: b.update(digest=None)),
+    ],
+)
+def test_hostile_version_2_bodies_are_refused(
+    message: Message, direction: Direction, mutate: object
+) -> None:
+    d = json.loads(encode_payload(message))
+    assert decode_payload(json.dumps(d).encode(), direction) == message  # the unspoiled one
+    mutate(d["body"])  # type: ignore[operator]
+    with pytest.raises(MalformedMessage):
+        decode_payload(json.dumps(d).encode(), direction)
+
+
+def test_a_downlink_always_carries_a_nonce() -> None:
+    d = json.loads(encode_payload(RECEIPT))
+    d["nonce"] = None
+    with pytest.raises(MalformedMessage, match="nonce"):
+        decode_payload(json.dumps(d).encode(), Direction.DOWN)
+    with pytest.raises(MalformedMessage, match="nonce"):
+        Message(2, Stored(3, DIGEST), epoch=EPOCH)
 
 
 @pytest.mark.parametrize(
@@ -136,8 +195,8 @@ def test_any_alarm_body_decodes_or_raises_malformed(body: dict[str, object]) -> 
         decode_payload(json.dumps(d).encode(), Direction.UP)
 
 
-# Bytes made by the encoder before the fix type and the kind enum were introduced: the
-# wire format is the spec (docs/protocol.md), not the Python types behind it.
+# Bytes of protocol version 2 written from docs/protocol.md §4 by hand, not by the
+# encoder: the wire format is the spec, not the Python types behind it.
 TAMPER_FIX = Fix(lat=1.0, lon=2.5, fix_time=1764000000.0, quality=2, satellites=4, hdop=0.9)
 GOLDEN = [
     (
@@ -148,23 +207,54 @@ GOLDEN = [
             ClockSource.GPS,
             epoch=EPOCH,
         ),
+        Direction.UP,
         b'{"body":{"battery":9,"fix":{"age":3.5,"fix_time":1764000000.0,"hdop":0.9,"lat":1.0,'
         b'"lon":2.5,"quality":2,"satellites":4},"trigger":"tamper"},"clock":"gps",'
-        b'"kind":"alarm","sent_at":1000000000.0,"seq":5}',
+        b'"epoch":"0011223344556677","kind":"alarm","nonce":null,"sent_at":1000000000.0,'
+        b'"seq":5}',
     ),
     (
-        Message(7, Position(3, AgedFix(Fix(lat=-1.0, lon=-2.5), age=0.0)), epoch=EPOCH),
+        Message(
+            7, Position(3, AgedFix(Fix(lat=-1.0, lon=-2.5), age=0.0)), epoch=EPOCH, nonce=NONCE
+        ),
+        Direction.UP,
         b'{"body":{"alarm_seq":3,"fix":{"age":0.0,"fix_time":null,"hdop":null,"lat":-1.0,'
-        b'"lon":-2.5,"quality":1,"satellites":0}},"clock":"unsynced","kind":"position",'
-        b'"sent_at":null,"seq":7}',
+        b'"lon":-2.5,"quality":1,"satellites":0}},"clock":"unsynced",'
+        b'"epoch":"0011223344556677","kind":"position",'
+        b'"nonce":"0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e","sent_at":null,"seq":7}',
+    ),
+    (
+        Message(
+            8,
+            Heartbeat(40, None, 90, Mode.SILENT, 2, 5),
+            1e9,
+            ClockSource.NTP,
+            epoch=EPOCH,
+            nonce=NONCE,
+        ),
+        Direction.UP,
+        b'{"body":{"battery":40,"fix":null,"mode":"silent","oldest_pending":5,"pending":2,'
+        b'"signal":90},"clock":"ntp","epoch":"0011223344556677","kind":"heartbeat",'
+        b'"nonce":"0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e","sent_at":1000000000.0,"seq":8}',
+    ),
+    (
+        Message(2, Stored(5, DIGEST), 1e9, ClockSource.NTP, epoch=EPOCH, nonce=NONCE),
+        Direction.DOWN,
+        b'{"body":{"digest":"d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1","seq":5},"clock":"ntp",'
+        b'"epoch":"0011223344556677","kind":"stored",'
+        b'"nonce":"0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e","sent_at":1000000000.0,"seq":2}',
     ),
 ]
 
 
-@pytest.mark.parametrize(("message", "payload"), GOLDEN, ids=["alarm", "position"])
-def test_payload_bytes_are_unchanged(message: Message, payload: bytes) -> None:
+@pytest.mark.parametrize(
+    ("message", "direction", "payload"), GOLDEN, ids=["alarm", "position", "heartbeat", "stored"]
+)
+def test_payload_bytes_are_unchanged(
+    message: Message, direction: Direction, payload: bytes
+) -> None:
     assert encode_payload(message) == payload
-    assert decode_payload(payload, Direction.UP) == message
+    assert decode_payload(payload, direction) == message
 
 
 def test_every_body_has_one_kind_and_the_wire_carries_its_string() -> None:
