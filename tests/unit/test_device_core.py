@@ -200,6 +200,7 @@ SCENARIOS = [
             (T(3), [Send(0, Alarm(Trigger.BUTTON, wire_fix(0.0))), Feedback(Pattern.RAISED)]),
             (R(3.1), []),
             (T(32.9), []),
+            (down(4, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED)]),
             (T(33), [Send(1, Position(0, wire_fix(28.0)))]),
             (T(63), [Send(2, Position(0, wire_fix(58.0)))]),
             (down(64, Resolved(0, DIGEST)), []),
@@ -209,7 +210,12 @@ SCENARIOS = [
     ),
     Scenario(
         "no position without a fix",
-        [*HOLD, (T(33), []), (T(63), [])],
+        [
+            *HOLD,
+            (down(4, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED)]),
+            (T(33), []),
+            (T(63), []),
+        ],
         mode=Mode.ACTIVE,
     ),
     Scenario(
@@ -302,6 +308,7 @@ SCENARIOS = [
             (T(109), []),
             (T(111), [Feedback(Pattern.REMINDER)]),
             (T(121), [Send(1, Alarm(Trigger.MISSED_CHECKIN)), Feedback(Pattern.RAISED)]),
+            (down(122, Stored(1, DIGEST)), [Delivered(1), Feedback(Pattern.STORED)]),
             (T(400), []),
         ],
         settings=replace(BASE, checkin_interval=100, checkin_reminder=10),
@@ -316,6 +323,53 @@ SCENARIOS = [
         ],
         settings=replace(BASE, checkin_interval=100, checkin_reminder=10),
         mode=Mode.IDLE,
+    ),
+    Scenario(
+        "an alarm with no stored nudges the wearer every undelivered_after until it is stored",
+        [
+            *HOLD,
+            (T(62.9), []),
+            (T(63), [Feedback(Pattern.UNDELIVERED)]),
+            (T(122.9), []),
+            (T(123), [Feedback(Pattern.UNDELIVERED)]),
+            (down(124, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED)]),
+            (T(183), []),
+            (T(300), []),
+        ],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "a repeated stored vibrates only the first time",
+        [
+            *HOLD,
+            (down(4, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED)]),
+            (down(5, Stored(0, DIGEST)), [Delivered(0)]),
+            (down(40, Stored(0, DIGEST)), [Delivered(0)]),
+            (T(200), []),
+        ],
+        mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "a silent alarm with no stored never nudges",
+        [*taps(1, "...."), (T(3), [Send(0, Alarm(Trigger.DURESS))]), (T(63), []), (T(500), [])],
+        mode=Mode.SILENT,
+    ),
+    Scenario(
+        "a resolved alarm stops nudging even without its stored",
+        [*HOLD, (down(10, Resolved(0, DIGEST)), []), (T(63), []), (T(500), [])],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "heartbeats report the alarm mode",
+        [
+            (T(60), [Send(0, Heartbeat(mode=Mode.IDLE))]),
+            (P(61), []),
+            (T(63), [Send(1, Alarm(Trigger.BUTTON)), Feedback(Pattern.RAISED)]),
+            (down(64, Stored(1, DIGEST)), [Delivered(1), Feedback(Pattern.STORED)]),
+            (T(120), [Send(2, Heartbeat(mode=Mode.ACTIVE))]),
+        ],
+        settings=replace(BASE, heartbeat_interval=60),
+        mode=Mode.ACTIVE,
     ),
     Scenario(
         "config downlinks change nothing yet",
@@ -351,6 +405,45 @@ def test_seqs_start_at_the_persisted_counter_and_never_repeat() -> None:
     seqs = [a.seq for t in range(1, 20) for a in core.handle(T(float(t))) if isinstance(a, Send)]
     assert seqs == list(range(41, 60))
     assert core.next_seq == 60
+
+
+@pytest.mark.parametrize(("draw", "first"), [(0.0, 75.0), (0.5, 100.0), (0.999, 124.95)])
+def test_heartbeats_are_jittered_within_a_quarter_of_the_interval(
+    draw: float, first: float
+) -> None:
+    """No fixed grid for a broker to filter by (docs/protocol.md §8)."""
+    core = AlarmCore(replace(BASE, heartbeat_interval=100), first_seq=0, started_at=0.0,
+                     rand=lambda: draw)  # fmt: skip
+    assert core.next_deadline() == pytest.approx(first)
+    assert core.handle(T(first - 0.01)) == []
+    assert core.handle(T(first)) == [Send(0, Heartbeat())]
+    assert core.next_deadline() == pytest.approx(2 * first)
+
+
+def test_heartbeat_gaps_vary_with_the_draw() -> None:
+    draws = iter([0.0, 1.0, 0.25, 0.75])
+    core = AlarmCore(replace(BASE, heartbeat_interval=100), first_seq=0, started_at=0.0,
+                     rand=lambda: next(draws))  # fmt: skip
+    times = []
+    for _ in range(3):
+        at = core.next_deadline()
+        assert core.handle(T(at)) == [Send(len(times), Heartbeat())]
+        times.append(at)
+    assert times == pytest.approx([75.0, 75.0 + 125.0, 75.0 + 125.0 + 87.5])
+
+
+def test_an_alarm_still_undelivered_at_restart_nudges_again() -> None:
+    """The outbox says which alarms never got their `stored`: the nudges resume."""
+    memory, cfg = Memory(Mode.ACTIVE, (4,)), replace(BASE, position_interval=500)
+    # Seq 9 waits in the outbox but is no alarm of the memory: it never nudges.
+    core = AlarmCore(cfg, first_seq=10, started_at=1000.0, rand=MIDDLE, memory=memory,
+                     undelivered=[4, 9])  # fmt: skip
+    assert core.next_deadline() == pytest.approx(1000.0 + cfg.undelivered_after)
+    assert core.handle(T(1060)) == [Feedback(Pattern.UNDELIVERED)]
+    assert core.handle(down(1061, Stored(4, DIGEST))) == [Delivered(4), Feedback(Pattern.STORED)]
+    assert core.handle(T(1200)) == []
+    delivered = AlarmCore(cfg, first_seq=10, started_at=1000.0, rand=MIDDLE, memory=memory)
+    assert delivered.handle(T(1060)) == []
 
 
 def test_memory_restores_an_active_alarm_after_a_restart() -> None:
@@ -441,10 +534,11 @@ EVENT_MAKERS: list[Callable[[float], Event]] = [
     )
 )
 def test_invariants_hold_for_any_event_sequence(steps: list[tuple[float, int]]) -> None:
-    """Seqs only grow; silent alarms never give feedback; a tamper alarm is never cancelled."""
+    """Seqs only grow; silent alarms never give feedback; a tamper alarm is never cancelled;
+    the wearer feels `stored` at most once for an alarm (here seq 0, the only one receipted)."""
     core = AlarmCore(replace(BASE, heartbeat_interval=7, checkin_interval=20, checkin_reminder=5),
                      first_seq=0, started_at=0.0, rand=MIDDLE)  # fmt: skip
-    now, last_seq, tamper_alarms = 0.0, -1, set()
+    now, last_seq, tamper_alarms, stored_felt = 0.0, -1, set(), 0
     for delta, which in steps:
         now += delta
         silent_before = core.mode is Mode.SILENT
@@ -458,5 +552,8 @@ def test_invariants_hold_for_any_event_sequence(steps: list[tuple[float, int]]) 
                     assert action.body.alarm_seq not in tamper_alarms
             if isinstance(action, Feedback) and silent_before:
                 raise AssertionError(f"feedback {action.pattern} while silent")
+            if action == Feedback(Pattern.STORED):
+                stored_felt += 1
+                assert stored_felt == 1, "stored felt twice"
         deadline = core.next_deadline()
         assert deadline is None or deadline >= now - 5
