@@ -14,26 +14,100 @@ from hypothesis import strategies as st
 
 from vigil.device.outbox import HARD_LIMIT, PRIORITY, Outbox
 from vigil.errors import StorageError
+from vigil.wire.liveness import uplink_digest
 from vigil.wire.messages import Kind
 from vigil.wire.replay import ReplayWindow, Verdict
 
 
 def env(seq: int) -> bytes:
+    """A stand-in for a signed payload: the outbox stores it and hashes it, never reads it."""
     return seq.to_bytes(4, "big") * 16
 
 
-def test_put_then_reopen_keeps_entries_and_counter(tmp_path: Path) -> None:
+def test_put_then_reopen_keeps_entries_counter_and_epoch(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = Outbox.open(path)
-    box.put(0, Kind.HEARTBEAT, env(0))
+    epoch = box.epoch
+    box.put(0, Kind.POSITION, env(0))
     box.put(1, Kind.ALARM, env(1))
     box.close()
     box = Outbox.open(path)
     assert box.next_seq == 2
-    assert [(e.seq, e.kind, e.envelope) for e in box.due(0.0)] == [
+    assert box.epoch == epoch
+    assert [(e.seq, e.kind, e.payload) for e in box.due(0.0)] == [
         (1, Kind.ALARM, env(1)),
-        (0, Kind.HEARTBEAT, env(0)),
+        (0, Kind.POSITION, env(0)),
     ]
+
+
+def test_a_new_outbox_is_a_new_life_with_its_own_epoch(tmp_path: Path) -> None:
+    """Seqs restart with a new database: the epoch keeps the hub from taking it as a replay."""
+    first = Outbox.open(tmp_path / "a.sqlite3")
+    second = Outbox.open(tmp_path / "b.sqlite3")
+    assert first.epoch != second.epoch
+    assert first.next_seq == second.next_seq == 0
+
+
+def test_heartbeats_are_never_queued_but_spend_their_seq(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = Outbox.open(path)
+    with pytest.raises(ValueError, match="heartbeat"):
+        box.put(0, Kind.HEARTBEAT, env(0))
+    assert box.next_seq == 0  # a refused put spends nothing
+    box.reserve(0)
+    box.reserve(5)
+    assert (box.next_seq, len(box), box.pending()) == (6, 0, [])
+    with pytest.raises(StorageError, match="already used"):
+        box.reserve(5)
+    with pytest.raises(StorageError, match="already used"):
+        box.put(3, Kind.ALARM, env(3))
+    box.close()
+    assert Outbox.open(path).next_seq == 6
+
+
+def test_digests_name_what_a_receipt_must_answer(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "o.sqlite3")
+    box.put(0, Kind.ALARM, env(0))
+    box.put(1, Kind.CANCEL, env(1))
+    box.put(2, Kind.ALARM, env(2))
+    assert box.digest(0) == uplink_digest(env(0)) == box.due(0.0)[0].digest
+    assert box.digest(1) == uplink_digest(env(1))
+    assert box.digest(7) is None
+    assert box.waiting() == (3, 0)
+    assert box.pending_alarms() == [0, 2]
+    assert box.ack(0)
+    assert box.digest(0) is None  # no longer waiting for a `stored`
+    assert box.alarm_digest(0) == uplink_digest(env(0))  # still answerable by ack/resolve
+    assert box.alarm_digest(1) is None  # a cancel is no alarm
+    assert box.waiting() == (2, 1)
+    assert box.pending_alarms() == [2]
+    box.forget_alarms(keep={2})
+    assert box.alarm_digest(0) is None
+    assert box.alarm_digest(2) == uplink_digest(env(2))
+    box.ack(1)
+    box.ack(2)
+    assert box.waiting() == (0, None)
+
+
+def test_a_version_1_outbox_starts_a_new_life(tmp_path: Path) -> None:
+    """Its sealed version-1 envelopes are unanswerable now: dropped, with a fresh epoch."""
+    path = tmp_path / "o.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+        "INSERT INTO meta VALUES ('next_seq', 9);"
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, "
+        "priority INTEGER NOT NULL, envelope BLOB NOT NULL);"
+        "INSERT INTO outbox VALUES (8, 'alarm', 3, x'00');"
+    )
+    old.close()
+    box = Outbox.open(path)
+    assert (box.pending(), box.next_seq) == ([], 0)
+    box.put(0, Kind.ALARM, env(0))
+    epoch = box.epoch
+    box.close()
+    again = Outbox.open(path)  # upgraded once, not again
+    assert (again.pending(), again.epoch) == ([0], epoch)
 
 
 def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> None:
@@ -65,7 +139,7 @@ def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> N
 def test_counter_survives_an_empty_outbox(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = Outbox.open(path)
-    box.put(10, Kind.HEARTBEAT, env(10))
+    box.put(10, Kind.CHECKIN, env(10))
     assert box.ack(10)
     assert not box.ack(10)
     box.close()
@@ -81,37 +155,37 @@ def test_durability_pragmas(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_priority_alarms_then_cancels_then_positions_then_heartbeats(tmp_path: Path) -> None:
+def test_priority_alarms_then_cancels_then_positions(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3")
     kinds = [
-        Kind.HEARTBEAT,
+        Kind.POSITION,
         Kind.POSITION,
         Kind.ALARM,
-        Kind.HEARTBEAT,
+        Kind.POSITION,
         Kind.CANCEL,
         Kind.ALARM,
         Kind.CHECKIN,
     ]
     for seq, kind in enumerate(kinds):
         box.put(seq, kind, env(seq))
-    assert box.pending() == [2, 5, 4, 6, 1, 0, 3]
+    assert box.pending() == [2, 5, 4, 6, 0, 1, 3]
 
 
-def test_full_outbox_drops_oldest_heartbeats_never_alarms(tmp_path: Path) -> None:
+def test_full_outbox_drops_oldest_positions_never_alarms(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3", capacity=16)
     for seq in range(8):
-        box.put(seq, Kind.HEARTBEAT, env(seq))
+        box.put(seq, Kind.POSITION, env(seq))
     for seq in range(8, 16):
         box.put(seq, Kind.ALARM, env(seq))
     assert box.put(16, Kind.POSITION, env(16)) == [0]
     assert box.put(17, Kind.ALARM, env(17)) == [1]
     assert len(box) == 16
-    for seq in range(18, 24):  # the six remaining heartbeats make room, oldest first
+    for seq in range(18, 24):  # the remaining positions make room, oldest first
         assert box.put(seq, Kind.ALARM, env(seq)) == [seq - 16]
-    assert box.put(24, Kind.ALARM, env(24)) == [16]  # then the position
+    assert box.put(24, Kind.ALARM, env(24)) == [16]
     assert box.put(25, Kind.ALARM, env(25)) == []  # then alarms go over capacity
-    with pytest.raises(StorageError, match="cannot queue a heartbeat"):
-        box.put(26, Kind.HEARTBEAT, env(26))
+    with pytest.raises(StorageError, match="cannot queue a position"):
+        box.put(26, Kind.POSITION, env(26))
     with pytest.raises(StorageError, match="cannot queue a cancel"):
         box.put(27, Kind.CANCEL, env(27))
     assert all(e.kind is Kind.ALARM for e in box.due(0.0, limit=100))
@@ -127,7 +201,7 @@ def test_alarms_have_a_hard_limit_inside_the_replay_window() -> None:
 def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3", retry_initial=10, retry_max=40, rand=lambda: 1.0)
     box.put(0, Kind.ALARM, env(0))
-    box.put(1, Kind.HEARTBEAT, env(1))
+    box.put(1, Kind.POSITION, env(1))
     box.mark_sent(0, now=100.0)
     assert [e.seq for e in box.due(100.0)] == [1]
     assert box.next_retry() == 110.0
@@ -170,8 +244,8 @@ def test_downlink_window_persists(tmp_path: Path) -> None:
 
 def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3")
-    with pytest.raises(ValueError, match="kind"):
-        box.put(0, "selfie", b"")
+    with pytest.raises(ValueError, match="selfie"):
+        box.put(0, "selfie", b"")  # type: ignore[arg-type]
     bad = tmp_path / "bad.sqlite3"
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StorageError, match="cannot open"):
@@ -186,7 +260,7 @@ def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.sampled_from(list(PRIORITY)), max_size=60))
+@given(st.lists(st.sampled_from([k for k in PRIORITY if k is not Kind.HEARTBEAT]), max_size=60))
 def test_alarms_are_never_dropped(
     tmp_path_factory: pytest.TempPathFactory, kinds: list[Kind]
 ) -> None:
