@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +17,13 @@ from vigil.device.core import ButtonPressed, GpsFix, Mode, Pattern
 from vigil.device.daemon import MEMORY_KEY, Daemon, mqtt_settings
 from vigil.device.drivers.link import read_link_quality
 from vigil.device.outbox import Outbox
-from vigil.errors import StorageError
+from vigil.errors import StorageError, VigilError
 from vigil.wire.envelope import open_uplink, seal_downlink, seal_uplink
 from vigil.wire.fix import Fix
 from vigil.wire.keys import HubKeys
+from vigil.wire.liveness import Epoch, uplink_digest
 from vigil.wire.messages import (
+    Acknowledged,
     Alarm,
     Cancel,
     ClockSource,
@@ -29,6 +32,7 @@ from vigil.wire.messages import (
     Message,
     Stored,
     Trigger,
+    encode_payload,
 )
 from vigil.wire.topics import down_topic, up_topic
 
@@ -80,16 +84,38 @@ def parts(dev: ProvisionedDevice, tmp_path: Path) -> Iterator[tuple[Daemon, Cloc
     outbox.close()
 
 
+def open_up(dev: ProvisionedDevice, envelope: bytes) -> Message:
+    """Open an uplink as the hub does: decrypt, verify the device's signature, decode."""
+    return open_uplink(
+        envelope,
+        device_id=dev.device_id,
+        hub_keys=dev.hub_keys,
+        lookup=lambda _: dev.device_keys.public().signing,
+    )
+
+
 def opened(dev: ProvisionedDevice, daemon: Daemon) -> list[Message]:
-    return [
-        open_uplink(
-            e.envelope,
-            device_id=dev.device_id,
-            hub_keys=dev.hub_keys,
-            lookup=lambda _: dev.device_keys.public().signing,
-        )
-        for e in daemon.outbox.due(1e9, limit=100)
-    ]
+    """What waits in the outbox, as the hub would read it once the daemon seals it."""
+    wire = Wire()
+    daemon.attach(wire)
+    daemon.outbox.retry_all_now()
+    daemon.flush()
+    daemon.attach(Wire(connected=False))
+    return [open_up(dev, envelope) for envelope in wire.sent]
+
+
+def receipt(
+    dev: ProvisionedDevice, body: object, *, seq: int = 0, epoch: Epoch | None = None,
+    nonce: str = NONCE, hub: HubKeys | None = None,
+) -> bytes:  # fmt: skip
+    """A downlink from the hub (or, with `hub`, from an impostor) for this device's life."""
+    daemon_epoch = Outbox.open(dev.state_dir / "outbox.sqlite3").epoch
+    return seal_downlink(
+        Message(seq=seq, body=body, epoch=epoch or daemon_epoch, nonce=nonce),  # type: ignore[arg-type]
+        device_id=dev.device_id,
+        hub_keys=hub or dev.hub_keys,
+        device=dev.device_keys.public(),
+    )
 
 
 def hold(daemon: Daemon, clock: Clock) -> None:
@@ -108,8 +134,8 @@ def test_alarm_is_sealed_and_committed_without_a_broker(
     assert message.body == Alarm(Trigger.BUTTON, None, 42)
     assert (message.sent_at, message.clock) == (None, ClockSource.UNSYNCED)
     assert player.played == [Pattern.RAISED]
-    raw = (dev.state_dir / "outbox.sqlite3").read_bytes()
-    assert b"button" not in raw  # only ciphertext touches the disk
+    assert message.epoch == daemon.outbox.epoch
+    assert message.nonce is None  # no downlink seen yet: nothing to echo
 
 
 def test_gps_time_then_ntp_time(
@@ -125,14 +151,20 @@ def test_gps_time_then_ntp_time(
     assert isinstance(message.body, Alarm)
     assert message.body.fix is not None
     (tmp_path / "synchronized").touch()
-    clock.now += 60
+    wire = Wire()
+    daemon.attach(wire)
+    clock.now += daemon.cfg.alarm.heartbeat_interval * 1.25  # the jittered heartbeat falls due
     daemon.step()
-    beat = [m for m in opened(dev, daemon) if isinstance(m.body, Heartbeat)]
+    beat = [m for m in map(lambda e: open_up(dev, e), wire.sent) if isinstance(m.body, Heartbeat)]
     assert [(m.sent_at, m.clock) for m in beat] == [(1_800_000_000.0, ClockSource.NTP)]
     body = beat[0].body
-    assert (body.battery, body.signal, body.mode) == (42, 50, Mode.IDLE)
+    assert (body.battery, body.signal, body.mode) == (42, 50, Mode.ACTIVE)
     assert body.fix is not None
-    assert body.fix.age == 66.0
+    assert body.fix.age == pytest.approx(clock.now - 100.0)
+    # What waits for a `stored`: the alarm and the position that fell due with the heartbeat.
+    assert (body.pending, body.oldest_pending) == (len(daemon.outbox.pending()), message.seq)
+    assert body.pending == 2
+    assert beat[0].seq not in daemon.outbox.pending()  # heartbeats are never queued
 
 
 def test_downlinks_on_other_topics_or_forged_change_nothing(
@@ -141,18 +173,10 @@ def test_downlinks_on_other_topics_or_forged_change_nothing(
     daemon, clock, player = parts
     hold(daemon, clock)
     seq = daemon.outbox.pending()[0]
-    good = seal_downlink(
-        Message(seq=0, body=Stored(seq, DIGEST), epoch=EPOCH, nonce=NONCE),
-        device_id=dev.device_id,
-        hub_keys=dev.hub_keys,
-        device=dev.device_keys.public(),
-    )
-    forged = seal_downlink(
-        Message(seq=1, body=Stored(seq, DIGEST), epoch=EPOCH, nonce=NONCE),
-        device_id=dev.device_id,
-        hub_keys=HubKeys.generate(),
-        device=dev.device_keys.public(),
-    )
+    digest = daemon.outbox.digest(seq)
+    assert digest is not None
+    good = receipt(dev, Stored(seq, digest))
+    forged = receipt(dev, Stored(seq, digest), seq=1, hub=HubKeys.generate())
     for topic, payload in ((up_topic(dev.device_id), good), (down_topic(dev.device_id), forged)):
         daemon.on_message(topic, payload)
         daemon.step()
@@ -161,6 +185,78 @@ def test_downlinks_on_other_topics_or_forged_change_nothing(
     daemon.step()
     assert daemon.outbox.pending() == []
     assert player.played == [Pattern.RAISED, Pattern.STORED]
+
+
+def test_receipts_for_another_life_or_another_message_are_dropped(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
+) -> None:
+    """A broker replaying an old life's receipts, or one for other content, changes nothing."""
+    daemon, clock, player = parts
+    hold(daemon, clock)
+    (seq,) = daemon.outbox.pending()
+    digest = daemon.outbox.digest(seq)
+    assert digest is not None
+    stale = [
+        receipt(dev, Stored(seq, digest), seq=1, epoch=EPOCH, nonce="01" * 16),  # old life
+        receipt(dev, Stored(seq, DIGEST), seq=2, nonce="02" * 16),  # another message
+        receipt(dev, Acknowledged(seq, DIGEST), seq=3, nonce="03" * 16),
+        receipt(dev, Acknowledged(seq, digest), seq=4, epoch=EPOCH, nonce="04" * 16),
+    ]
+    for payload in stale:
+        daemon.on_message(down_topic(dev.device_id), payload)
+        daemon.step()
+    assert daemon.outbox.pending() == [seq]
+    assert player.played == [Pattern.RAISED]
+    assert [m.nonce for m in opened(dev, daemon)] == [None]  # no dropped nonce is echoed
+    daemon.on_message(down_topic(dev.device_id), receipt(dev, Stored(seq, digest), seq=5))
+    daemon.step()
+    daemon.on_message(down_topic(dev.device_id), receipt(dev, Acknowledged(seq, digest), seq=6))
+    daemon.step()
+    assert daemon.outbox.pending() == []
+    assert player.played == [Pattern.RAISED, Pattern.STORED, Pattern.ACKNOWLEDGED]
+
+
+def test_the_newest_accepted_nonce_is_echoed(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
+) -> None:
+    daemon, clock, _ = parts
+    hold(daemon, clock)
+    (alarm,) = daemon.outbox.pending()
+    digest = daemon.outbox.digest(alarm)
+    assert digest is not None
+    first, second = "0a" * 16, "0b" * 16
+    daemon.on_message(down_topic(dev.device_id), receipt(dev, Acknowledged(alarm, digest),
+                                                         seq=1, nonce=first))  # fmt: skip
+    daemon.step()
+    # A resend is the payload signed before the nonce came: a new envelope, the same word.
+    assert [m.nonce for m in opened(dev, daemon)] == [None]
+    daemon.on_message(down_topic(dev.device_id), receipt(dev, Stored(alarm, digest), seq=2,
+                                                         nonce=second))  # fmt: skip
+    daemon.step()
+    wire = Wire()
+    daemon.attach(wire)
+    clock.now += daemon.cfg.alarm.heartbeat_interval * 1.25  # a heartbeat falls due
+    daemon.step()
+    fresh = [open_up(dev, e) for e in wire.sent]
+    assert any(isinstance(m.body, Heartbeat) for m in fresh)
+    assert {m.nonce for m in fresh if m.seq > alarm} == {second}
+
+
+def test_every_send_is_a_new_envelope_of_one_payload(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
+) -> None:
+    """The broker never sees the same bytes twice; the hub sees one digest (docs §7)."""
+    daemon, clock, _ = parts
+    hold(daemon, clock)
+    wire = Wire()
+    daemon.attach(wire)
+    for _ in range(3):
+        daemon.outbox.retry_all_now()
+        daemon.flush()
+    assert len(wire.sent) == len(set(wire.sent)) == 3
+    payloads = {encode_payload(open_up(dev, e)) for e in wire.sent}
+    assert len(payloads) == 1
+    assert uplink_digest(payloads.pop()) == daemon.outbox.digest(daemon.outbox.pending()[0])
 
 
 def test_mqtt_settings_from_config(dev: ProvisionedDevice) -> None:
@@ -217,9 +313,8 @@ def test_unreadable_saved_state_starts_idle(dev: ProvisionedDevice) -> None:
 class Wire:
     """The Transport seam, recording what the daemon hands to the broker."""
 
-    connected = True
-
-    def __init__(self) -> None:
+    def __init__(self, *, connected: bool = True) -> None:
+        self.connected = connected
         self.sent: list[bytes] = []
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
@@ -233,41 +328,49 @@ def test_disk_full_keeps_the_alarm_in_memory_and_sends_it(dev: ProvisionedDevice
     (pages,) = outbox._conn.execute("PRAGMA page_count").fetchone()
     outbox._conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLite's "disk full"
 
-    def fill() -> None:
-        for seq in range(200):
-            outbox.put(seq, Kind.HEARTBEAT, bytes(600))
+    seqs = iter(range(10_000))
+    for size in (600, 60, 6):  # smaller and smaller, until not even a short payload fits
 
-    with pytest.raises(StorageError, match="full"):
-        fill()
+        def fill(size: int = size) -> None:
+            for seq in seqs:
+                outbox.put(seq, Kind.POSITION, bytes(size))
+
+        with pytest.raises(StorageError, match="full"):
+            fill()
     clock, wire = Clock(), Wire()
     daemon = Daemon(cfg, keys=dev.device_keys, outbox=outbox, feedback=Recorder(), clock=clock)
     daemon.attach(wire)
     first = daemon.core.next_seq
     hold(daemon, clock)
     assert first not in outbox.pending()
-    alarm = [p for p in wire.sent if p not in {e.envelope for e in outbox.due(1e9, limit=999)}]
-    assert len(alarm) == 1
-    message = open_uplink(
-        alarm[0],
-        device_id=dev.device_id,
-        hub_keys=dev.hub_keys,
-        lookup=lambda _: dev.device_keys.public().signing,
-    )
-    assert (message.seq, message.kind) == (first, "alarm")
+
+    def alarms_sent() -> list[Message]:
+        """The alarm's copies on the wire (the filler entries are no messages at all)."""
+        found = []
+        for envelope in wire.sent:
+            with contextlib.suppress(VigilError):
+                message = open_up(dev, envelope)
+                if message.seq == first:
+                    found.append(message)
+        return found
+
+    (message,) = alarms_sent()
+    assert message.kind == "alarm"
     clock.now += 100
     daemon.step()
-    assert wire.sent.count(alarm[0]) == 2  # resent from memory until stored
-    stored = seal_downlink(
-        Message(seq=0, body=Stored(first, DIGEST), epoch=EPOCH, nonce=NONCE),
-        device_id=dev.device_id,
-        hub_keys=dev.hub_keys,
-        device=dev.device_keys.public(),
-    )
-    daemon.on_message(down_topic(dev.device_id), stored)
+    assert len(alarms_sent()) == 2  # resent from memory until stored
+    assert len({encode_payload(m) for m in alarms_sent()}) == 1  # the same signed payload
+    digest = uplink_digest(encode_payload(message))
+    daemon.on_message(down_topic(dev.device_id), receipt(dev, Stored(first, DIGEST), seq=0))
+    daemon.step()  # another message's receipt: still unsaved, still sent
+    clock.now += 100
+    daemon.step()
+    assert len(alarms_sent()) == 3
+    daemon.on_message(down_topic(dev.device_id), receipt(dev, Stored(first, digest), seq=1))
     daemon.step()
     clock.now += 100
     daemon.step()
-    assert wire.sent.count(alarm[0]) == 2
+    assert len(alarms_sent()) == 3
     outbox.close()
     assert Outbox.open(path).next_seq > first  # the seq sent from memory is never reused
 
