@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from vigil.errors import BadTransition
 from vigil.hub import alerts, audit, escalation, watchdog
 from vigil.hub.channels import compose
@@ -47,7 +47,7 @@ def device() -> DeviceRecord:
 
 def alarm(trigger: Trigger = Trigger.BUTTON, fix: AgedFix | None = FIX) -> Alert:
     a = alerts.from_alarm(
-        parties().device_id, 7, Alarm(trigger, fix=fix, battery=80), received_at=NOW
+        parties().device_id, EPOCH.hex, 7, Alarm(trigger, fix=fix, battery=80), received_at=NOW
     )
     return replace(a, id=1)
 
@@ -57,8 +57,8 @@ def alarm(trigger: Trigger = Trigger.BUTTON, fix: AgedFix | None = FIX) -> Alert
 
 def test_alarm_opens_with_position_on_hub_clock() -> None:
     a = alarm()
-    assert (a.state, a.kind, a.alarm_seq, a.trigger, a.battery) == (
-        AlertState.OPEN, AlertKind.ALARM, 7, "button", 80)  # fmt: skip
+    assert (a.state, a.kind, a.alarm_epoch, a.alarm_seq, a.trigger, a.battery) == (
+        AlertState.OPEN, AlertKind.ALARM, EPOCH.hex, 7, "button", 80)  # fmt: skip
     assert a.last_fix == LastFix(17.0654, -96.7237, taken_at=NOW - 30, received_at=NOW)
 
 
@@ -133,7 +133,7 @@ def test_next_due_never_waits_for_a_tier_that_cannot_fire() -> None:
 
 def test_a_joined_alarm_is_counted_keeps_the_newest_fix_and_duress_and_floods_once() -> None:
     first = alarm()
-    later = alerts.from_alarm(parties().device_id, 9, Alarm(Trigger.DURESS, fix=replace(
+    later = alerts.from_alarm(parties().device_id, EPOCH.hex, 9, Alarm(Trigger.DURESS, fix=replace(
         FIX, age=1.0), battery=40), received_at=NOW + 60)  # fmt: skip
     joined = alerts.join(first, later, now=NOW + 60)
     assert (joined.joined, joined.duress, joined.battery) == (1, True, 40)
@@ -206,7 +206,7 @@ def test_watchdog_flags_silence_and_will_once() -> None:
     kw = {"silent_after": 300.0, "last_silent_alert": {}}
     assert watchdog.silent_devices([seen], now=NOW + 300, **kw) == []  # type: ignore[arg-type]
     ((_, why),) = watchdog.silent_devices([seen], now=NOW + 301, **kw)  # type: ignore[arg-type]
-    assert "no message for 301 s" in why
+    assert "no proof of life for 301 s" in why
     flagged = {seen.device_id: NOW + 301}
     assert (
         watchdog.silent_devices([seen], now=NOW + 900, silent_after=300, last_silent_alert=flagged)
@@ -215,9 +215,14 @@ def test_watchdog_flags_silence_and_will_once() -> None:
     will = replace(seen, offline_at=NOW + 10)
     ((_, why),) = watchdog.silent_devices([will], now=NOW + 11, **kw)  # type: ignore[arg-type]
     assert "Will" in why
-    never = replace(device(), last_seen=None)
     revoked = replace(seen, revoked_at=NOW)
-    assert watchdog.silent_devices([never, revoked], now=NOW + 9999, **kw) == []  # type: ignore[arg-type]
+    assert watchdog.silent_devices([revoked], now=NOW + 9999, **kw) == []  # type: ignore[arg-type]
+    # Version 2: a device never heard from is watched from its enrolment (a broker that
+    # swallows everything from day one must not make it invisible).
+    never = replace(device(), last_seen=None, enrolled_at=NOW)
+    assert watchdog.silent_devices([never], now=NOW + 300, **kw) == []  # type: ignore[arg-type]
+    ((_, why),) = watchdog.silent_devices([never], now=NOW + 301, **kw)  # type: ignore[arg-type]
+    assert "never heard from since it was enrolled 301 s ago" in why
 
 
 def test_heartbeats_name_the_worker_past_its_bound() -> None:
@@ -235,6 +240,52 @@ def test_heartbeats_name_the_worker_past_its_bound() -> None:
         beats.beat("delivery")
     with pytest.raises(ValueError, match="> 0"):
         WorkerBounds(timer=0)
+
+
+def test_watchdog_measures_silence_from_proof_of_life_not_arrival() -> None:
+    """A stashed heartbeat arriving now (last_seen) proves only when it was made (alive_at)."""
+    kw = {"silent_after": 300.0, "last_silent_alert": {}}
+    stale = replace(device(), last_seen=NOW + 290, alive_at=NOW)
+    ((_, why),) = watchdog.silent_devices([stale], now=NOW + 301, **kw)  # type: ignore[arg-type]
+    assert "no proof of life for 301 s" in why
+    fresh = replace(stale, alive_at=NOW + 290)
+    assert watchdog.silent_devices([fresh], now=NOW + 301, **kw) == []  # type: ignore[arg-type]
+    flagged = {stale.device_id: NOW + 301}  # flagged again only once proven alive since
+    assert watchdog.silent_devices([stale], now=NOW + 900, silent_after=300,
+                                   last_silent_alert=flagged) == []  # fmt: skip
+    spoke = replace(stale, alive_at=NOW + 400)
+    found = watchdog.silent_devices([spoke], now=NOW + 900, silent_after=300,
+                                    last_silent_alert=flagged)  # fmt: skip
+    assert len(found) == 1
+
+
+def test_watchdog_has_a_shorter_deadline_inside_a_risk_window() -> None:
+    kw = {"silent_after": 600.0, "last_silent_alert": {}, "risk_silent_after": 180.0}
+    at_risk = replace(device(), alive_at=NOW, last_seen=NOW, risk_until=NOW + 3600)
+    assert watchdog.silent_devices([at_risk], now=NOW + 180, **kw) == []  # type: ignore[arg-type]
+    ((_, why),) = watchdog.silent_devices([at_risk], now=NOW + 181, **kw)  # type: ignore[arg-type]
+    assert "deadline 180 s" in why
+    over = replace(at_risk, risk_until=NOW + 100)  # the trip ended: the usual deadline
+    assert watchdog.silent_devices([over], now=NOW + 599, **kw) == []  # type: ignore[arg-type]
+    assert len(watchdog.silent_devices([over], now=NOW + 601, **kw)) == 1  # type: ignore[arg-type]
+
+
+def test_silence_inside_a_risk_window_is_alarm_grade() -> None:
+    at_risk = replace(device(), risk_until=NOW + 60)
+    dark = replace(alerts.device_silent(at_risk, now=NOW, reason="no proof"), id=3)
+    assert (dark.kind, dark.trigger) == (AlertKind.DARK, "went-dark")
+    assert names(escalation.due_tiers(dark, TIERS, set(), now=NOW + 999)) == names(list(TIERS))
+    later = alerts.device_silent(at_risk, now=NOW + 61, reason="no proof")
+    assert later.kind is AlertKind.SILENT
+
+
+@pytest.mark.parametrize("kind", [AlertKind.WITHHELD, AlertKind.CONFLICT])
+def test_suspicions_escalate_like_alarms(kind: AlertKind) -> None:
+    raised = replace(alerts.suspicion(device(), kind, trigger=kind.value, now=NOW, reason="r"),
+                     id=4)  # fmt: skip
+    assert kind.alarm_grade
+    assert raised.alarm_seq is None
+    assert names(escalation.due_tiers(raised, TIERS, set(), now=NOW + 999)) == names(list(TIERS))
 
 
 # -- audit chain -----------------------------------------------------------------------------
@@ -279,6 +330,26 @@ def test_notice_has_what_a_responder_needs() -> None:
                 "https://map/?17.065400,-96.723700", "Battery: 80%", "ack 1"]  # fmt: skip
     for text in expected:
         assert text in notice.body
+
+
+@pytest.mark.parametrize(
+    ("kind", "trigger", "head", "says"),
+    [
+        (AlertKind.DARK, "went-dark", "WENT DARK", "risk window"),
+        (AlertKind.WITHHELD, "withheld", "WITHHELD", "being withheld"),
+        (AlertKind.CONFLICT, "conflict", "CLONED KEY?", "cloned"),
+        (AlertKind.SILENT, "device-silent", "SILENT", "went silent"),
+    ],
+)
+def test_notices_of_the_hubs_own_alerts_say_what_happened(
+    kind: AlertKind, trigger: str, head: str, says: str
+) -> None:
+    raised = replace(alerts.suspicion(device(), kind, trigger=trigger, now=NOW, reason="r"), id=5)
+    notice = compose(raised, device(), now=NOW, map_url="{lat}{lon}")
+    assert notice.title.startswith(f"[Vigil] {head} Ana (Oaxaca)")
+    assert f"{head}: Ana (Oaxaca)\n" in notice.body + "\n"
+    assert "needs help" not in notice.body
+    assert says in notice.body
 
 
 def test_notice_without_fix_and_under_duress() -> None:
