@@ -18,12 +18,14 @@ import psycopg
 import pytest
 
 from tests.support.hubstore import store_url
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from vigil.errors import StorageError
 from vigil.hub import cli, operator
 from vigil.hub.config import Channel, Recipient
 from vigil.hub.store import Alert, AlertKind, AlertState, Store, open_store
-from vigil.wire import DeviceId
+from vigil.wire import Alarm, DeviceId, Message, Trigger
+from vigil.wire.liveness import uplink_digest
+from vigil.wire.messages import encode_payload
 
 pytestmark = pytest.mark.integration
 PUBLIC = {"public": Channel("public", (Recipient("Press", "json://127.0.0.1:9/p"),), public=True)}
@@ -82,10 +84,16 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
             store.close()
 
 
+ALARM = Message(7, Alarm(Trigger.BUTTON), epoch=EPOCH)
+
+
 def _alarm(store: Store, *, state: AlertState = AlertState.OPEN, verified: bool = False) -> Alert:
+    """An alarm alert whose uplink is stored: what the wearer is told names its digest."""
     draft = Alert(0, parties().device_id, AlertKind.ALARM, state, 10.0, 10.0, alarm_seq=7,
-                  trigger="button", verified_at=20.0 if verified else None)  # fmt: skip
+                  alarm_epoch=EPOCH.hex, trigger="button",
+                  verified_at=20.0 if verified else None)  # fmt: skip
     with store.transaction() as tx:
+        tx.uplinks.accept(parties().device_id, ALARM, received_at=10.0)
         alert = tx.alerts.open(draft)
         tx.alerts.save(draft.__class__(**{**_fields(draft), "id": alert.id}))
         return tx.alerts.get(alert.id)
@@ -135,11 +143,12 @@ def test_an_operator_action_is_all_or_nothing(db: Db, case: Case, refused: str) 
     with db.store.read() as tx:
         assert tx.alerts.get(alert.id) == updated
         (entry,) = tx.audit.entries()
-        told_wearer = [(d.kind, d.arg) for d in tx.downlinks.pending()]
+        told_wearer = [(d.kind, d.arg, d.epoch, d.digest) for d in tx.downlinks.pending()]
         planned = tx.deliveries.for_alert(alert.id)
     assert entry.actor == "rosa"
     assert entry.subject == f"alert {alert.id}"
-    assert told_wearer == ([] if told is None else [(told, 7)])
+    digest = uplink_digest(encode_payload(ALARM))
+    assert told_wearer == ([] if told is None else [(told, 7, EPOCH.hex, digest)])
     assert len(planned) == (1 if action == "broadcast" else 0)
 
 
