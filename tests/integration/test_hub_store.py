@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.support.hubstore import postgres_url, store_url
-from tests.support.parties import EPOCH, parties
+from tests.support.parties import EPOCH, OTHER_EPOCH, parties
 from tests.support.postgres import PostgresServer
 from vigil.errors import (
     AlreadyEnrolled,
@@ -20,8 +22,21 @@ from vigil.errors import (
     StoreMissing,
     UnknownDevice,
 )
-from vigil.hub.store import Alert, AlertKind, AlertState, LastFix, Store, open_store, schema
-from vigil.wire import Alarm, DeviceId, DeviceKeys, Heartbeat, Message, Trigger
+from vigil.hub.store import (
+    Acceptance,
+    Accepted,
+    Alert,
+    AlertKind,
+    AlertState,
+    LastFix,
+    Store,
+    open_store,
+    schema,
+    traffic,
+)
+from vigil.wire import Alarm, Checkin, DeviceId, DeviceKeys, Heartbeat, Message, Trigger
+from vigil.wire.liveness import Epoch, uplink_digest
+from vigil.wire.messages import encode_payload
 
 pytestmark = pytest.mark.integration
 
@@ -88,24 +103,82 @@ def test_revoke_then_reenrol_with_new_keys(store: Store, enrolled: DeviceId) -> 
 def test_uplinks_dedup_and_window(store: Store, enrolled: DeviceId) -> None:
     hb = Message(seq=5000, body=Heartbeat(battery=80), epoch=EPOCH)
     older = Message(seq=4999, body=Alarm(Trigger.BUTTON), epoch=EPOCH)
+    digest = uplink_digest(encode_payload(hb))
     with store.transaction() as tx:  # many uses of one repository in one transaction
-        assert tx.uplinks.accept(enrolled, hb, received_at=1.0) is True
-        assert tx.uplinks.accept(enrolled, hb, received_at=2.0) is False
-        assert tx.uplinks.accept(enrolled, older, received_at=3.0) is True
+        first = tx.uplinks.accept(enrolled, hb, received_at=1.0)
+        assert first == Accepted(Acceptance.NEW, digest, None, new_epoch=True)
+        assert tx.uplinks.accept(enrolled, hb, received_at=2.0) == Accepted(
+            Acceptance.DUPLICATE, digest
+        )
+        assert tx.uplinks.accept(enrolled, older, received_at=3.0).status is Acceptance.NEW
     with pytest.raises(ReplayedMessage), store.transaction() as tx:
         tx.uplinks.accept(enrolled, Message(seq=1, body=Heartbeat(), epoch=EPOCH), received_at=4.0)
     with store.transaction() as tx:
         assert tx.uplinks.count() == 2
         assert [u.seq for u in tx.uplinks.unprocessed()] == [5000, 4999]
-        tx.uplinks.mark_processed(enrolled, 5000)
+        tx.uplinks.mark_processed(enrolled, EPOCH.hex, 5000)
         assert [u.seq for u in tx.uplinks.unprocessed()] == [4999]
-        stored = tx.uplinks.get(enrolled, 4999)
+        stored = tx.uplinks.get(enrolled, EPOCH.hex, 4999)
+        assert tx.uplinks.get(enrolled, OTHER_EPOCH.hex, 4999) is None
+        assert tx.uplinks.has(enrolled, EPOCH.hex, 4999)
+        assert not tx.uplinks.has(enrolled, EPOCH.hex, 4998)
         assert [u.seq for u in tx.uplinks.recent(after=2.5)] == [4999]
         record = tx.devices.get(enrolled)
     assert stored is not None
-    assert stored.kind == "alarm"
+    assert (stored.kind, stored.epoch) == ("alarm", EPOCH.hex)
+    assert stored.digest == uplink_digest(encode_payload(older))
     assert record is not None
-    assert record.last_seen == 3.0
+    assert (record.last_seen, record.epoch, record.alive_at) == (3.0, EPOCH.hex, 1.0)
+
+
+def test_a_seq_signed_twice_is_a_conflict_not_a_duplicate(
+    store: Store, enrolled: DeviceId
+) -> None:
+    alarm = Message(seq=3, body=Alarm(Trigger.BUTTON), epoch=EPOCH)
+    clone = Message(seq=3, body=Alarm(Trigger.TAMPER), epoch=EPOCH)
+    with store.transaction() as tx:
+        tx.uplinks.accept(enrolled, alarm, received_at=1.0)
+        conflict = tx.uplinks.accept(enrolled, clone, received_at=2.0)
+        kept = tx.uplinks.get(enrolled, EPOCH.hex, 3)
+    assert conflict == Accepted(Acceptance.CONFLICT, uplink_digest(encode_payload(clone)))
+    assert kept is not None
+    assert kept.digest == uplink_digest(encode_payload(alarm))  # the first one stays
+
+
+def test_a_new_epoch_is_a_new_life_with_its_own_window(store: Store, enrolled: DeviceId) -> None:
+    """Seqs restarting under a new epoch are new, not replays (docs/protocol.md §7)."""
+    with store.transaction() as tx:
+        tx.uplinks.accept(
+            enrolled, Message(seq=5000, body=Checkin(), epoch=EPOCH), received_at=1.0
+        )
+        again = tx.uplinks.accept(enrolled, Message(seq=0, body=Checkin(), epoch=OTHER_EPOCH),
+                                  received_at=2.0)  # fmt: skip
+        back = tx.uplinks.accept(enrolled, Message(seq=4999, body=Checkin(), epoch=EPOCH),
+                                 received_at=3.0)  # fmt: skip
+        record = tx.devices.get(enrolled)
+    assert (again.status, again.previous_epoch, again.new_epoch) == (
+        Acceptance.NEW, EPOCH.hex, True)  # fmt: skip
+    assert (back.status, back.new_epoch) == (Acceptance.NEW, False)  # the old life's window
+    assert record is not None
+    assert (record.epoch, record.alive_at) == (OTHER_EPOCH.hex, 2.0)
+
+
+def test_duplicate_receipts_are_rate_limited(store: Store, enrolled: DeviceId) -> None:
+    every = traffic.RECEIPT_EVERY
+    with store.transaction() as tx:
+        for seq in range(30):
+            message = Message(seq=seq, body=Checkin(), epoch=EPOCH)
+            tx.uplinks.accept(enrolled, message, received_at=100.0)
+        may = functools.partial(tx.uplinks.may_receipt, enrolled, EPOCH.hex)
+        assert may(0, now=100.0 + every - 0.1) is False  # the first receipt went just now
+        assert may(0, now=100.0 + every) is True
+        assert may(0, now=100.0 + 2 * every - 0.1) is False
+        assert may(99, now=200.0) is False  # never stored: nothing to answer
+        answered = [may(seq, now=100.0 + every) for seq in range(1, 30)]
+    cap = traffic.DUPLICATE_RECEIPTS_PER_MINUTE
+    assert answered == [True] * (cap - 1) + [False] * (30 - cap)  # seq 0 used one already
+    with store.transaction() as tx:
+        assert tx.uplinks.may_receipt(enrolled, EPOCH.hex, 29, now=100.0 + every + 60.0)
 
 
 def test_device_state_keeps_the_newest_fix(store: Store, enrolled: DeviceId) -> None:
@@ -138,24 +211,29 @@ def test_downlink_seq_is_per_device_and_persisted(store: Store, enrolled: Device
 def test_alerts_positions_and_idempotent_open(store: Store, enrolled: DeviceId) -> None:
     fix = LastFix(17.06, -96.72, taken_at=90.0, received_at=100.0)
     draft = Alert(0, enrolled, AlertKind.ALARM, AlertState.OPEN, 100.0, 100.0, alarm_seq=7,
-                  trigger="button", battery=55, last_fix=fix)  # fmt: skip
+                  alarm_epoch=EPOCH.hex, trigger="button", battery=55, last_fix=fix)  # fmt: skip
     with store.transaction() as tx:
         alert = tx.alerts.open(draft)
         assert tx.alerts.open(draft).id == alert.id
         tx.alerts.save(
             Alert(**{**_fields(alert), "state": AlertState.ACKNOWLEDGED, "acknowledged_by": "op"})
         )
-        tx.alerts.add_position(alert.id, enrolled, 8, fix)
-        tx.alerts.add_position(alert.id, enrolled, 8, fix)
+        tx.alerts.add_position(alert.id, enrolled, EPOCH.hex, 8, fix)
+        tx.alerts.add_position(alert.id, enrolled, EPOCH.hex, 8, fix)
+        # The same alarm seq in a new life of the device is another alarm.
+        reborn = tx.alerts.open(replace(draft, alarm_epoch=OTHER_EPOCH.hex))
+        tx.alerts.add_position(reborn.id, enrolled, OTHER_EPOCH.hex, 8, fix)
     assert alert.last_fix == fix
     with store.read() as tx:
         again = tx.alerts.get(alert.id)
-        assert tx.alerts.find(enrolled, 7) == again
-        assert tx.alerts.find(enrolled, 8) is None
+        assert tx.alerts.find(enrolled, EPOCH.hex, 7) == again
+        assert tx.alerts.find(enrolled, EPOCH.hex, 8) is None
+        assert tx.alerts.find(enrolled, OTHER_EPOCH.hex, 7) == tx.alerts.get(reborn.id)
         assert tx.alerts.positions(alert.id) == [fix]
-        assert [a.id for a in tx.alerts.all(active_only=True)] == [alert.id]
+        assert tx.alerts.positions(reborn.id) == [fix]
+        assert [a.id for a in tx.alerts.all(active_only=True)] == [alert.id, reborn.id]
         with pytest.raises(NoSuchAlert):
-            tx.alerts.get(alert.id + 1)
+            tx.alerts.get(reborn.id + 1)
     assert again.state is AlertState.ACKNOWLEDGED
     assert again.acknowledged_by == "op"
 
@@ -312,16 +390,36 @@ def test_migrates_a_version_1_store_keeping_its_data(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         conn.execute("INSERT INTO schema_version VALUES (1)")
         keys = parties().device.public().to_text()
+        device = parties().device_id.hex
         conn.execute(
             "INSERT INTO devices (device_id, label, signing_key, kem_key, enrolled_at, "
-            "window_mask) VALUES (?, 'Old', ?, ?, 0, ?)",
-            (parties().device_id.hex, keys["signing"], keys["kem"], bytes(512)),
+            "window_highest, window_mask) VALUES (?, 'Old', ?, ?, 0, 5000, ?)",
+            (device, keys["signing"], keys["kem"], bytes(511) + b"\x01"),
         )
+        conn.execute("INSERT INTO uplinks VALUES (?, 3, 'alarm', x'7b7d', 5.0, 1)", (device,))
+        conn.execute(
+            "INSERT INTO alerts (device_id, kind, state, opened_at, updated_at, alarm_seq, "
+            "trigger) VALUES (?, 'alarm', 'open', 5.0, 5.0, 3, 'button')",
+            (device,),
+        )
+        conn.execute("INSERT INTO positions VALUES (?, 4, 1, 1.0, 2.0, 6.0, 6.0)", (device,))
     conn.close()
     store = open_store(f"sqlite:///{db}")  # an existing store is migrated without --create
     try:
-        assert store.schema_version() == schema.LATEST == 4
+        assert store.schema_version() == schema.LATEST == 5
+        legacy, device_id = schema.LEGACY_EPOCH, parties().device_id
+        with store.transaction() as tx:  # version-1 rows live on under the legacy epoch
+            old = tx.uplinks.get(device_id, legacy, 3)
+            alert = tx.alerts.find(device_id, legacy, 3)
+            assert alert is not None
+            assert tx.alerts.positions(alert.id) == [LastFix(1.0, 2.0, 6.0, 6.0)]
+            with pytest.raises(ReplayedMessage):  # its replay window came along
+                tx.uplinks.accept(device_id, Message(5, Checkin(), epoch=Epoch.parse(legacy)),
+                                  received_at=7.0)  # fmt: skip
         with store.transaction() as tx:
+            fresh = tx.uplinks.accept(
+                device_id, Message(3, Checkin(), epoch=EPOCH), received_at=8.0
+            )
             record = tx.devices.get(parties().device_id)
             seq = tx.downlinks.queue(parties().device_id, "stored", 1, now=1.0)
             (pending,) = tx.downlinks.pending(now=1.0)
@@ -330,6 +428,9 @@ def test_migrates_a_version_1_store_keeping_its_data(tmp_path: Path) -> None:
             tx.downlinks.release(pending.id)
             assert [d.seq for d in tx.downlinks.pending(now=2.0)] == [seq]
         assert record is not None
-        assert record.label == "Old"
+        assert (record.label, record.epoch) == ("Old", EPOCH.hex)
+        assert old is not None
+        assert (old.kind, old.processed, old.digest) == ("alarm", True, None)
+        assert fresh.status is Acceptance.NEW
     finally:
         store.close()

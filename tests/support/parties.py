@@ -42,5 +42,6 @@ def parties() -> Parties:
 # Protocol version 2 values for messages built by hand in tests: the device's life,
 # a receipt's digest and a hub nonce (the device cannot check a nonce's MAC, only its form).
 EPOCH = Epoch(bytes.fromhex("0011223344556677"))
+OTHER_EPOCH = Epoch(bytes.fromhex("8899aabbccddeeff"))  # another life of the same device
 DIGEST = "d1" * 16
 NONCE = "0e" * 16
