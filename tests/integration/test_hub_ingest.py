@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, write_config
 from tests.support.hubstore import store_url
-from tests.support.parties import EPOCH, parties
+from tests.support.parties import EPOCH, OTHER_EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
 from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import load_config
 from vigil.hub.daemon import HubService
-from vigil.hub.store import open_store
+from vigil.hub.store import AlertKind, open_store
+from vigil.hub.store.traffic import RECEIPT_EVERY
 from vigil.wire import (
     AgedFix,
     Alarm,
@@ -34,6 +35,8 @@ from vigil.wire import (
     Trigger,
     seal_uplink,
 )
+from vigil.wire.liveness import NonceMinter, uplink_digest
+from vigil.wire.messages import Checkin, Mode, encode_payload
 from vigil.wire.topics import down_topic, up_topic
 
 pytestmark = pytest.mark.integration
@@ -173,10 +176,18 @@ def test_resend_of_a_stored_but_unhandled_uplink_finishes_it(
     )
     service.handle(up_topic(parties().device_id), seal(alarm))  # the wearer's resend
     (alert,) = peek(service.store, lambda tx: tx.alerts.all())
-    assert alert.alarm_seq == 21
-    assert [(d.kind, d.arg) for d in peek(service.store, lambda tx: tx.downlinks.pending())] == [
-        ("stored", 21)
-    ]
+    assert (alert.alarm_seq, alert.alarm_epoch) == (21, EPOCH.hex)
+
+    def receipts() -> list[tuple[str, int, str | None, str | None]]:
+        pending = peek(service.store, lambda tx: tx.downlinks.pending())
+        return [(d.kind, d.arg, d.epoch, d.digest) for d in pending]
+
+    # Version 2: a duplicate's receipt is rate-limited from when the uplink was stored.
+    assert receipts() == []
+    clock.advance(RECEIPT_EVERY)
+    service.handle(up_topic(parties().device_id), seal(alarm))
+    assert receipts() == [("stored", 21, EPOCH.hex, uplink_digest(encode_payload(alarm)))]
+    assert len(peek(service.store, lambda tx: tx.alerts.all())) == 1
 
 
 def test_positions_attach_and_later_tiers_get_the_newest(
@@ -221,10 +232,12 @@ def test_duress_cancel_that_overtook_its_alarm_still_raises_one(
     assert alert.active
     service.handle(topic, seal(Message(seq=30, body=Alarm(Trigger.BUTTON), epoch=EPOCH)))
     assert len(peek(service.store, lambda tx: tx.alerts.all())) == 1  # the late alarm joins it
-    service.handle(
-        topic, seal(Message(seq=33, body=Cancel(alarm_seq=32), epoch=EPOCH))
-    )  # unknown: ignored
-    assert len(peek(service.store, lambda tx: tx.alerts.all())) == 1
+    # Version 2: a plain cancel of an alarm never seen says that alarm is being withheld.
+    service.handle(topic, seal(Message(seq=33, body=Cancel(alarm_seq=32), epoch=EPOCH)))
+    first, withheld = peek(service.store, lambda tx: tx.alerts.all())
+    assert first.id == alert.id
+    assert (withheld.kind, withheld.alarm_seq) == (AlertKind.WITHHELD, None)
+    assert "seq 32" in (withheld.note or "")
 
 
 def test_failed_deliveries_retry_with_backoff_and_are_all_stored(
@@ -296,3 +309,127 @@ def test_heartbeat_records_when_the_devices_gps_last_had_a_fix(
     record = peek(service.store, lambda tx: tx.devices.get(p.device_id))
     assert record is not None
     assert (record.battery, record.gps_fix_at) == (79, clock() - 30.0)
+
+
+# -- protocol version 2 (docs/protocol.md §7, §8) ---------------------------------------------
+
+
+def receipts_for(service: HubService) -> list[tuple[int, str | None, str | None]]:
+    pending = peek(service.store, lambda tx: tx.downlinks.pending())
+    return [(d.arg, d.epoch, d.digest) for d in pending if d.kind == "stored"]
+
+
+def test_a_seq_signed_twice_opens_a_conflict_alert_and_gets_no_receipt(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, _ = hub
+    topic = up_topic(parties().device_id)
+    real = Message(seq=5, body=Alarm(Trigger.BUTTON), epoch=EPOCH)
+    service.handle(topic, seal(real))
+    clock.advance(RECEIPT_EVERY + 1)
+    service.handle(topic, seal(Message(seq=5, body=Checkin(), epoch=EPOCH)))  # a cloned key
+    alarm, conflict = peek(service.store, lambda tx: tx.alerts.all())
+    assert (alarm.kind, conflict.kind) == (AlertKind.ALARM, AlertKind.CONFLICT)
+    assert "cloned" in (conflict.note or "")
+    assert receipts_for(service) == [(5, EPOCH.hex, uplink_digest(encode_payload(real)))]
+    actions = [e.action for e in peek(service.store, lambda tx: tx.audit.entries())]
+    assert "conflicting message" in actions
+
+
+def test_a_replayed_uplink_mints_few_receipts(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, _ = hub
+    topic = up_topic(parties().device_id)
+    envelope = seal(Message(seq=7, body=Checkin(), epoch=EPOCH))
+    for _ in range(50):  # a broker replaying one genuine envelope, fast
+        service.handle(topic, envelope)
+        clock.advance(0.1)
+    assert len(receipts_for(service)) == 1
+    clock.advance(RECEIPT_EVERY)
+    for _ in range(5):
+        service.handle(topic, envelope)
+    assert len(receipts_for(service)) == 2
+    assert peek(service.store, lambda tx: tx.uplinks.count()) == 1
+
+
+def test_a_heartbeat_naming_a_seq_never_stored_opens_a_withheld_alert(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, _, _ = hub
+    topic = up_topic(parties().device_id)
+    service.handle(topic, seal(Message(seq=1, body=Alarm(Trigger.BUTTON), epoch=EPOCH)))
+    honest = Heartbeat(mode=Mode.ACTIVE, pending=1, oldest_pending=1)  # the alarm did arrive
+    service.handle(topic, seal(Message(seq=2, body=honest, epoch=EPOCH)))
+    assert [a.kind for a in peek(service.store, lambda tx: tx.alerts.all())] == [AlertKind.ALARM]
+    held = Heartbeat(mode=Mode.ACTIVE, pending=2, oldest_pending=3)  # seq 3 never came
+    service.handle(topic, seal(Message(seq=4, body=held, epoch=EPOCH)))
+    service.handle(topic, seal(Message(seq=5, body=held, epoch=EPOCH)))  # still one alert
+    _, withheld = peek(service.store, lambda tx: tx.alerts.all())
+    assert withheld.kind is AlertKind.WITHHELD
+    assert "seq 3" in (withheld.note or "")
+    service.tick()
+    steps = peek(service.store, lambda tx: tx.deliveries.fired_steps(withheld.id))
+    assert steps  # alarm-grade: it escalates, not only a line in a log
+
+
+def test_a_position_for_an_unseen_alarm_opens_a_withheld_alert(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, _, _ = hub
+    fix = AgedFix(Fix(lat=17.0, lon=-96.7), age=1.0)
+    position = Message(seq=9, body=Position(alarm_seq=8, fix=fix), epoch=EPOCH)
+    service.handle(up_topic(parties().device_id), seal(position))
+    (withheld,) = peek(service.store, lambda tx: tx.alerts.all())
+    assert withheld.kind is AlertKind.WITHHELD
+    record = peek(service.store, lambda tx: tx.devices.get(parties().device_id))
+    assert record is not None
+    assert record.last_fix is not None  # the position is kept as the last fix all the same
+
+
+def test_a_new_epoch_is_a_reset_device_whose_alarms_are_new(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    """Seqs restarting after a state reset are not replays nor duplicates (§7, §10)."""
+    service, _, _ = hub
+    topic = up_topic(parties().device_id)
+    service.handle(topic, seal(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH)))
+    reborn = Message(seq=0, body=Alarm(Trigger.TAMPER), epoch=OTHER_EPOCH)
+    service.handle(topic, seal(reborn))
+    old, new = peek(service.store, lambda tx: tx.alerts.all())
+    assert (old.alarm_epoch, new.alarm_epoch) == (EPOCH.hex, OTHER_EPOCH.hex)
+    assert (old.trigger, new.trigger) == ("button", "tamper")
+    assert receipts_for(service)[-1] == (0, OTHER_EPOCH.hex, uplink_digest(encode_payload(reborn)))
+    resets = [e for e in peek(service.store, lambda tx: tx.audit.entries())
+              if e.action == "device state was reset"]  # fmt: skip
+    assert len(resets) == 1
+    assert f"{EPOCH.hex} -> {OTHER_EPOCH.hex}" in resets[0].detail
+
+
+def test_liveness_is_proven_by_the_nonce_echo_not_by_arrival(
+    hub: tuple[HubService, FakeClock, WebhookSink],
+) -> None:
+    service, clock, _ = hub
+    p = parties()
+    topic = up_topic(p.device_id)
+    minter = NonceMinter(p.hub.nonce_secret())
+    start = clock.now
+    service.handle(topic, seal(Message(seq=0, body=Heartbeat(), epoch=EPOCH)))
+    echo = minter.mint(p.device_id, at=start + 50)
+    clock.now = start + 400  # a heartbeat made after +50, held by the broker, released now
+    service.handle(topic, seal(Message(seq=1, body=Heartbeat(), epoch=EPOCH, nonce=echo)))
+    record = peek(service.store, lambda tx: tx.devices.get(p.device_id))
+    assert record is not None
+    assert (record.alive_at, record.last_seen) == (start + 50, start + 400)
+    service.tick()  # silent_after = 300: proven alive at +50, not at +400
+    (silent,) = peek(service.store, lambda tx: tx.alerts.all(active_only=True))
+    assert silent.kind is AlertKind.SILENT
+    stale = minter.mint(p.device_id, at=start + 60)  # another stashed heartbeat
+    service.handle(topic, seal(Message(seq=2, body=Heartbeat(), epoch=EPOCH, nonce=stale)))
+    assert peek(service.store, lambda tx: tx.alerts.get(silent.id)).active  # not closed by it
+    forged = "0e" * 16  # not made by this hub: proves nothing
+    service.handle(topic, seal(Message(seq=3, body=Heartbeat(), epoch=EPOCH, nonce=forged)))
+    assert peek(service.store, lambda tx: tx.alerts.get(silent.id)).active
+    fresh = minter.mint(p.device_id, at=clock.now)
+    service.handle(topic, seal(Message(seq=4, body=Heartbeat(), epoch=EPOCH, nonce=fresh)))
+    assert not peek(service.store, lambda tx: tx.alerts.get(silent.id)).active
