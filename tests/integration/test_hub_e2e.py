@@ -20,7 +20,19 @@ from tests.support.peek import peek
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
 from vigil.hub.cli import main
-from vigil.wire import AgedFix, Alarm, Cancel, ClockSource, Fix, Heartbeat, Message, Trigger
+from vigil.hub.store.traffic import RECEIPT_EVERY
+from vigil.wire import (
+    Acknowledged,
+    AgedFix,
+    Alarm,
+    Cancel,
+    ClockSource,
+    Fix,
+    Heartbeat,
+    Message,
+    Stored,
+    Trigger,
+)
 from vigil.wire.keys import DevicePublicKeys
 
 pytestmark = pytest.mark.integration
@@ -74,7 +86,8 @@ def test_alarm_reaches_responders_and_wearer_feels_receipts(
                         sent_at=clock.now, clock=ClockSource.NTP, epoch=EPOCH)  # fmt: skip
         envelope = device.send(alarm)
         (stored,) = device.wait_for("stored")
-        assert stored.body.seq == 1  # type: ignore[union-attr]
+        assert stored.body == Stored(1, device.digest(1))
+        assert stored.epoch == device.epoch
 
         mail = wait_until(lambda: smtp.messages, what="email to operators")[0]
         assert mail.recipients == ["ops@vigil.test"]
@@ -88,11 +101,15 @@ def test_alarm_reaches_responders_and_wearer_feels_receipts(
         assert "Map: https://www.openstreetmap.org/?mlat=17.065400" in op_post["message"]
         assert posts(hook, "/partners") == []
 
-        # The first receipt may be lost: a resend gets a fresh one, and nothing twice.
-        device.publish(envelope)
+        # The first receipt may be lost: a resend gets a fresh one (at most one per
+        # RECEIPT_EVERY, version 2), and nothing twice.
+        clock.advance(RECEIPT_EVERY)
+        resent = device.resend(1)
+        assert resent != envelope  # sealed afresh: the broker never sees the same bytes
         second = device.wait_for("stored", 2)
         assert [m.body.seq for m in second] == [1, 1]  # type: ignore[union-attr]
         assert second[0].seq != second[1].seq  # downlink seqs never repeat
+        assert second[0].nonce != second[1].nonce  # every downlink carries a fresh nonce
         assert peek(hub.store, lambda tx: tx.uplinks.count()) == 1
         assert len(peek(hub.store, lambda tx: tx.alerts.all())) == 1
 
@@ -103,10 +120,11 @@ def test_alarm_reaches_responders_and_wearer_feels_receipts(
         status, out = cli(config, "ack", "1", "--by", "rosa")
         assert (status, out) == (0, "alert 1: acknowledged\n")
         (ack,) = device.wait_for("acknowledged")
-        assert ack.body.alarm_seq == 1  # type: ignore[union-attr]
+        assert ack.body == Acknowledged(1, device.digest(1))
         assert cli(config, "resolve", "1", "--note", "safe")[0] == 0
         device.wait_for("resolved")
         assert device.bad_downlinks == 0
+        assert device.dropped_downlinks == []
         assert len(smtp.messages) == 1
         assert len(posts(hook, "/operators")) == 1
         deliveries = peek(hub.store, lambda tx: tx.deliveries.for_alert(1))
@@ -207,8 +225,13 @@ def test_heartbeat_then_silence_and_will_raise_device_silent(
         assert silent[0].last_fix is not None
         assert silent[0].last_fix.lat == pytest.approx(FIX.fix.lat)
         wait_until(lambda: any("SILENT: Ana" in m.text for m in smtp.messages), what="mail")
-        # Ana speaks again: her silent alert closes by itself.
+        # Ana speaks again. Her first heartbeat echoes a nonce from before the alert: it
+        # proves nothing new (it may have been stashed). Its receipt brings a fresh nonce,
+        # and the next heartbeat, echoing it, closes her silent alert (version 2, §8).
         ana.send(Message(seq=3, body=Heartbeat(battery=50), epoch=EPOCH))
+        ana.wait_for("stored", 3)
+        assert peek(hub.store, lambda tx: tx.alerts.get(silent[0].id)).active
+        ana.send(Message(seq=4, body=Heartbeat(battery=50), epoch=EPOCH))
         wait_until(
             lambda: not peek(hub.store, lambda tx: tx.alerts.get(silent[0].id)).active,
             what="closed",
