@@ -8,6 +8,7 @@ systemd's notify protocol. A test hub end decrypts what arrives with
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tests.support.broker import Broker, free_port, running_mosquitto
 from tests.support.device_setup import ProvisionedDevice, make_device
 from tests.support.hub_endpoint import HubEndpoint
 from tests.support.notify import NotifySocket
+from tests.support.parties import DIGEST, EPOCH
 from tests.support.wait import wait_until
 from vigil.device.hardware import SIMULATED_BATTERY
 from vigil.wire.keys import HubKeys
@@ -146,7 +148,8 @@ def test_power_cut_after_hold_delivers_the_alarm_exactly_once(
         assert {m.body.alarm_seq for m in positions.values()} == {seq}  # type: ignore[union-attr]
         # the restarted daemon resends until the hub stores it; then it stops
         wait_until(lambda: len(hub.copies("alarm")) >= 2, 20, what="a resend")
-        hub.send(Stored(seq))
+        assert message.epoch == next(iter(hub.unique("position").values())).epoch  # one life
+        hub.store(seq)
         wait_until(lambda: f"seq={seq} stored by the hub" in second.log(), 10, what="ack")
         mark = max(hub.unique())
         wait_until(lambda: max(hub.unique()) > mark, 10, what="a later uplink")
@@ -179,8 +182,9 @@ def test_broker_down_alarms_queue_and_drain_in_order(
         wait_until(lambda: daemon.log().count("kind=alarm queued") == 1, 10, what="alarm 1")
         daemon.command("cut")
         wait_until(lambda: daemon.log().count("kind=alarm queued") == 2, 10, what="alarm 2")
-        wait_until(lambda: daemon.log().count("kind=heartbeat queued") >= 3, 10, what="beats")
+        wait_until(lambda: daemon.log().count("kind=position queued") >= 3, 10, what="positions")
 
+        queued = [int(n) for n in re.findall(r"seq=(\d+) kind=\w+ queued", daemon.log())]
         broker.start()
         hub.start()
         try:
@@ -189,8 +193,13 @@ def test_broker_down_alarms_queue_and_drain_in_order(
             alarms = [m for m in order if m.kind == "alarm"]
             assert [m.body.trigger for m in alarms] == [Trigger.BUTTON, Trigger.TAMPER]  # type: ignore[union-attr]
             assert alarms[0].seq < alarms[1].seq
-            assert [m.kind for m in order[:2]] == ["alarm", "alarm"]  # before older heartbeats
+            assert [m.kind for m in order[:2]] == ["alarm", "alarm"]  # before older positions
             assert hub.rejected == 0
+            # Version 2: heartbeats are never queued. Those made while the broker was away
+            # spent seqs (the gaps between queued ones) and are never sent later.
+            assert set(range(min(queued), max(queued))) - set(queued), "no heartbeat made"
+            beats = wait_until(lambda: hub.copies("heartbeat"), 10, what="a fresh heartbeat")
+            assert all(m.seq > max(queued) for m in beats)
         finally:
             hub.stop()
 
@@ -206,16 +215,22 @@ def test_forged_and_replayed_downlinks_are_rejected(
         daemon.command("hold")
         alarms = wait_until(lambda: hub.unique("alarm"), 20, what="the alarm")
         seq = next(iter(alarms))
-        forged = hub.seal(Stored(seq), hub_keys=HubKeys.generate())  # signed by another key
+        receipt = hub.receipt(seq)
+        forged = hub.seal(receipt, hub_keys=HubKeys.generate())  # signed by another key
         hub.publish_raw(forged)
         hub.publish_raw(os.urandom(600))
         hub.publish_raw(b"")
         wait_until(lambda: daemon.log().count("rejected a downlink") >= 3, 10, what="rejects")
+        # Genuinely signed, but for another life of the device or another message (v2).
+        hub.send(receipt, epoch=EPOCH)
+        hub.send(Stored(seq, DIGEST))
+        wait_until(lambda: "digest does not match" in daemon.log(), 10, what="digest drop")
+        assert "it is for epoch" in daemon.log()
         copies = len(hub.copies("alarm"))
         wait_until(lambda: len(hub.copies("alarm")) > copies, 10, what="still resending")
         assert "stored by the hub" not in daemon.log()
 
-        genuine = hub.send(Stored(seq))
+        genuine = hub.send(receipt)
         wait_until(lambda: f"seq={seq} stored by the hub" in daemon.log(), 10, what="ack")
         hub.publish_raw(genuine)  # the same downlink again: a replay
         wait_until(lambda: "duplicate" in daemon.log(), 10, what="replay dropped")

@@ -3,21 +3,24 @@
 It is not the hub (hub/ must not be imported by device tests): it decrypts with
 `wire.open_uplink` using test hub keys, records every copy it receives, and can
 answer with signed `stored` downlinks, automatically for the kinds you choose.
+Like a version-2 hub, a receipt names the epoch and digest of the uplink it
+answers and every downlink carries a fresh nonce (docs/protocol.md §4.3, §8).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tests.support.broker import Broker
-from tests.support.parties import DIGEST, EPOCH
 from vigil.runtime.mqtt import MqttClient, MqttSettings
 from vigil.wire.envelope import open_uplink, seal_downlink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DevicePublicKeys, HubKeys
-from vigil.wire.messages import Body, DownlinkBody, Message, Stored
+from vigil.wire.liveness import Epoch, NonceMinter, uplink_digest
+from vigil.wire.messages import Body, DownlinkBody, Message, Stored, encode_payload
 from vigil.wire.topics import UP_FILTER, down_topic, parse_topic
 
 
@@ -30,11 +33,16 @@ class HubEndpoint:
     auto_store: frozenset[str] = frozenset()
     client_id: str = "test-hub"
     received: list[Message] = field(default_factory=list)
+    epoch: Epoch | None = None  # the device's life, from its newest uplink
     empty: int = 0
     rejected: int = 0
     _down_seq: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _client: MqttClient | None = None
+    _nonces: NonceMinter | None = None
+
+    def __post_init__(self) -> None:
+        self._nonces = NonceMinter(self.hub_keys.nonce_secret())
 
     def start(self) -> HubEndpoint:
         settings = MqttSettings(
@@ -70,8 +78,9 @@ class HubEndpoint:
             return
         with self._lock:
             self.received.append(message)
+            self.epoch = message.epoch
         if message.kind in self.auto_store:
-            self.send(Stored(message.seq, DIGEST))
+            self.send(self.receipt(message.seq), epoch=message.epoch)
 
     # -- views ---------------------------------------------------------------------
 
@@ -80,7 +89,10 @@ class HubEndpoint:
             return [m for m in self.received if kind is None or m.kind == kind]
 
     def unique(self, kind: str | None = None) -> dict[int, Message]:
-        """Messages after dedup by seq (the hub's replay window does this)."""
+        """Messages after dedup by seq (the hub's replay window does this).
+
+        Every copy of one seq must be the same signed message (one digest).
+        """
         out: dict[int, Message] = {}
         for m in self.copies(kind):
             if m.seq in out and out[m.seq] != m:
@@ -99,14 +111,30 @@ class HubEndpoint:
 
     # -- downlinks -------------------------------------------------------------------
 
+    def receipt(self, seq: int) -> Stored:
+        """A `stored` for uplink `seq` as received: its digest (docs/protocol.md §7)."""
+        (message,) = {m.seq: m for m in self.copies() if m.seq == seq}.values()
+        return Stored(seq, uplink_digest(encode_payload(message)))
+
     def seal(
-        self, body: DownlinkBody, *, hub_keys: HubKeys | None = None, seq: int | None = None
+        self,
+        body: DownlinkBody,
+        *,
+        hub_keys: HubKeys | None = None,
+        seq: int | None = None,
+        epoch: Epoch | None = None,
     ) -> bytes:
+        """Seal `body` for the device's current epoch (or `epoch`), with a fresh nonce."""
+        assert self._nonces is not None
         with self._lock:
             if seq is None:
                 seq, self._down_seq = self._down_seq, self._down_seq + 1
+            epoch = epoch or self.epoch
+        if epoch is None:
+            raise AssertionError("no uplink yet: which epoch would a downlink answer?")
+        nonce = self._nonces.mint(self.device_id, at=time.time())
         return seal_downlink(
-            Message(seq=seq, body=body, epoch=EPOCH),
+            Message(seq=seq, body=body, epoch=epoch, nonce=nonce),
             device_id=self.device_id,
             hub_keys=hub_keys or self.hub_keys,
             device=self.device_public,
@@ -116,11 +144,15 @@ class HubEndpoint:
         assert self._client is not None
         self._client.publish(down_topic(self.device_id), payload)
 
-    def send(self, body: Body) -> bytes:
-        envelope = self.seal(body)  # type: ignore[arg-type]
+    def send(self, body: Body, *, epoch: Epoch | None = None) -> bytes:
+        envelope = self.seal(body, epoch=epoch)  # type: ignore[arg-type]
         self.publish_raw(envelope)
         return envelope
 
+    def store(self, seq: int) -> bytes:
+        """Answer uplink `seq` with its `stored`, as the hub would."""
+        return self.send(self.receipt(seq))
+
     def store_all(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
-            self.send(Stored(seq, DIGEST))
+            self.store(seq)
