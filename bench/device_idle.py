@@ -22,6 +22,7 @@ from pathlib import Path
 from tests.conftest import nmea_log
 from tests.support.broker import running_mosquitto
 from tests.support.device_setup import make_device
+from vigil.device.outbox import Outbox
 
 TICKS = os.sysconf("SC_CLK_TCK")
 WARMUP = 5.0
@@ -83,12 +84,16 @@ def main(argv: list[str] | None = None) -> None:
                 proc.terminate()
                 proc.wait(10)
             log.close()
-        queued = (Path(tmp) / "daemon.log").read_text().count("kind=heartbeat queued")
+        # Heartbeats are sent once, never queued (protocol v2): count the seqs they spent.
+        outbox = Outbox.open(dev.state_dir / "outbox.sqlite3")
+        made, queued = outbox.next_seq, len(outbox)
+        outbox.close()
     cpu, rss, peak = results
     print(f"{'daemon CPU (one core)':<40} {cpu:8.2f} %    baseline {base[0]:6.2f} %")  # noqa: T201
     print(f"{'daemon RSS at the end':<40} {rss:8.1f} MiB  baseline {base[1]:6.1f} MiB")  # noqa: T201
     print(f"{'daemon RSS peak':<40} {peak:8.1f} MiB")  # noqa: T201
-    print(f"{'heartbeats queued':<40} {queued:8d}")  # noqa: T201
+    print(f"{'uplinks made (idle: heartbeats)':<40} {made:8d}")  # noqa: T201
+    print(f"{'left in the outbox':<40} {queued:8d}")  # noqa: T201
 
 
 if __name__ == "__main__":

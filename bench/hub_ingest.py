@@ -27,7 +27,8 @@ from vigil.hub.daemon import HubService
 from vigil.hub.pipeline import Uplink, decode
 from vigil.hub.store import Store, open_store
 from vigil.runtime.config import MqttConfig
-from vigil.wire import DeviceId, DeviceKeys, Heartbeat, HubKeys, Message, seal_uplink
+from vigil.wire import AgedFix, DeviceId, DeviceKeys, Fix, Heartbeat, HubKeys, Message, seal_uplink
+from vigil.wire.liveness import Epoch
 from vigil.wire.topics import up_topic
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -45,7 +46,9 @@ class _NullTransport:
 def _envelopes(n: int) -> tuple[HubKeys, DeviceId, DeviceKeys, list[bytes]]:
     hub, device, device_id = HubKeys.generate(), DeviceKeys.generate(), DeviceId.generate()
     public = hub.public()
-    msgs = [Message(seq=i, body=Heartbeat(battery=80, fix_age=3.0, signal=70)) for i in range(n)]
+    epoch, fix = Epoch.generate(), AgedFix(Fix(lat=52.52, lon=13.405, satellites=8), age=3.0)
+    beat = Heartbeat(battery=80, fix=fix, signal=70)
+    msgs = [Message(seq=i, body=beat, epoch=epoch) for i in range(n)]
     envs = [seal_uplink(m, device_id=device_id, device_keys=device, hub=public) for m in msgs]
     return hub, device_id, device, envs
 

@@ -23,6 +23,7 @@ from vigil.wire import (
     open_uplink,
     seal_uplink,
 )
+from vigil.wire.liveness import Epoch
 
 
 def main() -> None:
@@ -31,7 +32,8 @@ def main() -> None:
         Fix(lat=52.52, lon=13.405, fix_time=1764000000.0, quality=1, satellites=8, hdop=0.9),
         age=3.2,
     )
-    message = Message(1, Alarm(Trigger.BUTTON, fix, 80), 1764000000.0, ClockSource.NTP)
+    message = Message(1, Alarm(Trigger.BUTTON, fix, 80), 1764000000.0, ClockSource.NTP,
+                      epoch=Epoch.generate(), nonce="0e" * 16)  # fmt: skip
     print("== wire: seal/open per alarm message ==")  # noqa: T201
     for suite in Suite:
         key = hub.kem if suite is Suite.X25519_CHACHA20 else hub.hybrid_kem
