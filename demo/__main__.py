@@ -71,7 +71,7 @@ def story(
     say("2. wearable booted on mock pins, connected over MQTT")
     wait_for("a GPS fix", lambda: device.seen("gps fix"), 30)
     say("3. GPS fix from the replayed capture (the track of a Raspberry Pi GPS HAT)")
-    wait_for("a heartbeat at the hub", lambda: hub.seen("kind=heartbeat stored"), 30)
+    wait_for("a heartbeat at the hub", lambda: hub.seen("kind=heartbeat new"), 30)
     say("4. heartbeat stored by the hub: " + hub_cli(files, "devices").strip().splitlines()[-1])
     mark = device.mark()
     device.send("hold")
