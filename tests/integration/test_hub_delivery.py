@@ -4,6 +4,7 @@ escalation and silence selected by index. Real SQLite/PostgreSQL, SMTP and HTTP 
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import wait
@@ -15,7 +16,7 @@ import pytest
 from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, write_config
 from tests.support.hubstore import store_url
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from tests.support.wait import wait_until
@@ -24,8 +25,10 @@ from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import DeviceLimits, load_config
 from vigil.hub.daemon import HubService
 from vigil.hub.delivery import Dispatcher
-from vigil.hub.store import open_store
+from vigil.hub.store import Transaction, open_store
 from vigil.wire import Alarm, Cancel, DeviceId, DeviceKeys, Message, Trigger, seal_uplink
+from vigil.wire.liveness import NonceMinter
+from vigil.wire.messages import Checkin
 from vigil.wire.topics import up_topic
 
 pytestmark = pytest.mark.integration
@@ -41,7 +44,7 @@ class Rig:
     def alarm(self, seq: int, *, other: bool = False) -> None:
         p = parties()
         device_id, keys = (p.other_id, p.other) if other else (p.device_id, p.device)
-        self.send(device_id, keys, Message(seq=seq, body=Alarm(Trigger.BUTTON)))
+        self.send(device_id, keys, Message(seq=seq, body=Alarm(Trigger.BUTTON), epoch=EPOCH))
 
     def send(self, device_id: DeviceId, keys: DeviceKeys, message: Message) -> None:
         env = seal_uplink(
@@ -54,17 +57,21 @@ class Rig:
         return [p.json()["message"].splitlines()[0] for p in self.hook.posts if p.path == path]
 
 
+def _enroll(
+    device_id: DeviceId, label: str, keys: DeviceKeys, tx: Transaction, *, now: float
+) -> None:
+    tx.devices.enroll(device_id, label=label, public_keys=keys.public(), now=now)
+
+
 def rig_for(url: str, tmp_path: Path, smtp: SmtpSink, hook: WebhookSink, **limits: int) -> Rig:
     broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")  # no broker: no downlinks
     config = load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook))
     config = replace(config, store_url=url, limits=DeviceLimits(**limits))
     store = open_store(url, create=True)
-    p = parties()
-    write(store, lambda tx: tx.devices.enroll(p.device_id, label="Ana",
-                                              public_keys=p.device.public()))  # fmt: skip
-    write(store, lambda tx: tx.devices.enroll(p.other_id, label="Bea",
-                                              public_keys=p.other.public()))  # fmt: skip
-    clock = FakeClock()
+    p, clock = parties(), FakeClock()
+    # Enrolled on the hub's clock: a device never heard from is watched from its enrolment.
+    for device_id, label, keys in ((p.device_id, "Ana", p.device), (p.other_id, "Bea", p.other)):
+        write(store, functools.partial(_enroll, device_id, label, keys, now=clock.now))
     service = HubService(config, store=store, hub_keys=p.hub, notifier=AppriseNotifier(),
                          clock=clock, rand=lambda: 1.0)  # fmt: skip
     return Rig(service, clock, smtp, hook)
@@ -126,7 +133,7 @@ def test_retries_stop_when_the_alert_closes(rig: Rig, closed_by: str) -> None:
     rig.service.deliver()
     if closed_by == "wearer's cancel":
         p = parties()
-        rig.send(p.device_id, p.device, Message(seq=2, body=Cancel(alarm_seq=1)))
+        rig.send(p.device_id, p.device, Message(seq=2, body=Cancel(alarm_seq=1), epoch=EPOCH))
     else:
         operator.act(rig.service.store, 1, "resolve", by="rosa", now=rig.clock())
     rig.clock.advance(1000)
@@ -182,20 +189,35 @@ def test_escalation_and_silence_are_selected_by_index(rig: Rig) -> None:
     rig.service.tick()
     assert peek(store, lambda tx: tx.deliveries.fired_steps(1)) == {"operators", "partners"}
     assert write(store, lambda tx: tx.alerts.due_escalation(start + 10**6)) == []
-    # Silence: Ana spoke at `start`, Bea never did (not watched); one alert per silence.
-    silent_after = rig.service.config.silent_after
+    # Silence: Ana spoke at `start`; Bea never did, and is watched from her enrolment at
+    # `start` (version 2: a broker swallowing her from day one must not hide her).
+    silent_after, risky = rig.service.config.silent_after, rig.service.config.risk_silent_after
     clock.now = start + silent_after + 1
     rig.service.tick()
-    rig.service.tick()
+    rig.service.tick()  # one alert per silence
     silent = [a for a in peek(store, lambda tx: tx.alerts.all()) if a.kind == "silent"]
-    assert [(a.device_id, a.state) for a in silent] == [(parties().device_id, "open")]
+    assert sorted((a.device_id.hex, a.state) for a in silent) == sorted(
+        [(parties().device_id.hex, "open"), (parties().other_id.hex, "open")])  # fmt: skip
     later = clock() + 10**6
     assert (
-        write(store, lambda tx: tx.devices.due_silent(now=later, silent_after=silent_after)) == []
+        write(
+            store,
+            lambda tx: tx.devices.due_silent(
+                now=later, silent_after=silent_after, risk_silent_after=risky
+            ),
+        )
+        == []
     )
-    rig.alarm(2)  # she speaks again: the silent alert closes and she is watched again
+    # She speaks again, proven fresh by echoing a nonce minted now (v2, §8): the silent
+    # alert closes and she is watched again. A message with no echo would prove nothing.
+    p = parties()
+    echo = NonceMinter(p.hub.nonce_secret()).mint(p.device_id, at=clock())
+    rig.send(p.device_id, p.device, Message(seq=2, body=Checkin(), epoch=EPOCH, nonce=echo))
+    ana_silent = next(a for a in silent if a.device_id == p.device_id)
+    assert not peek(store, lambda tx: tx.alerts.get(ana_silent.id)).active
     due = write(store, lambda tx: tx.devices.due_silent(now=clock() + silent_after + 1,
-                                                       silent_after=silent_after))  # fmt: skip
+                                                       silent_after=silent_after,
+                                                       risk_silent_after=risky))  # fmt: skip
     assert [d.device_id for d in due] == [parties().device_id]
 
 

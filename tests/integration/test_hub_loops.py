@@ -15,7 +15,7 @@ from tests.support.broker import Broker, free_port, running_mosquitto
 from tests.support.hubrig import FakeClock, running_hub, wearable, write_config
 from tests.support.hubstore import store_url
 from tests.support.notify import NotifySocket
-from tests.support.parties import parties
+from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.sinks import smtp_sink, webhook_sink
 from tests.support.wait import wait_until
@@ -26,6 +26,7 @@ from vigil.hub.config import load_config
 from vigil.hub.daemon import HubService
 from vigil.hub.health import Heartbeats, WorkerBounds
 from vigil.hub.store import open_store
+from vigil.hub.store.traffic import RECEIPT_EVERY
 from vigil.wire import Alarm, Heartbeat, Message, Trigger, seal_uplink
 from vigil.wire.topics import up_topic
 
@@ -68,9 +69,16 @@ def test_a_handler_that_raises_is_recorded_receipted_and_never_run_again(
     calls: list[int] = []
     monkeypatch.setitem(pipeline.HANDLERS, Heartbeat, poisoned(calls))
     topic = up_topic(parties().device_id)
-    service.handle(topic, seal(Message(seq=1, body=Heartbeat(battery=50))))
-    service.handle(topic, seal(Message(seq=2, body=Alarm(Trigger.BUTTON))))  # the next one
-    service.handle(topic, seal(Message(seq=1, body=Heartbeat(battery=50))))  # a resend
+    service.handle(topic, seal(Message(seq=1, body=Heartbeat(battery=50), epoch=EPOCH)))
+    service.handle(
+        topic, seal(Message(seq=2, body=Alarm(Trigger.BUTTON), epoch=EPOCH))
+    )  # the next one
+    clock = service.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(RECEIPT_EVERY)  # v2: a duplicate gets at most one receipt in that time
+    service.handle(
+        topic, seal(Message(seq=1, body=Heartbeat(battery=50), epoch=EPOCH))
+    )  # a resend
     assert calls == [1]  # neither the resend nor start-up recovery runs it again
     assert service.recover() == 0
     (failed,) = peek(service.store, lambda tx: tx.uplinks.failed())
@@ -97,9 +105,11 @@ def test_a_decoder_that_crashes_is_counted_and_nothing_is_stored(
     topic = up_topic(parties().device_id)
     with monkeypatch.context() as m:
         m.setattr(pipeline, "open_uplink", broken)
-        service.handle(topic, seal(Message(seq=1, body=Heartbeat())))
+        service.handle(topic, seal(Message(seq=1, body=Heartbeat(), epoch=EPOCH)))
     assert peek(service.store, lambda tx: tx.rejections.totals()) == {"crashed:ValueError": 1}
-    service.handle(topic, seal(Message(seq=1, body=Heartbeat())))  # the device's resend
+    service.handle(
+        topic, seal(Message(seq=1, body=Heartbeat(), epoch=EPOCH))
+    )  # the device's resend
     assert peek(service.store, lambda tx: tx.uplinks.count()) == 1
 
 
@@ -115,9 +125,9 @@ def test_the_running_hub_survives_a_poisoned_uplink_and_stats_shows_it(
             keys, dev = p.device.public(), p.device_id
             write(hub.store, lambda tx: tx.devices.enroll(dev, label="Ana", public_keys=keys))
             with wearable(mosquitto) as device:
-                device.send(Message(seq=1, body=Heartbeat(battery=50)))
+                device.send(Message(seq=1, body=Heartbeat(battery=50), epoch=EPOCH))
                 device.wait_for("stored")  # the poisoned one is on disk: receipted
-                device.send(Message(seq=2, body=Alarm(Trigger.BUTTON)))
+                device.send(Message(seq=2, body=Alarm(Trigger.BUTTON), epoch=EPOCH))
                 device.wait_for("stored", 2)  # the loop went on
                 wait_until(lambda: smtp.messages, 10, what="the alarm's email")
             wait_until(lambda: "broker: connected" in stats(config), 10, what="hub status")

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.broker import Broker
 from tests.support.hubrig import write_config
+from tests.support.parties import EPOCH as LIFE  # EPOCH here is the raw-epoch regex
 from tests.support.parties import parties
 from tests.support.peek import write
 from tests.support.sinks import smtp_sink, webhook_sink
@@ -64,7 +65,8 @@ def store_of(config: Path) -> Store:
 def heard(config: Path, *, ago: float, seq: int = 1) -> None:
     """The device's last heartbeat arrived `ago` seconds before now."""
     store = store_of(config)
-    beat = Message(seq=seq, body=Heartbeat(battery=64, fix_age=0.9, signal=55))
+    fix = AgedFix(Fix(lat=17.0654, lon=-96.7237), age=0.9)
+    beat = Message(seq=seq, body=Heartbeat(battery=64, fix=fix, signal=55), epoch=LIFE)
     write(store, lambda tx: tx.uplinks.accept(parties().device_id, beat,
                                               received_at=time.time() - ago))  # fmt: skip
     write(store, lambda tx: tx.devices.note_state(parties().device_id, battery=64))
@@ -77,8 +79,9 @@ def alarm(config: Path) -> int:
     body = Alarm(Trigger.BUTTON, fix=FIX, battery=61)
 
     def raise_alarm(tx):  # type: ignore[no-untyped-def]
-        tx.uplinks.accept(parties().device_id, Message(seq=9, body=body), received_at=now)
-        draft = alerts.from_alarm(parties().device_id, 9, body, received_at=now)
+        message = Message(seq=9, body=body, epoch=LIFE)
+        tx.uplinks.accept(parties().device_id, message, received_at=now)
+        draft = alerts.from_alarm(parties().device_id, LIFE.hex, 9, body, received_at=now)
         return tx.alerts.open(draft).id
 
     alert_id = int(write(store, raise_alarm))
