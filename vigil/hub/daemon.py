@@ -198,6 +198,7 @@ class HubService:
         stored = tx.uplinks.get(device_id, msg.epoch.hex, msg.seq)
         if stored is not None and not stored.processed:  # a crash interrupted it
             self._run_handler(tx, up, received_at=stored.received_at, alive_at=alive_at)
+            return True  # its receipt was never sent: the wearer must not wait for it
         # The first receipt may have been lost; a replaying broker gets few more.
         return tx.uplinks.may_receipt(device_id, msg.epoch.hex, msg.seq, now=now)
 
