@@ -1,7 +1,8 @@
 """Versioned schema migrations, shared by SQLite and PostgreSQL.
 
 Each migration is a list of statements with placeholders: `{pk}` (an
-auto-numbered primary key), `{blob}` (bytes), `{legacy}` (the epoch of version-1 rows);
+auto-numbered primary key), `{blob}` (bytes), `{legacy}` (the epoch of version-1 rows),
+`{alert_details}` (the columns every alerts table has);
 a statement given as (dialect name, SQL) runs on that dialect only. A migration never changes once
 released; add a new one instead. `schema_version` records what was applied.
 """
@@ -20,6 +21,20 @@ class Dialect:
 
 SQLITE = Dialect("sqlite", "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB")
 POSTGRES = Dialect("postgresql", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "BYTEA")
+
+# What an alert records beyond its identity: every version of the alerts table has it.
+_ALERT_DETAILS = """trigger TEXT,
+    duress INTEGER NOT NULL DEFAULT 0,
+    battery INTEGER,
+    fix_lat DOUBLE PRECISION,
+    fix_lon DOUBLE PRECISION,
+    fix_taken_at DOUBLE PRECISION,
+    fix_received_at DOUBLE PRECISION,
+    acknowledged_by TEXT,
+    acknowledged_at DOUBLE PRECISION,
+    verified_at DOUBLE PRECISION,
+    closed_at DOUBLE PRECISION,
+    note TEXT,"""
 
 MIGRATIONS: tuple[tuple[int, tuple[str | tuple[str, str], ...]], ...] = (
     (
@@ -72,18 +87,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str | tuple[str, str], ...]], ...] = (
                 opened_at DOUBLE PRECISION NOT NULL,
                 updated_at DOUBLE PRECISION NOT NULL,
                 alarm_seq BIGINT,
-                trigger TEXT,
-                duress INTEGER NOT NULL DEFAULT 0,
-                battery INTEGER,
-                fix_lat DOUBLE PRECISION,
-                fix_lon DOUBLE PRECISION,
-                fix_taken_at DOUBLE PRECISION,
-                fix_received_at DOUBLE PRECISION,
-                acknowledged_by TEXT,
-                acknowledged_at DOUBLE PRECISION,
-                verified_at DOUBLE PRECISION,
-                closed_at DOUBLE PRECISION,
-                note TEXT,
+                {alert_details}
                 UNIQUE (device_id, alarm_seq)
             )""",
             """CREATE TABLE positions (
@@ -199,18 +203,7 @@ _ALERTS_V2_SQLITE = (
         updated_at DOUBLE PRECISION NOT NULL,
         alarm_epoch TEXT,
         alarm_seq BIGINT,
-        trigger TEXT,
-        duress INTEGER NOT NULL DEFAULT 0,
-        battery INTEGER,
-        fix_lat DOUBLE PRECISION,
-        fix_lon DOUBLE PRECISION,
-        fix_taken_at DOUBLE PRECISION,
-        fix_received_at DOUBLE PRECISION,
-        acknowledged_by TEXT,
-        acknowledged_at DOUBLE PRECISION,
-        verified_at DOUBLE PRECISION,
-        closed_at DOUBLE PRECISION,
-        note TEXT,
+        {alert_details}
         next_escalation_at DOUBLE PRECISION,
         joined INTEGER NOT NULL DEFAULT 0,
         UNIQUE (device_id, alarm_epoch, alarm_seq)
@@ -314,7 +307,12 @@ def statements(version: int, dialect: Dialect) -> list[str]:
     for number, stmts in MIGRATIONS:
         if number == version:
             return [
-                s.format(pk=dialect.pk, blob=dialect.blob, legacy=LEGACY_EPOCH)
+                s.format(
+                    pk=dialect.pk,
+                    blob=dialect.blob,
+                    legacy=LEGACY_EPOCH,
+                    alert_details=_ALERT_DETAILS,
+                )
                 for s in (_for(stmt, dialect) for stmt in stmts)
                 if s is not None
             ]
