@@ -316,7 +316,7 @@ def _risk(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO
     until = None if args.clear else now + args.hours * 3600
     with store.transaction() as tx:
         tx.devices.set_risk(device_id, until=until)
-        detail = "cleared" if until is None else f"until {until:.0f}"
+        detail = "cleared" if until is None else f"until {_local(until)}"
         tx.audit.append(at=now, actor=_user(), action="risk window", subject=f"device {device_id}",
                         detail=detail)  # fmt: skip
     if until is None:
