@@ -225,3 +225,37 @@ def test_pubkey_prints_what_a_device_config_needs(config: Path) -> None:
     assert status == 0
     expected = parties().hub.public().to_text()
     assert out.splitlines() == ["[hub]", *(f'{k} = "{v}"' for k, v in expected.items())]
+
+
+def test_a_risk_window_is_armed_shown_audited_and_cleared(config: Path) -> None:
+    device = parties().device_id.hex
+    status, out = cli(config, "risk", device, "--hours", "6")
+    assert status == 0
+    assert "armed for 6 h" in out
+    store = open_store(load_config(config).store_url)
+    try:
+        with store.read() as tx:
+            record = tx.devices.get(parties().device_id)
+            assert record is not None
+            assert record.risk_until is not None
+            assert "risk window" in [e.action for e in tx.audit.entries()]
+    finally:
+        store.close()
+    assert cli(config, "risk", device, "--clear")[0] == 0
+    store = open_store(load_config(config).store_url)
+    try:
+        with store.read() as tx:
+            record = tx.devices.get(parties().device_id)
+            assert record is not None
+            assert record.risk_until is None
+    finally:
+        store.close()
+
+
+def test_a_risk_window_needs_a_sensible_span(config: Path) -> None:
+    device = parties().device_id.hex
+    for bad in ("0", "-1", "1e9", "soon"):
+        with pytest.raises(SystemExit) as exit_:
+            cli(config, "risk", device, "--hours", bad)
+        assert exit_.value.code == 2
+    assert cli(config, "risk", "nonsense", "--hours", "1")[0] == 1
