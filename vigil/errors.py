@@ -151,6 +151,10 @@ class StoreNotWritable(StorageError, PermissionError):
     """The store or its folder cannot be written by this user; fix ownership or store.url."""
 
 
+class StateUnreadable(StorageError, ValueError):
+    """The device's state does not decrypt with its state key; it is lost: a new life starts."""
+
+
 # -- hub registry and alerts ------------------------------------------------------
 
 

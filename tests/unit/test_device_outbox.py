@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vigil.device.atrest import StateKey
 from vigil.device.outbox import HARD_LIMIT, PRIORITY, Outbox
 from vigil.errors import StorageError
 from vigil.wire.liveness import uplink_digest
@@ -89,9 +90,12 @@ def test_digests_name_what_a_receipt_must_answer(tmp_path: Path) -> None:
     assert box.waiting() == (0, None)
 
 
-def test_a_version_1_outbox_starts_a_new_life(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_key", [True, False])
+def test_a_version_1_outbox_starts_a_new_life(tmp_path: Path, with_key: bool) -> None:
     """Its sealed version-1 envelopes are unanswerable now: dropped, with a fresh epoch."""
     path = tmp_path / "o.sqlite3"
+    if with_key:
+        StateKey.create(tmp_path / "state.key")
     old = sqlite3.connect(path)
     old.executescript(
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
@@ -184,18 +188,18 @@ def test_full_outbox_drops_oldest_positions_never_alarms(tmp_path: Path) -> None
         assert box.put(seq, Kind.ALARM, env(seq)) == [seq - 16]
     assert box.put(24, Kind.ALARM, env(24)) == [16]
     assert box.put(25, Kind.ALARM, env(25)) == []  # then alarms go over capacity
-    with pytest.raises(StorageError, match="cannot queue a position"):
+    with pytest.raises(StorageError, match="cannot queue"):
         box.put(26, Kind.POSITION, env(26))
-    with pytest.raises(StorageError, match="cannot queue a cancel"):
+    with pytest.raises(StorageError, match="cannot queue"):
         box.put(27, Kind.CANCEL, env(27))
     assert all(e.kind is Kind.ALARM for e in box.due(0.0, limit=100))
     assert len(box) == 17
 
 
-def test_alarms_have_a_hard_limit_inside_the_replay_window() -> None:
+def test_alarms_have_a_hard_limit_inside_the_replay_window(tmp_path: Path) -> None:
     assert HARD_LIMIT < 4096
     with pytest.raises(ValueError, match="capacity"):
-        Outbox(sqlite3.connect(":memory:"), capacity=4096, retry_initial=1, retry_max=2)
+        Outbox.open(tmp_path / "o.sqlite3", capacity=4096, retry_initial=1, retry_max=2)
 
 
 def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
@@ -246,7 +250,9 @@ def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
     box = Outbox.open(tmp_path / "o.sqlite3")
     with pytest.raises(ValueError, match="selfie"):
         box.put(0, "selfie", b"")  # type: ignore[arg-type]
-    bad = tmp_path / "bad.sqlite3"
+    bad = tmp_path / "bad" / "bad.sqlite3"
+    bad.parent.mkdir()
+    StateKey.create(bad.parent / "state.key")
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StorageError, match="cannot open"):
         Outbox.open(bad)
@@ -282,10 +288,10 @@ def test_alarms_are_never_dropped(
 def test_state_given_with_an_entry_is_committed_with_it_or_not_at_all(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = Outbox.open(path)
-    box.put(0, Kind.ALARM, env(0), state=("alarm-memory", "active"))
+    box.put(0, Kind.ALARM, env(0), state=("memory", "active"))
     with pytest.raises(StorageError, match="already used"):
-        box.put(0, Kind.ALARM, env(0), state=("alarm-memory", "idle"))
+        box.put(0, Kind.ALARM, env(0), state=("memory", "idle"))
     box.close()
     again = Outbox.open(path)
     assert again.pending() == [0]
-    assert again.load_state("alarm-memory") == "active"
+    assert again.load_state("memory") == "active"

@@ -12,7 +12,11 @@ position goes; an alarm, cancel or check-in is never dropped. Heartbeats are
 never queued: the next one supersedes the last (`reserve` only spends the seq).
 
 The outbox is the device's state: a new database is a new life of the device,
-with a new random epoch (§7) that every uplink carries.
+with a new random epoch (§7) that every uplink carries. Nothing in it is
+plaintext (vigil.device.atrest): every row is sealed under `state.key` before
+SQLite sees it, so the card shows only row numbers and same-sized noise; the
+kinds live in memory. Without that key the state is gone: `open` starts a new
+life, and `erase` is the crypto-erase (the key file deleted, then a new life).
 
     outbox = Outbox.open(state_dir / "outbox.sqlite3", capacity=512)
     outbox.put(seq, Kind.ALARM, payload)
@@ -22,6 +26,7 @@ with a new random epoch (§7) that every uplink carries.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -32,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from vigil.errors import StateDirError, StorageError
+from vigil.device.atrest import StateKey, erase_key_file
+from vigil.errors import StateDirError, StateUnreadable, StorageError
 from vigil.runtime.backoff import backoff_delay
 from vigil.wire.liveness import Epoch, uplink_digest
 from vigil.wire.messages import Kind
@@ -52,25 +58,14 @@ DROPPABLE: Final = (Kind.HEARTBEAT, Kind.POSITION)
 # The hub's replay window is 4096 seqs; an outbox this size never falls outside it.
 HARD_LIMIT: Final = 3072
 
-SCHEMA_VERSION: Final = 2  # 1 kept sealed version-1 envelopes, which no hub accepts now
+# 1 kept sealed version-1 envelopes, 2 plaintext payloads: both start a new life.
+SCHEMA_VERSION: Final = 3
+STATE_KEY_FILE: Final = "state.key"
 EPOCH_KEY: Final = "epoch"
+_SEQ, _DIGESTS, _WINDOW = "seq", "digests", "window"  # state rows the outbox owns
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
--- Digests of the alarms sent in this epoch: `acknowledged`/`resolved` must name one.
-CREATE TABLE IF NOT EXISTS sent_alarms (seq INTEGER PRIMARY KEY, digest TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority DESC, seq);
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS downlink_window (
-    id INTEGER PRIMARY KEY CHECK (id = 0),
-    highest INTEGER NOT NULL,
-    mask BLOB NOT NULL
-);
+CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, sealed BLOB NOT NULL);
 """
 
 
@@ -86,12 +81,17 @@ class Entry:
 
 
 class Outbox:
-    """The durable queue of sealed uplinks; thread-safe (one lock around one connection)."""
+    """The durable queue of signed uplinks; thread-safe (one lock around one connection).
+
+    Build it with `open()`; `conn` must hold the schema and `key` must open its rows.
+    """
 
     def __init__(
         self,
         conn: sqlite3.Connection,
         *,
+        key: StateKey,
+        path: Path,
         capacity: int,
         retry_initial: float,
         retry_max: float,
@@ -99,7 +99,7 @@ class Outbox:
     ) -> None:
         if not 1 <= capacity <= HARD_LIMIT:
             raise ValueError(f"capacity must be in 1..{HARD_LIMIT}")
-        self._conn = conn
+        self._conn, self._key, self._path = conn, key, path
         self._lock = threading.Lock()
         self.capacity = capacity
         self._retry = (retry_initial, retry_max)
@@ -107,6 +107,12 @@ class Outbox:
         # Backoff state lives in memory: after a restart everything is due at once.
         self._next_try: dict[int, float] = {}
         self._attempts: dict[int, int] = {}
+        # What the sealed rows say, read once: kinds and digests never touch the card in clear.
+        self._kinds: dict[int, Kind] = {}
+        self._digests: dict[int, str] = {}
+        self._alarms: dict[int, str] = {}  # digests of this epoch's alarms (ack / resolve)
+        self._next_seq = 0
+        self._load()
 
     @classmethod
     def open(
@@ -118,33 +124,80 @@ class Outbox:
         retry_max: float = 300.0,
         rand: Callable[[], float] = random.random,
     ) -> Outbox:
-        """Open (or create) the outbox database at `path`; `rand` jitters the retries."""
+        """Open (or create) the outbox at `path`, sealed under `state.key` beside it.
+
+        A missing key, an older schema or rows the key cannot open mean the state
+        is gone: the files are removed and a new life (new key, new epoch) starts.
+        """
+        options = {"capacity": capacity, "retry_initial": retry_initial,
+                   "retry_max": retry_max, "rand": rand}  # fmt: skip
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            _upgrade(conn, path)
-            conn.executescript(_SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('next_seq', 0)")
-            conn.execute(
-                "INSERT OR IGNORE INTO state VALUES (?, ?)", (EPOCH_KEY, Epoch.generate().hex)
-            )
+            conn, key = _connect(path)
+            try:
+                return cls(conn, key=key, path=path, **options)  # type: ignore[arg-type]
+            except StateUnreadable as exc:
+                conn.close()
+                _LOG.warning("device state at %s is unreadable (%s): starting a new life",
+                             path, exc)  # fmt: skip
+                conn, key = _new_life(path)
+                return cls(conn, key=key, path=path, **options)  # type: ignore[arg-type]
         except (sqlite3.Error, OSError) as exc:  # OSError: the folder cannot be made
             raise StorageError(f"cannot open the outbox {path}: {exc}") from exc
-        return cls(
-            conn, capacity=capacity, retry_initial=retry_initial, retry_max=retry_max, rand=rand
-        )
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
+    def erase(self) -> None:
+        """Crypto-erase the whole state (key file first), then start a new life in place."""
+        with self._lock:
+            self._conn.close()
+            try:
+                self._conn, self._key = _new_life(self._path)
+            except (sqlite3.Error, OSError) as exc:
+                raise StorageError(f"cannot renew the outbox {self._path}: {exc}") from exc
+            self._next_try.clear()
+            self._attempts.clear()
+            self._load()
+
+    # -- sealed rows ------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Read every sealed row once (raise `StateUnreadable` if the key cannot open one)."""
+        self._kinds.clear()
+        self._digests.clear()
+        for seq, sealed in self._conn.execute("SELECT seq, sealed FROM outbox"):
+            entry = self._open_entry(int(seq), bytes(sealed))
+            self._kinds[entry.seq], self._digests[entry.seq] = entry.kind, entry.digest
+        if self._read(EPOCH_KEY) is None:
+            raise StateUnreadable(f"{self._path} has no epoch")
+        self._next_seq = int(self._read(_SEQ) or "0")
+        self._alarms = {
+            int(s): str(d) for s, d in json.loads(self._read(_DIGESTS) or "{}").items()
+        }
+
+    def _open_entry(self, seq: int, sealed: bytes) -> Entry:
+        kind, _, payload = self._key.open(f"outbox/{seq}", sealed).partition(b"\n")
+        try:
+            return Entry(seq, Kind(kind.decode()), payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StateUnreadable(f"outbox row {seq} holds no known kind") from exc
+
+    def _read(self, name: str) -> str | None:
+        row = self._conn.execute("SELECT sealed FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else self._key.open(f"state/{name}", bytes(row[0])).decode()
+
+    def _write(self, name: str, value: str) -> None:
+        sealed = self._key.seal(f"state/{name}", value.encode())
+        self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (name, sealed))
+
+    # -- the queue --------------------------------------------------------------------
+
     @property
     def epoch(self) -> Epoch:
         """This life of the device's state, made with the database (docs/protocol.md §7)."""
         text = self.load_state(EPOCH_KEY)
-        if text is None:  # pragma: no cover - open() always writes it
+        if text is None:  # pragma: no cover - _load() refuses a state without one
             raise StorageError("the outbox has no epoch")
         return Epoch.parse(text)
 
@@ -155,14 +208,11 @@ class Outbox:
             return self._next_seq_locked()
 
     def _next_seq_locked(self) -> int:
-        (value,) = self._conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
-        (highest,) = self._conn.execute("SELECT coalesce(max(seq) + 1, 0) FROM outbox").fetchone()
-        return max(int(value), int(highest))
+        return max(self._next_seq, max(self._kinds, default=-1) + 1)
 
     def __len__(self) -> int:
         with self._lock:
-            (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
-            return int(count)
+            return len(self._kinds)
 
     def put(
         self, seq: int, kind: Kind, payload: bytes, *, state: tuple[str, str] | None = None
@@ -187,13 +237,13 @@ class Outbox:
     def _burn_seq(self, seq: int) -> None:
         """After a failed write (disk full), still try to persist the counter past `seq`.
 
-        Updating one existing row needs no new page, so it often succeeds when
-        an insert cannot; the seq, sent from memory, must never be reused.
+        Replacing one row with a record of the same size needs no new page, so it
+        often succeeds when an insert cannot; the seq, sent from memory, must never
+        be reused.
         """
+        self._next_seq = max(self._next_seq, seq + 1)
         try:
-            self._conn.execute(
-                "UPDATE meta SET value = max(value, ?) WHERE key = 'next_seq'", (seq + 1,)
-            )
+            self._write(_SEQ, str(self._next_seq))
         except sqlite3.Error as exc:
             _LOG.error("outbox: cannot persist the seq counter past %s either: %s", seq, exc)
 
@@ -203,110 +253,112 @@ class Outbox:
             if seq < self._next_seq_locked():
                 raise StorageError(f"seq {seq} was already used; refusing to repeat it")
             try:
-                self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+                self._write(_SEQ, str(seq + 1))
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot persist the seq counter past {seq}: {exc}") from exc
+            self._next_seq = seq + 1
 
     def _put_locked(
         self, seq: int, kind: Kind, payload: bytes, state: tuple[str, str] | None
     ) -> list[int]:
         if seq < self._next_seq_locked():
             raise StorageError(f"seq {seq} was already used; refusing to repeat it")
-        dropped: list[int] = []
+        dropped = self._room_for(kind)
+        sealed = self._key.seal(f"outbox/{seq}", kind.value.encode() + b"\n" + payload)
+        alarms = {**self._alarms, seq: uplink_digest(payload)} if kind is Kind.ALARM else None
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
-            if count >= self.capacity:
-                dropped = self._make_room(kind, limit=HARD_LIMIT if kind is Kind.ALARM else None)
-            self._conn.execute(
-                "INSERT INTO outbox VALUES (?, ?, ?, ?)",
-                (seq, kind.value, PRIORITY[kind], payload),
-            )
-            if kind is Kind.ALARM:
-                self._conn.execute(
-                    "INSERT INTO sent_alarms VALUES (?, ?)", (seq, uplink_digest(payload))
-                )
-            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq + 1,))
+            for old in dropped:
+                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (old,))
+            self._conn.execute("INSERT INTO outbox VALUES (?, ?)", (seq, sealed))
+            if alarms is not None:
+                self._write(_DIGESTS, json.dumps(alarms))
+            self._write(_SEQ, str(seq + 1))
             if state is not None:
-                self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", state)
+                self._write(*state)
             self._conn.execute("COMMIT")
         except BaseException:
             if self._conn.in_transaction:  # SQLite already rolled back after SQLITE_FULL
                 self._conn.execute("ROLLBACK")
             raise
+        self._next_seq, self._kinds[seq], self._digests[seq] = (
+            seq + 1,
+            kind,
+            uplink_digest(payload),
+        )
+        self._alarms = self._alarms if alarms is None else alarms
         for old in dropped:
             self._forget(old)
         return dropped
 
-    def _make_room(self, kind: Kind, *, limit: int | None) -> list[int]:
-        """Drop the oldest droppable entry, or fail; alarms may go over capacity up to `limit`."""
+    def _room_for(self, kind: Kind) -> list[int]:
+        """The entry to drop for a new `kind`, or none; raise if it may not be queued.
+
+        The oldest droppable entry goes; alarms may go over capacity up to HARD_LIMIT.
+        """
+        if len(self._kinds) < self.capacity:
+            return []
         for victim_kind in DROPPABLE:
             if PRIORITY[victim_kind] > PRIORITY[kind]:
                 break
-            row = self._conn.execute(
-                "SELECT seq FROM outbox WHERE kind = ? ORDER BY seq LIMIT 1", (victim_kind.value,)
-            ).fetchone()
-            if row is not None:
-                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
-                _LOG.warning("outbox full: dropped %s seq=%s for a %s", victim_kind, row[0], kind)
-                return [int(row[0])]
-        (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
-        if limit is not None and count < limit:
+            victims = [s for s, k in self._kinds.items() if k is victim_kind]
+            if victims:
+                _LOG.warning("outbox full: dropped seq=%s", min(victims))
+                return [min(victims)]
+        if kind is Kind.ALARM and len(self._kinds) < HARD_LIMIT:
             return []
-        raise StorageError(f"outbox full ({count} entries): cannot queue a {kind}")
+        raise StorageError(f"outbox full ({len(self._kinds)} entries): cannot queue this entry")
+
+    def _order(self) -> list[int]:
+        return sorted(self._kinds, key=lambda s: (-PRIORITY[self._kinds[s]], s))
 
     def due(self, now: float, *, limit: int = 32) -> list[Entry]:
         """Entries whose retry time has come, alarms first, oldest first."""
         with self._lock:
-            order = self._conn.execute("SELECT seq FROM outbox ORDER BY priority DESC, seq")
-            seqs = [int(s) for (s,) in order if self._next_try.get(int(s), 0.0) <= now][:limit]
+            seqs = [s for s in self._order() if self._next_try.get(s, 0.0) <= now][:limit]
             out = []
-            for seq in seqs:  # payloads only for what goes out now
-                kind, payload = self._conn.execute(
-                    "SELECT kind, payload FROM outbox WHERE seq = ?", (seq,)
+            for seq in seqs:  # payloads are decrypted only for what goes out now
+                (sealed,) = self._conn.execute(
+                    "SELECT sealed FROM outbox WHERE seq = ?", (seq,)
                 ).fetchone()
-                out.append(Entry(seq, Kind(kind), bytes(payload)))
+                out.append(self._open_entry(seq, bytes(sealed)))
             return out
 
     def digest(self, seq: int) -> str | None:
         """The digest a `stored` for `seq` must carry (None: not waiting for one)."""
         with self._lock:
-            row = self._conn.execute("SELECT payload FROM outbox WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else uplink_digest(bytes(row[0]))
+            return self._digests.get(seq)
 
     def alarm_digest(self, seq: int) -> str | None:
         """The digest of alarm `seq` of this epoch, for its `acknowledged` and `resolved`."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT digest FROM sent_alarms WHERE seq = ?", (seq,)
-            ).fetchone()
-        return None if row is None else str(row[0])
+            return self._alarms.get(seq)
 
     def forget_alarms(self, *, keep: set[int]) -> None:
-        """Drop the digests of alarms that are over (resolved or cancelled)."""
+        """Drop the digests of alarms that are over; the row is rewritten even if unchanged,
+        so the card's writes do not say whether an alarm ended."""
         with self._lock:
-            rows = self._conn.execute("SELECT seq FROM sent_alarms").fetchall()
-            for (seq,) in rows:
-                if int(seq) not in keep:
-                    self._conn.execute("DELETE FROM sent_alarms WHERE seq = ?", (seq,))
+            alarms = {s: d for s, d in self._alarms.items() if s in keep}
+            try:
+                self._write(_DIGESTS, json.dumps(alarms))
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot save the alarm digests: {exc}") from exc
+            self._alarms = alarms
 
     def waiting(self) -> tuple[int, int | None]:
         """How many entries wait for a `stored`, and the oldest seq among them (heartbeats)."""
         with self._lock:
-            count, oldest = self._conn.execute("SELECT count(*), min(seq) FROM outbox").fetchone()
-        return int(count), None if oldest is None else int(oldest)
+            return len(self._kinds), min(self._kinds, default=None)
 
     def pending_alarms(self) -> list[int]:
         """Alarm seqs still waiting for their `stored`."""
         with self._lock:
-            rows = self._conn.execute("SELECT seq FROM outbox WHERE kind = 'alarm' ORDER BY seq")
-            return [int(seq) for (seq,) in rows]
+            return sorted(s for s, k in self._kinds.items() if k is Kind.ALARM)
 
     def pending(self) -> list[int]:
         """Seqs still waiting for the hub, in sending order."""
         with self._lock:
-            rows = self._conn.execute("SELECT seq FROM outbox ORDER BY priority DESC, seq")
-            return [int(seq) for (seq,) in rows]
+            return self._order()
 
     def next_retry(self) -> float | None:
         """The earliest time an entry becomes due again, or None if nothing waits."""
@@ -339,55 +391,84 @@ class Outbox:
 
     def downlink_window(self) -> ReplayWindow:
         """The persisted window of downlink seqs already accepted from the hub."""
-        with self._lock:
-            row = self._conn.execute("SELECT highest, mask FROM downlink_window").fetchone()
-        if row is None:
+        text = self.load_state(_WINDOW)
+        if text is None:
             return ReplayWindow()
-        return ReplayWindow(int(row[0]), int.from_bytes(row[1], "big"))
+        highest, mask = text.split(":")
+        return ReplayWindow(int(highest), int(mask, 16))
 
     def save_downlink_window(self, window: ReplayWindow) -> None:
         """Persist the window durably before the downlink that moved it is acted on."""
-        mask = window.mask.to_bytes(WINDOW_SIZE // 8, "big")
-        with self._lock:
-            try:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO downlink_window VALUES (0, ?, ?)",
-                    (window.highest, mask),
-                )
-            except sqlite3.Error as exc:
-                raise StorageError(f"cannot save the downlink window: {exc}") from exc
+        mask = window.mask.to_bytes(WINDOW_SIZE // 8, "big").hex()
+        self.save_state(_WINDOW, f"{window.highest}:{mask}")
 
     def load_state(self, key: str) -> str | None:
         """Read a small piece of daemon state saved with `save_state` (None if never saved)."""
         with self._lock:
-            row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+            return self._read(key)
 
     def save_state(self, key: str, value: str) -> None:
-        """Durably save a small piece of daemon state (e.g. the active alarms)."""
+        """Durably save a small piece of daemon state (e.g. the active alarms), sealed."""
         with self._lock:
             try:
-                self._conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+                self._write(key, value)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot save state {key}: {exc}") from exc
 
     def _forget(self, seq: int) -> None:
+        self._kinds.pop(seq, None)
+        self._digests.pop(seq, None)
         self._next_try.pop(seq, None)
         self._attempts.pop(seq, None)
 
 
-def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
-    """A version-1 outbox holds envelopes no hub accepts any more: start a new life."""
+def _connect(path: Path) -> tuple[sqlite3.Connection, StateKey]:
+    """Open the state at `path` with its key, or start a new life if it cannot be read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = StateKey.load(path.with_name(STATE_KEY_FILE))
+    if key is None:
+        if any(p.exists() for p in _files(path)):
+            _LOG.warning("state key %s is missing: the saved state cannot be read; starting "
+                         "a new life", path.with_name(STATE_KEY_FILE))  # fmt: skip
+        return _new_life(path)
+    conn = _sqlite(path)
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version >= SCHEMA_VERSION:
-        return
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    if tables:
-        _LOG.warning("outbox %s is from protocol version 1: its entries are dropped and the "
-                     "device starts a new epoch", path)  # fmt: skip
-    for table in tables:
-        conn.execute(f'DROP TABLE "{table}"')
+    if version == SCHEMA_VERSION:
+        conn.executescript(_SCHEMA)
+        return conn, key
+    conn.close()
+    _LOG.warning("outbox %s is from an older version (%s): its entries are dropped and the "
+                 "device starts a new life", path, version)  # fmt: skip
+    return _new_life(path)
+
+
+def _new_life(path: Path) -> tuple[sqlite3.Connection, StateKey]:
+    """Erase the key, remove the database files, then make a new key and an empty state."""
+    key_path = path.with_name(STATE_KEY_FILE)
+    erase_key_file(key_path)  # first: from here on, whatever is left on the card is noise
+    for file in _files(path):
+        file.unlink(missing_ok=True)
+    key = StateKey.create(key_path)
+    conn = _sqlite(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.executescript(_SCHEMA)
+    for name, value in ((EPOCH_KEY, Epoch.generate().hex), (_SEQ, "0"), (_DIGESTS, "{}")):
+        conn.execute(
+            "INSERT INTO state VALUES (?, ?)", (name, key.seal(f"state/{name}", value.encode()))
+        )
+    return conn, key
+
+
+def _sqlite(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _files(path: Path) -> list[Path]:
+    """The database and SQLite's companions (write-ahead log, shared-memory index)."""
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
 
 
 def check_state_dir(path: Path, *, create: bool) -> None:
