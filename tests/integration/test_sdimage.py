@@ -93,6 +93,8 @@ def test_bookworm_image_gets_firstrun_and_everything_vigil_needs(tmp_path: Path)
     assert read(image, "vigil/device.key") == (device / "device.key").read_text()
     assert read(image, "vigil/wheels/vigil-0.1.0-py3-none-any.whl")
     assert "shred -u" in read(image, "vigil/install.sh")
+    # The journal stays in RAM: nothing the wearable logged survives on the card.
+    assert "[Journal]\\nStorage=volatile" in read(image, "vigil/install.sh")
 
 
 def test_trixie_image_gets_cloud_init_files(tmp_path: Path) -> None:

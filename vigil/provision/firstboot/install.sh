@@ -47,6 +47,12 @@ install -m 0644 "$SRC/vigil-fuel-gauge.service" /etc/systemd/system/vigil-fuel-g
 systemctl disable hciuart.service 2>/dev/null || true
 install -d /etc/systemd/system.conf.d
 printf '[Manager]\nRuntimeWatchdogSec=10s\n' > /etc/systemd/system.conf.d/vigil-watchdog.conf
+# The journal lives in RAM only: a seized card keeps no record of what the wearable did or
+# when (docs/protocol.md §8). The journal already on the card goes with it.
+install -d /etc/systemd/journald.conf.d
+printf '[Journal]\nStorage=volatile\n' > /etc/systemd/journald.conf.d/vigil-volatile.conf
+rm -rf /var/log/journal
+systemctl restart systemd-journald.service 2>/dev/null || true
 
 # --system-site-packages: the GPIO backend lgpio has no wheel for every Python (none for
 # 3.13), and Raspberry Pi OS Lite ships it as python3-lgpio; what the wheels install into
