@@ -94,7 +94,6 @@ keepalive = 10
 
 [alarm]
 heartbeat_interval = 5
-position_interval = 5
 hold_seconds = 2.0
 
 [battery]

@@ -32,6 +32,7 @@ from vigil.device.core import (
     TamperClosed,
     TamperOpened,
     Tick,
+    Zeroise,
 )
 from vigil.wire.fix import AgedFix, Fix
 from vigil.wire.messages import (
@@ -42,13 +43,12 @@ from vigil.wire.messages import (
     Config,
     Heartbeat,
     Message,
-    Position,
     Resolved,
     Stored,
     Trigger,
 )
 
-BASE = AlarmSettings(heartbeat_interval=10_000, position_interval=30)
+BASE = AlarmSettings(heartbeat_interval=10_000)
 
 
 def P(at: float) -> ButtonPressed:  # noqa: N802 - reads like a timing diagram
@@ -128,7 +128,7 @@ SCENARIOS = [
         mode=Mode.IDLE,
     ),
     Scenario(
-        "duress cancel looks like a cancel but keeps tracking silently",
+        "duress cancel looks like a cancel and sends nothing more",
         [
             (FIX, []),
             *HOLD[:2],
@@ -136,10 +136,54 @@ SCENARIOS = [
             (R(3.5), []),
             *taps(10, "..-"),
             (T(13), [Send(1, Cancel(0, duress=True)), Feedback(Pattern.CANCELLED)]),
-            (T(33.0), [Send(2, Position(0, wire_fix(28.0)))]),
+            (T(33.0), []),
             (down(34, Stored(0, DIGEST)), [Delivered(0)]),
             (down(35, Acknowledged(0, DIGEST)), []),
+            (T(100), []),
         ],
+        mode=Mode.SILENT,
+    ),
+    Scenario(
+        "after a duress cancel a hold raises a normal-looking alarm, receipts felt",
+        [
+            *HOLD,
+            *taps(10, "..-"),
+            (T(13), [Send(1, Cancel(0, duress=True)), Feedback(Pattern.CANCELLED)]),
+            (P(20), []),
+            (T(22), [Send(2, Alarm(Trigger.BUTTON)), Feedback(Pattern.RAISED)]),
+            (R(22.5), []),
+            (down(23, Stored(2, DIGEST)), [Delivered(2), Feedback(Pattern.STORED)]),
+            (down(24, Acknowledged(2, DIGEST)), [Feedback(Pattern.ACKNOWLEDGED)]),
+            # the wearer is coerced: a "real" cancel of it is sent as duress too
+            *taps(30, "..."),
+            (T(32), [Send(3, Cancel(2, duress=True)), Feedback(Pattern.CANCELLED)]),
+        ],
+        mode=Mode.SILENT,
+    ),
+    Scenario(
+        "after a duress cancel a tamper vibrates as after a real cancel",
+        [
+            (TamperClosed(0), []),
+            *HOLD,
+            *taps(10, "..-"),
+            (T(13), [Send(1, Cancel(0, duress=True)), Feedback(Pattern.CANCELLED)]),
+            (TamperOpened(20), []),
+            (T(20.5), [Send(2, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
+            (T(80.5), [Feedback(Pattern.UNDELIVERED)]),
+        ],
+        mode=Mode.SILENT,
+    ),
+    Scenario(
+        "after a duress cancel check-ins resume as after a real cancel",
+        [
+            (T(100), [Send(0, Alarm(Trigger.MISSED_CHECKIN)), Feedback(Pattern.RAISED)]),
+            *taps(105, "..-"),
+            (T(108), [Send(1, Cancel(0, duress=True)), Feedback(Pattern.CANCELLED)]),
+            (T(197), []),
+            (T(198), [Feedback(Pattern.REMINDER)]),
+            (T(208), [Send(2, Alarm(Trigger.MISSED_CHECKIN)), Feedback(Pattern.RAISED)]),
+        ],
+        settings=replace(BASE, checkin_interval=100, checkin_reminder=10),
         mode=Mode.SILENT,
     ),
     Scenario(
@@ -193,30 +237,21 @@ SCENARIOS = [
         ],
     ),
     Scenario(
-        "positions follow while active and stop when resolved",
+        "no position messages in any mode: heartbeats carry the fix at their own times",
         [
             (FIX, []),
             (P(1), []),
             (T(3), [Send(0, Alarm(Trigger.BUTTON, wire_fix(0.0))), Feedback(Pattern.RAISED)]),
             (R(3.1), []),
-            (T(32.9), []),
-            (down(4, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED)]),
-            (T(33), [Send(1, Position(0, wire_fix(28.0)))]),
-            (T(63), [Send(2, Position(0, wire_fix(58.0)))]),
-            (down(64, Resolved(0, DIGEST)), []),
-            (T(100), []),
-        ],
-        mode=Mode.IDLE,
-    ),
-    Scenario(
-        "no position without a fix",
-        [
-            *HOLD,
             (down(4, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED)]),
             (T(33), []),
-            (T(63), []),
+            (T(59), []),
+            (T(60), [Send(1, Heartbeat(fix=wire_fix(55.0), mode=Mode.ACTIVE))]),
+            (down(64, Resolved(0, DIGEST)), []),
+            (T(120), [Send(2, Heartbeat(fix=wire_fix(115.0)))]),
         ],
-        mode=Mode.ACTIVE,
+        settings=replace(BASE, heartbeat_interval=60),
+        mode=Mode.IDLE,
     ),
     Scenario(
         "tamper is debounced",
@@ -262,15 +297,51 @@ SCENARIOS = [
         mode=Mode.ACTIVE,
     ),
     Scenario(
-        "tamper while silent stays silent",
+        "tamper after a silent alarm vibrates as when idle",
         [
             (TamperClosed(0), []),
             *taps(1, "...."),
             (T(3), [Send(0, Alarm(Trigger.DURESS))]),
             (TamperOpened(4), []),
-            (T(4.5), [Send(1, Alarm(Trigger.TAMPER))]),
+            (T(4.5), [Send(1, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
         ],
         mode=Mode.SILENT,
+    ),
+    Scenario(
+        "a tamper alarm, once stored, zeroises the state",
+        [
+            (TamperClosed(0), []),
+            (TamperOpened(1), []),
+            (T(1.5), [Send(0, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
+            (down(2, Stored(0, DIGEST)), [Delivered(0), Feedback(Pattern.STORED), Zeroise()]),
+            (down(3, Acknowledged(0, DIGEST)), []),  # the alarm is forgotten
+            (T(1000), []),
+        ],
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "a tamper alarm never stored zeroises after the timeout",
+        [
+            (TamperClosed(0), []),
+            (TamperOpened(1), []),
+            (T(1.5), [Send(0, Alarm(Trigger.TAMPER)), Feedback(Pattern.RAISED)]),
+            (T(61.5), [Feedback(Pattern.UNDELIVERED)]),
+            (T(100), [Zeroise()]),
+            (T(1000), []),
+        ],
+        settings=replace(BASE, zeroise_timeout=98.5, undelivered_after=60),
+        mode=Mode.IDLE,
+    ),
+    Scenario(
+        "zeroise_after_duress erases after every cancel, real or coerced alike",
+        [
+            *HOLD,
+            *taps(10, "..."),
+            (T(12), [Send(1, Cancel(0)), Feedback(Pattern.CANCELLED)]),
+            (down(13, Stored(1, DIGEST)), [Delivered(1), Zeroise()]),
+        ],
+        settings=replace(BASE, zeroise_after_duress=True),
+        mode=Mode.IDLE,
     ),
     Scenario(
         "resolving one of two alarms keeps the device active",
@@ -348,6 +419,16 @@ SCENARIOS = [
             (T(200), []),
         ],
         mode=Mode.ACTIVE,
+    ),
+    Scenario(
+        "after a silent alarm a hold raises a normal-looking alarm",
+        [
+            *taps(1, "...."),
+            (T(3), [Send(0, Alarm(Trigger.DURESS))]),
+            (P(5), []),
+            (T(7), [Send(1, Alarm(Trigger.BUTTON)), Feedback(Pattern.RAISED)]),
+        ],
+        mode=Mode.SILENT,
     ),
     Scenario(
         "a silent alarm with no stored never nudges",
@@ -434,10 +515,10 @@ def test_heartbeat_gaps_vary_with_the_draw() -> None:
 
 def test_an_alarm_still_undelivered_at_restart_nudges_again() -> None:
     """The outbox says which alarms never got their `stored`: the nudges resume."""
-    memory, cfg = Memory(Mode.ACTIVE, (4,)), replace(BASE, position_interval=500)
+    memory, cfg = Memory(raised=(4,)), BASE
     # Seq 9 waits in the outbox but is no alarm of the memory: it never nudges.
     core = AlarmCore(cfg, first_seq=10, started_at=1000.0, rand=MIDDLE, memory=memory,
-                     undelivered=[4, 9])  # fmt: skip
+                     pending=[4, 9])  # fmt: skip
     assert core.next_deadline() == pytest.approx(1000.0 + cfg.undelivered_after)
     assert core.handle(T(1060)) == [Feedback(Pattern.UNDELIVERED)]
     assert core.handle(down(1061, Stored(4, DIGEST))) == [Delivered(4), Feedback(Pattern.STORED)]
@@ -453,17 +534,31 @@ def test_memory_restores_an_active_alarm_after_a_restart() -> None:
     core.handle(TamperOpened(4))
     core.handle(T(5))
     memory = core.memory()
-    assert memory == Memory(Mode.SILENT, (0, 1), tamper_fired=True)
-    again = AlarmCore(BASE, first_seq=core.next_seq, started_at=1000.0, rand=MIDDLE, memory=memory)
+    assert memory == Memory(raised=(1,), covert=(0,), tamper_fired=True, zeroise_after=1)
+    assert memory.mode is Mode.SILENT
+    again = AlarmCore(BASE, first_seq=core.next_seq, started_at=1000.0, rand=MIDDLE,
+                      memory=memory, pending=[1])  # fmt: skip
     again.handle(FIX_AT_1000)
-    assert again.handle(T(1030)) == [Send(2, Position(1, wire_fix_at(30.0)))]
-    assert again.handle(down(1031, Acknowledged(1, DIGEST))) == []  # still silent
+    assert again.handle(T(1030)) == []  # no positions: they ride in heartbeats
+    assert again.handle(down(1031, Acknowledged(1, DIGEST))) == [Feedback(Pattern.ACKNOWLEDGED)]
     for event in [e for e, _ in taps(1032, "...")]:
         assert again.handle(event) == []
-    assert again.handle(T(1040)) == []  # no cancel after a restart
+    assert again.handle(T(1040)) == []  # no cancel after a restart (nor of a tamper alarm)
     again.handle(down(1041, Resolved(0, DIGEST)))
     again.handle(down(1042, Resolved(1, DIGEST)))
+    assert again.memory() == Memory(zeroise_after=1)
+    # The zeroise armed by the tamper survives the restart: stored, then erased.
+    assert again.handle(down(1043, Stored(1, DIGEST))) == [Delivered(1), Zeroise()]
     assert again.memory() == Memory()
+
+
+def test_a_restart_after_the_tamper_alarm_was_stored_erases_at_once() -> None:
+    memory = Memory(raised=(3,), tamper_fired=True, zeroise_after=3)
+    core = AlarmCore(BASE, first_seq=4, started_at=50.0, rand=MIDDLE, memory=memory, pending=[])
+    assert core.next_deadline() == 50.0
+    assert core.handle(T(50.0)) == [Zeroise()]
+    core.renumber(0)
+    assert core.handle(T(BASE.heartbeat_interval + 50.0)) == [Send(0, Heartbeat())]
 
 
 UNDATED = Fix(lat=52.5, lon=13.4, fix_time=None, quality=1, satellites=7)
@@ -534,14 +629,14 @@ EVENT_MAKERS: list[Callable[[float], Event]] = [
     )
 )
 def test_invariants_hold_for_any_event_sequence(steps: list[tuple[float, int]]) -> None:
-    """Seqs only grow; silent alarms never give feedback; a tamper alarm is never cancelled;
+    """Seqs only grow; receipts are felt only for raised alarms; a tamper alarm is never cancelled;
     the wearer feels `stored` at most once for an alarm (here seq 0, the only one receipted)."""
     core = AlarmCore(replace(BASE, heartbeat_interval=7, checkin_interval=20, checkin_reminder=5),
                      first_seq=0, started_at=0.0, rand=MIDDLE)  # fmt: skip
     now, last_seq, tamper_alarms, stored_felt = 0.0, -1, set(), 0
     for delta, which in steps:
         now += delta
-        silent_before = core.mode is Mode.SILENT
+        raised_before = 0 in core.memory().raised
         for action in core.handle(EVENT_MAKERS[which](now)):
             if isinstance(action, Send):
                 assert action.seq > last_seq
@@ -550,8 +645,9 @@ def test_invariants_hold_for_any_event_sequence(steps: list[tuple[float, int]]) 
                     tamper_alarms.add(action.seq)
                 if isinstance(action.body, Cancel):
                     assert action.body.alarm_seq not in tamper_alarms
-            if isinstance(action, Feedback) and silent_before:
-                raise AssertionError(f"feedback {action.pattern} while silent")
+            receipt = action in (Feedback(Pattern.STORED), Feedback(Pattern.ACKNOWLEDGED))
+            if receipt and not raised_before:  # seq 0 silent, cancelled or never raised
+                raise AssertionError(f"{action} felt for an alarm the wearer has not raised")
             if action == Feedback(Pattern.STORED):
                 stored_felt += 1
                 assert stored_felt == 1, "stored felt twice"

@@ -13,7 +13,7 @@ from tests.support.device_setup import ProvisionedDevice, make_device
 from tests.support.parties import DIGEST, EPOCH, NONCE
 from tests.support.wait import wait_until
 from vigil.device.config import DeviceConfig, load_config
-from vigil.device.core import ButtonPressed, GpsFix, Mode, Pattern
+from vigil.device.core import ButtonPressed, ButtonReleased, GpsFix, Mode, Pattern
 from vigil.device.daemon import MEMORY_KEY, Daemon, mqtt_settings
 from vigil.device.drivers.link import read_link_quality
 from vigil.device.outbox import Outbox
@@ -138,20 +138,27 @@ def test_alarm_is_sealed_and_committed_without_a_broker(
     assert message.nonce is None  # no downlink seen yet: nothing to echo
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol v2 keeps the signed payload (plaintext) in the outbox to reseal each "
-    "send: a seized card shows what the device sent (a duress cancel too), contrary to "
-    "docs/protocol.md §1 and §4.2",
-)
 def test_a_seized_card_does_not_show_what_was_sent(
     dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
 ) -> None:
-    """Version 1 kept only ciphertext on disk: what an alarm says is for the hub alone."""
+    """Every row is sealed under state.key before SQLite sees it: WAL and database alike
+    hold no kind, trigger or mode, a pending duress cancel included."""
     daemon, clock, _ = parts
     hold(daemon, clock)
+    for mark in "..-":
+        daemon.post(ButtonPressed(clock.now))
+        daemon.step()
+        clock.now += 0.1 if mark == "." else 0.7
+        daemon.post(ButtonReleased(clock.now))
+        daemon.step()
+        clock.now += 0.2
+    clock.now += 1.0
+    daemon.step()
+    assert [m.body for m in opened(dev, daemon)] == [Alarm(Trigger.BUTTON, None, 42),
+                                                     Cancel(0, duress=True)]  # fmt: skip
     raw = b"".join(p.read_bytes() for p in dev.state_dir.iterdir() if p.is_file())
-    assert b"button" not in raw
+    for word in (b"button", b"alarm", b"cancel", b"duress", b"silent", b"covert", b"true"):
+        assert word not in raw, word
 
 
 def test_gps_time_then_ntp_time(
@@ -177,9 +184,9 @@ def test_gps_time_then_ntp_time(
     assert (body.battery, body.signal, body.mode) == (42, 50, Mode.ACTIVE)
     assert body.fix is not None
     assert body.fix.age == pytest.approx(clock.now - 100.0)
-    # What waits for a `stored`: the alarm and the position that fell due with the heartbeat.
+    # What waits for a `stored`: the alarm (positions ride in heartbeats, never queued).
     assert (body.pending, body.oldest_pending) == (len(daemon.outbox.pending()), message.seq)
-    assert body.pending == 2
+    assert body.pending == 1
     assert beat[0].seq not in daemon.outbox.pending()  # heartbeats are never queued
 
 
@@ -319,7 +326,7 @@ def test_unreadable_saved_state_starts_idle(dev: ProvisionedDevice) -> None:
     cfg = load_config(dev.config_path)
     outbox = Outbox.open(cfg.state_dir / "outbox.sqlite3")
     try:
-        outbox.save_state(MEMORY_KEY, '{"mode": "panic", "alarms": "x"}')
+        outbox.save_state(MEMORY_KEY, '{"raised": "x", "covert": [], "tamper": 1}')
         daemon = Daemon(cfg, keys=dev.device_keys, outbox=outbox, feedback=Recorder())
         assert daemon.core.mode is Mode.IDLE
     finally:

@@ -140,10 +140,15 @@ def _pins(top: Table, pinout: Path) -> tuple[PinConfig, GpsConfig]:
 
 def _alarm(t: Table) -> AlarmSettings:
     defaults = AlarmSettings()
-    values = {
-        f.name: (t.text if f.type == "str" else t.number)(f.name, getattr(defaults, f.name))
-        for f in fields(AlarmSettings)
-    }
+    values: dict[str, object] = {}
+    for f in fields(AlarmSettings):
+        default = getattr(defaults, f.name)
+        if f.type == "str":
+            values[f.name] = t.text(f.name, default)
+        elif f.type == "bool":
+            values[f.name] = t.boolean(f.name, default)
+        else:
+            values[f.name] = t.number(f.name, default)
     return t.build(AlarmSettings, values)
 
 

@@ -7,20 +7,18 @@ no later than that time.
 
 Gestures (all configurable in `[alarm]`, see `GestureSettings`):
 
-- **hold** the button for `hold_seconds` (default 2 s): alarm, trigger `button`,
-  one `RAISED` vibration. A short bump does nothing (or counts as a check-in
-  when check-ins are on).
+- **hold** the button for `hold_seconds` (default 2 s) while no alarm is
+  raised: alarm, trigger `button`, one `RAISED` vibration. A short bump does
+  nothing (or counts as a check-in when check-ins are on).
 - presses separated by less than `gap_seconds` form a gesture, written as
   dots (short press) and dashes (a press of `long_press_seconds` or more, but
   shorter than a hold). A gesture is read when the gap after it has passed:
     - `cancel` (default `...`, three quick presses) within `grace_seconds`
       of a button or missed-check-in alarm: send `cancel`, `CANCELLED` vibration.
     - `duress_cancel` (default `..-`, two quick presses and a longer one) in
-      the same window: exactly the same `CANCELLED` vibration and a `cancel`
-      of the same size on the wire, but with `duress=true`; the device then
-      keeps sending positions silently.
-    - `duress` (default `....`, four quick presses) while idle: silent alarm,
-      trigger `duress`: no vibration, no LED, no receipts.
+      the same window: a `cancel` with `duress=true`, and nothing else differs.
+    - `duress` (default `....`, four quick presses) while no alarm is raised:
+      silent alarm, trigger `duress`, and nothing else differs.
 - the **tamper** loop opening for `tamper_debounce` raises an alarm (trigger
   `tamper`) that the wearer cannot cancel. The loop is armed once it has been
   seen closed, so a device booted before it is put on does not raise one.
@@ -28,30 +26,53 @@ Gestures (all configurable in `[alarm]`, see `GestureSettings`):
   each interval; a `REMINDER` vibration `checkin_reminder` seconds before the
   deadline; a missed deadline raises an alarm (trigger `missed-checkin`).
 
-Verified downlinks: `stored` for the newest alarm gives pattern `STORED`,
-`acknowledged` gives pattern `ACKNOWLEDGED` (never while silent), `resolved`
-ends the alarm and its follow-up positions.
+**Two sets of alarms.** `raised` are the alarms the wearer (and whoever holds
+the wearable) knows of: every local reaction — vibrations, receipts felt,
+hold, tamper, check-ins, the not-delivered nudge — depends on them alone.
+`covert` are the alarms the hub keeps open under duress: a silent duress
+alarm, and any raised alarm cancelled with the duress gesture. A duress
+cancel therefore leaves the device exactly as a real cancel does in the hand:
+a new hold raises a normal-looking alarm (RAISED, `stored` and `acknowledged`
+felt), a tamper vibrates, check-ins resume. Only two things differ, both
+inside ciphertext: while `covert` is not empty the heartbeats say
+`mode: silent`, and every cancel says `duress=true` (the wearer is coerced;
+the hub keeps later alarms in the duress incident, docs/protocol.md §8).
+
+**One schedule in every mode.** The device never sends `position`: every
+heartbeat carries the latest fix, at the same jittered times in every mode,
+so during any alarm the positions ride in the regular heartbeats. Only the
+alarm and the cancel go out at once. This holds for visible alarms too: a
+position stream after an alarm would tell the broker an alarm is running, and
+after any cancel the wire must look the same whether it was real or coerced.
+
+**Zeroise.** A tamper alarm (and, with `zeroise_after_duress`, any cancel,
+real or coerced alike so that the erase marks neither) arms a crypto-erase:
+once the hub's `stored` for that message arrives, or `zeroise_timeout`
+seconds pass, the core returns `Zeroise`, forgets every alarm and the shell
+erases the state and starts a new life. Heartbeats go on at the same times.
 
 ```mermaid
 stateDiagram-v2
     [*] --> Idle
     Idle --> Active: hold / tamper / missed check-in (RAISED)
-    Idle --> Silent: duress gesture (no feedback)
+    Idle --> Silent: duress gesture (no feedback; covert)
     Active --> Idle: cancel gesture in grace (CANCELLED)
-    Active --> Silent: duress-cancel gesture in grace (CANCELLED)
+    Active --> Silent: duress-cancel gesture in grace (CANCELLED; covert)
+    Silent --> Silent: hold / tamper / missed check-in (RAISED, as in Idle)
     Active --> Active: tamper (new alarm, no cancel any more)
-    Silent --> Silent: tamper (new alarm, silent)
     Active --> Idle: resolved (all alarms)
     Silent --> Idle: resolved (all alarms)
+    Active --> Idle: zeroise (stored or timeout after tamper)
+    Silent --> Idle: zeroise
 ```
-In `Active` and `Silent` a `position` follows every `position_interval`
-while there is a fix; heartbeats go out every `heartbeat_interval` in all states.
+`mode` (in heartbeats) is `silent` while any alarm is covert, else `active`
+while one is raised, else `idle`; in the hand, Silent behaves as Idle.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vigil.device.events import (
@@ -72,6 +93,7 @@ from vigil.device.events import (
     TamperClosed,
     TamperOpened,
     Tick,
+    Zeroise,
 )
 from vigil.wire.fix import AgedFix
 from vigil.wire.messages import (
@@ -83,7 +105,6 @@ from vigil.wire.messages import (
     Heartbeat,
     Message,
     Mode,
-    Position,
     Resolved,
     Stored,
     Trigger,
@@ -111,6 +132,7 @@ __all__ = [
     "TamperClosed",
     "TamperOpened",
     "Tick",
+    "Zeroise",
 ]
 
 
@@ -119,8 +141,8 @@ __all__ = [
 
 @dataclass
 class _State:
-    mode: Mode = Mode.IDLE
-    alarms: list[int] = field(default_factory=list)  # active alarm seqs, newest last
+    raised: list[int] = field(default_factory=list)  # alarms the wearer knows of, newest last
+    covert: list[int] = field(default_factory=list)  # alarms the hub holds under duress
     cancellable_until: float | None = None
     tamper_fired: bool = False
     tamper_armed: bool = False  # armed once the loop was seen closed: not worn at boot is fine
@@ -133,24 +155,36 @@ class _State:
     battery: int | None = None
     signal: int | None = None
     next_heartbeat: float | None = None
-    next_position: float | None = None
-    undelivered: dict[int, float] = field(default_factory=dict)  # alarm seq -> next nudge
+    undelivered: dict[int, float] = field(default_factory=dict)  # raised seq -> next nudge
     checkin_due: float | None = None
     reminded: bool = False
+    zeroise_after: int | None = None  # erase once this seq is stored...
+    zeroise_at: float | None = None  # ...or at this time
 
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """What must survive a power cut: the active alarms and whether they are silent.
+    """What must survive a power cut: the raised and the covert alarms, and the tamper.
 
-    After a restart the grace period is over (no cancel), but follow-up
-    positions resume, a silent alarm stays silent and a tamper alarm stays
-    uncancellable.
+    After a restart the grace period is over (no cancel), a covert alarm stays
+    covert, a tamper alarm stays uncancellable and a pending zeroise is armed
+    again (at once if its message was stored meanwhile).
     """
 
-    mode: Mode = Mode.IDLE
-    alarms: tuple[int, ...] = ()
+    raised: tuple[int, ...] = ()
+    covert: tuple[int, ...] = ()
     tamper_fired: bool = False
+    zeroise_after: int | None = None
+
+    @property
+    def mode(self) -> Mode:
+        return _mode(self.raised, self.covert)
+
+
+def _mode(raised: Sequence[int], covert: Sequence[int]) -> Mode:
+    if covert:
+        return Mode.SILENT
+    return Mode.ACTIVE if raised else Mode.IDLE
 
 
 class AlarmCore:
@@ -158,7 +192,8 @@ class AlarmCore:
 
     `first_seq` is the outbox's persisted next sequence number: the core hands
     out seqs from there, so they never repeat across restarts. `memory` is the
-    last `memory()` persisted before the restart.
+    last `memory()` persisted before the restart, `pending` the seqs still
+    waiting in the outbox for their `stored`.
     """
 
     def __init__(
@@ -168,43 +203,51 @@ class AlarmCore:
         first_seq: int,
         started_at: float,
         memory: Memory = Memory(),  # frozen: a shared default is safe
-        undelivered: Iterable[int] = (),
+        pending: Iterable[int] = (),
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
         self._seq = first_seq
         self._rand = rand
-        self._s = _State(next_heartbeat=self._heartbeat_after(started_at))
-        if memory.alarms and memory.mode is not Mode.IDLE:
-            self._s.mode, self._s.alarms = memory.mode, list(memory.alarms)
-            self._s.tamper_fired = memory.tamper_fired
-            self._s.next_position = started_at + settings.position_interval
-            nudge = started_at + settings.undelivered_after
-            self._s.undelivered = {seq: nudge for seq in undelivered if seq in memory.alarms}
-        elif settings.checkin_interval:
-            self._s.checkin_due = started_at + settings.checkin_interval
+        self._s = s = _State(next_heartbeat=self._heartbeat_after(started_at))
+        waiting = set(pending)
+        s.raised, s.covert = list(memory.raised), list(memory.covert)
+        s.tamper_fired = memory.tamper_fired and bool(s.raised)
+        nudge = started_at + settings.undelivered_after
+        s.undelivered = {seq: nudge for seq in s.raised if seq in waiting}
+        if memory.zeroise_after is not None:
+            s.zeroise_after = memory.zeroise_after
+            stored = memory.zeroise_after not in waiting
+            s.zeroise_at = started_at + (0.0 if stored else settings.zeroise_timeout)
+        if settings.checkin_interval and not s.raised:
+            s.checkin_due = started_at + settings.checkin_interval
 
     def memory(self) -> Memory:
         """The part of the state to persist (see `Memory`)."""
         s = self._s
-        return Memory(s.mode, tuple(s.alarms), s.tamper_fired)
+        return Memory(tuple(s.raised), tuple(s.covert), s.tamper_fired, s.zeroise_after)
 
     @property
     def mode(self) -> Mode:
-        return self._s.mode
+        return _mode(self._s.raised, self._s.covert)
 
     @property
     def active_alarms(self) -> tuple[int, ...]:
-        return tuple(self._s.alarms)
+        """Every alarm the hub may still hold open: raised and covert, oldest first."""
+        return tuple(sorted({*self._s.raised, *self._s.covert}))
 
     @property
     def next_seq(self) -> int:
         return self._seq
 
+    def renumber(self, first_seq: int) -> None:
+        """Hand out seqs from `first_seq` (a new life after `Zeroise` starts again at 0)."""
+        self._seq = first_seq
+
     def next_deadline(self) -> float | None:
         """Return the latest monotonic time by which the shell must send a `Tick`."""
         s, cfg = self._s, self.settings
-        times = [s.next_heartbeat, s.next_position]  # nothing happens when grace ends
+        times = [s.next_heartbeat, s.zeroise_at]  # nothing happens when grace ends
         times += s.undelivered.values()
         if s.pressed_at is not None and not s.held:
             times.append(s.pressed_at + cfg.hold_seconds)
@@ -230,7 +273,7 @@ class AlarmCore:
                     self._s.tamper_open_at = at
             case TamperClosed():
                 self._s.tamper_open_at, self._s.tamper_armed = None, True
-                if self._s.mode is Mode.IDLE:
+                if not self._s.raised:
                     self._s.tamper_fired = False
             case DownlinkReceived(at, message):
                 self._on_downlink(message, at, out)
@@ -280,8 +323,8 @@ class AlarmCore:
     def _hold(self, at: float, out: list[Action]) -> None:
         s = self._s
         s.held, s.presses, s.last_release = True, "", None
-        if s.mode is Mode.IDLE:
-            self._raise(Trigger.BUTTON, at, out, silent=False)
+        if not s.raised:
+            self._raise(Trigger.BUTTON, at, out)
 
     def _read_gesture(self, at: float, out: list[Action]) -> None:
         s, cfg = self._s, self.settings
@@ -289,49 +332,69 @@ class AlarmCore:
         gesture, s.presses, s.last_release = s.presses, "", None
         # A gesture counts when it was finished in time, even if it is read after the gap.
         in_grace = s.cancellable_until is not None and ended <= s.cancellable_until
-        if s.mode is Mode.ACTIVE and in_grace and gesture in (cfg.cancel, cfg.duress_cancel):
+        if s.raised and in_grace and gesture in (cfg.cancel, cfg.duress_cancel):
             self._cancel(at, out, duress=gesture == cfg.duress_cancel)
-        elif s.mode is Mode.IDLE and gesture == cfg.duress:
-            self._raise(Trigger.DURESS, at, out, silent=True)
-        elif gesture == "." and s.checkin_due is not None and s.mode is Mode.IDLE:
+        elif not s.raised and gesture == cfg.duress:
+            self._raise(Trigger.DURESS, at, out, covert=True)
+        elif gesture == "." and s.checkin_due is not None and not s.raised:
             self._send(Checkin(), out)
             s.checkin_due, s.reminded = at + cfg.checkin_interval, False
 
     # -- alarms --------------------------------------------------------------------------
 
-    def _raise(self, trigger: Trigger, at: float, out: list[Action], *, silent: bool) -> None:
+    def _raise(
+        self, trigger: Trigger, at: float, out: list[Action], *, covert: bool = False
+    ) -> int:
         s = self._s
         seq = self._send(Alarm(trigger, self._wire_fix(at), s.battery), out)
-        s.alarms.append(seq)
+        if s.zeroise_after is not None:
+            s.zeroise_after = seq  # the final alarm is the one to see stored
+        if covert:  # a silent alarm: nothing in the hand changes
+            s.covert.append(seq)
+            return seq
+        s.raised.append(seq)
         s.undelivered[seq] = at + self.settings.undelivered_after
-        if s.mode is Mode.IDLE:
-            s.mode = Mode.SILENT if silent else Mode.ACTIVE
-            s.next_position = at + self.settings.position_interval
         cancellable = trigger in (Trigger.BUTTON, Trigger.MISSED_CHECKIN) and not s.tamper_fired
         s.cancellable_until = at + self.settings.grace_seconds if cancellable else None
-        s.checkin_due = None  # check-ins pause until the alarm is resolved
-        if s.mode is Mode.ACTIVE:
-            out.append(Feedback(Pattern.RAISED))
+        s.checkin_due = None  # check-ins pause until the alarm is over
+        out.append(Feedback(Pattern.RAISED))
+        return seq
 
     def _cancel(self, at: float, out: list[Action], *, duress: bool) -> None:
         s = self._s
-        # Same body size and the same feedback for both: a captor cannot tell them apart.
-        self._send(Cancel(alarm_seq=s.alarms[-1], duress=duress), out)
+        # The same body size and the same feedback for both: a captor cannot tell them
+        # apart. Under duress already, every cancel is coerced: the hub keeps it open.
+        duress = duress or bool(s.covert)
+        seq = self._send(Cancel(alarm_seq=s.raised[-1], duress=duress), out)
         out.append(Feedback(Pattern.CANCELLED))
-        s.cancellable_until = None
         if duress:
-            s.mode = Mode.SILENT
-        else:
-            self._end_alarm(at)
+            s.covert += s.raised
+        self._end_raised(at)
+        if self.settings.zeroise_after_duress:  # after every cancel: the erase marks neither
+            self._arm_zeroise(seq, at)
 
-    def _end_alarm(self, at: float) -> None:
+    def _end_raised(self, at: float) -> None:
+        """The wearer's alarms are over: the hand is back to idle (covert ones stay)."""
         s = self._s
-        s.mode, s.alarms, s.cancellable_until, s.next_position = Mode.IDLE, [], None, None
+        s.raised, s.cancellable_until = [], None
         s.undelivered.clear()
         if s.tamper_open_at is None:
             s.tamper_fired = False
         if self.settings.checkin_interval:
             s.checkin_due, s.reminded = at + self.settings.checkin_interval, False
+
+    def _arm_zeroise(self, seq: int, at: float) -> None:
+        s = self._s
+        s.zeroise_after = seq
+        if s.zeroise_at is None:
+            s.zeroise_at = at + self.settings.zeroise_timeout
+
+    def _zeroise(self, at: float, out: list[Action]) -> None:
+        """Forget every alarm: the shell erases the state and starts a new life."""
+        s = self._s
+        out.append(Zeroise())
+        s.covert, s.zeroise_after, s.zeroise_at = [], None, None
+        self._end_raised(at)
 
     def _on_downlink(self, message: Message, at: float, out: list[Action]) -> None:
         s = self._s
@@ -339,19 +402,27 @@ class AlarmCore:
         if isinstance(body, Stored):
             out.append(Delivered(body.seq))
             first = s.undelivered.pop(body.seq, None) is not None  # a repeat says nothing new
-            if first and s.mode is Mode.ACTIVE and s.alarms and body.seq == s.alarms[-1]:
+            if first and s.raised and body.seq == s.raised[-1]:
                 out.append(Feedback(Pattern.STORED))
+            if body.seq == s.zeroise_after:
+                self._zeroise(at, out)
         elif isinstance(body, Acknowledged):
-            if s.mode is Mode.ACTIVE and body.alarm_seq in s.alarms:
+            if body.alarm_seq in s.raised:
                 out.append(Feedback(Pattern.ACKNOWLEDGED))
         elif isinstance(body, Resolved):
-            if body.alarm_seq in s.alarms:
-                s.alarms.remove(body.alarm_seq)
-                s.undelivered.pop(body.alarm_seq, None)
-                if not s.alarms:
-                    self._end_alarm(at)
+            self._resolved(body.alarm_seq, at)
         elif isinstance(body, Config):  # pragma: no branch - settings changes: not yet
             pass
+
+    def _resolved(self, seq: int, at: float) -> None:
+        s = self._s
+        if seq in s.covert:
+            s.covert.remove(seq)
+        if seq in s.raised:
+            s.raised.remove(seq)
+            s.undelivered.pop(seq, None)
+            if not s.raised:
+                self._end_raised(at)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -363,19 +434,21 @@ class AlarmCore:
             self._read_gesture(now, out)
         tamper_open = s.tamper_open_at is not None and s.tamper_armed and not s.tamper_fired
         if tamper_open and now - s.tamper_open_at >= cfg.tamper_debounce:  # type: ignore[operator]
-            s.tamper_fired = True
-            self._raise(Trigger.TAMPER, now, out, silent=s.mode is Mode.SILENT)
+            s.tamper_fired = True  # no cancel any more, for any alarm
+            self._arm_zeroise(self._raise(Trigger.TAMPER, now, out), now)
         self._tick_checkin(now, out)
         self._tick_undelivered(now, out)
-        self._tick_periodic(now, out)
+        if s.zeroise_at is not None and now >= s.zeroise_at:
+            self._zeroise(now, out)
+        self._tick_heartbeat(now, out)
 
     def _tick_undelivered(self, now: float, out: list[Action]) -> None:
-        """Nudge the wearer while an alarm has no `stored`: help was not told yet."""
+        """Nudge the wearer while a raised alarm has no `stored`: help was not told yet."""
         s = self._s
         due = [seq for seq, at in s.undelivered.items() if now >= at]
         for seq in due:
             s.undelivered[seq] = now + self.settings.undelivered_after
-        if due and s.mode is Mode.ACTIVE:  # never in a silent alarm
+        if due:
             out.append(Feedback(Pattern.UNDELIVERED))
 
     def _tick_checkin(self, now: float, out: list[Action]) -> None:
@@ -383,22 +456,18 @@ class AlarmCore:
         if s.checkin_due is None:
             return
         if now >= s.checkin_due:
-            self._raise(Trigger.MISSED_CHECKIN, now, out, silent=False)
+            self._raise(Trigger.MISSED_CHECKIN, now, out)
         elif not s.reminded and now >= s.checkin_due - cfg.checkin_reminder:
             s.reminded = True
             out.append(Feedback(Pattern.REMINDER))
 
-    def _tick_periodic(self, now: float, out: list[Action]) -> None:
-        s, cfg = self._s, self.settings
-        if s.next_position is not None and now >= s.next_position:
-            s.next_position = now + cfg.position_interval
-            fix = self._wire_fix(now)
-            if fix is not None and s.alarms:
-                self._send(Position(alarm_seq=s.alarms[-1], fix=fix), out)
+    def _tick_heartbeat(self, now: float, out: list[Action]) -> None:
+        """Heartbeats, with the latest fix, are the only periodic uplink in every mode."""
+        s = self._s
         if s.next_heartbeat is not None and now >= s.next_heartbeat:
             s.next_heartbeat = self._heartbeat_after(now)
             # `pending` and `oldest_pending` are the outbox's to fill in (the shell's).
-            self._send(Heartbeat(s.battery, self._wire_fix(now), s.signal, s.mode), out)
+            self._send(Heartbeat(s.battery, self._wire_fix(now), s.signal, self.mode), out)
 
     def _heartbeat_after(self, now: float) -> float:
         """The next heartbeat time: no fixed grid a broker could filter by (docs §8)."""

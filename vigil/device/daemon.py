@@ -8,6 +8,10 @@ afresh for every attempt; entries are resent with backoff until a verified
 what waits in the outbox. Downlinks that do not verify, whose seq was already
 seen, that answer another epoch or another message are dropped and logged;
 the newest nonce of those accepted is echoed in every uplink (docs §7-§8).
+Log lines at INFO and above never name a message kind, the alarm mode or a
+position: the journal of a seized wearable must not tell a duress cancel from
+a real one. A `Zeroise` from the core crypto-erases the state (the outbox's
+key file) and carries on as a new life: new epoch, seqs from 0, no echo yet.
 systemd gets READY=1 once pins, GPS and outbox are up, and WATCHDOG=1 only
 from this loop, so a hung loop is restarted; the broker connection's state
 (connected, or connecting since when and why it fails) goes to the unit's
@@ -38,11 +42,11 @@ from vigil.device.core import (
     GpsFix,
     LinkChanged,
     Memory,
-    Mode,
     Pattern,
     Send,
     SignalLevel,
     Tick,
+    Zeroise,
 )
 from vigil.device.drivers.battery import read_battery
 from vigil.device.drivers.link import read_link_quality
@@ -67,7 +71,7 @@ from vigil.wire.topics import down_topic, up_topic
 
 _LOG = logging.getLogger(__name__)
 
-MEMORY_KEY = "alarm-memory"
+MEMORY_KEY = "memory"
 NTP_FLAG = Path("/run/systemd/timesync/synchronized")  # systemd-timesyncd's "in sync" flag
 BATTERY_POLL = 60.0
 MAX_WAIT = 30.0  # idle wake-up without a watchdog; every deadline is in the wait anyway
@@ -136,7 +140,7 @@ class Daemon:
         self._memory = _load_memory(outbox)
         self.core = AlarmCore(
             cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory,
-            undelivered=outbox.pending_alarms(), **({} if rand is None else {"rand": rand}),
+            pending=outbox.pending(), **({} if rand is None else {"rand": rand}),
         )  # fmt: skip
         self._epoch = outbox.epoch
         self._nonce: str | None = None  # the newest hub nonce, echoed in every uplink
@@ -230,14 +234,34 @@ class Daemon:
         wait = min([*times, ping, now + MAX_WAIT, self._next_battery]) - now
         return max(0.0, wait)
 
-    def _carry_out(self, actions: list[Send | Feedback | Delivered]) -> None:
+    def _carry_out(self, actions: list[Send | Feedback | Delivered | Zeroise]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 self._enqueue(action)
             elif isinstance(action, Feedback):
                 self._feedback.play(action.pattern)
-            else:
+            elif isinstance(action, Delivered):
                 self._delivered(action.seq)
+            else:
+                self._zeroise()
+
+    def _zeroise(self) -> None:
+        """Crypto-erase the state and go on as a new life, heartbeats at the same times."""
+        try:
+            self.outbox.erase()
+        except StorageError:  # the key file may be gone already: the next open starts over
+            _LOG.exception("device %s could not renew its state", self.cfg.device_id)
+            return
+        self._epoch, self._window, self._nonce = (
+            self.outbox.epoch,
+            self.outbox.downlink_window(),
+            None,
+        )
+        self._heartbeats.clear()
+        self._unsaved.clear()
+        self._memory = Memory()
+        self.core.renumber(self.outbox.next_seq)
+        _LOG.info("device %s state renewed", self.cfg.device_id)
 
     def _delivered(self, seq: int) -> None:
         in_memory = self._unsaved.pop(seq, None) is not None
@@ -272,14 +296,10 @@ class Daemon:
             # Disk full or broken: never lose it, keep sending it from memory until stored.
             self._unsaved[send.seq] = Entry(send.seq, message.kind, payload)
             _LOG.error(
-                "device %s seq=%s kind=%s kept in memory only: %s",
-                self.cfg.device_id,
-                send.seq,
-                message.kind,
-                exc,
+                "device %s seq=%s kept in memory only: %s", self.cfg.device_id, send.seq, exc
             )
             return
-        _LOG.info("device %s seq=%s kind=%s queued", self.cfg.device_id, send.seq, message.kind)
+        _LOG.info("device %s seq=%s queued", self.cfg.device_id, send.seq)
         if dropped:
             _LOG.warning("device %s outbox full, dropped seqs %s", self.cfg.device_id, dropped)
 
@@ -328,9 +348,7 @@ class Daemon:
                 )
                 return
             self.outbox.mark_sent(entry.seq, now)
-            _LOG.debug(
-                "device %s seq=%s kind=%s published", self.cfg.device_id, entry.seq, entry.kind
-            )
+            _LOG.debug("device %s seq=%s published", self.cfg.device_id, entry.seq)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -361,7 +379,7 @@ class Daemon:
             self.outbox.save_downlink_window(self._window)
         except StorageError:
             _LOG.exception("device %s could not persist the downlink window", dev)
-        _LOG.info("device %s downlink seq=%s kind=%s", dev, message.seq, message.kind)
+        _LOG.info("device %s downlink seq=%s accepted", dev, message.seq)
         return DownlinkReceived(self._clock(), message)
 
     def _receipt_problem(self, message: Message) -> str | None:
@@ -407,12 +425,13 @@ class Daemon:
             )
 
     def _memory_row(self) -> tuple[str, str]:
-        """The core's memory as the outbox's state row (key, JSON)."""
+        """The core's memory as the outbox's (sealed) state row: key, JSON."""
         memory = self.core.memory()
         doc = {
-            "mode": memory.mode.value,
-            "alarms": list(memory.alarms),
+            "raised": list(memory.raised),
+            "covert": list(memory.covert),
             "tamper": memory.tamper_fired,
+            "zeroise_after": memory.zeroise_after,
         }
         return MEMORY_KEY, json.dumps(doc)
 
@@ -422,17 +441,12 @@ class Daemon:
             return
         try:
             self.outbox.save_state(*self._memory_row())
-            self.outbox.forget_alarms(keep=set(memory.alarms))
+            self.outbox.forget_alarms(keep={*memory.raised, *memory.covert})
         except StorageError:
-            _LOG.exception("device %s could not persist the alarm state", self.cfg.device_id)
+            _LOG.exception("device %s could not persist its state", self.cfg.device_id)
             return
         self._memory = memory
-        _LOG.info(
-            "device %s alarm state %s, %d active",
-            self.cfg.device_id,
-            memory.mode.value,
-            len(memory.alarms),
-        )
+        _LOG.debug("device %s state saved", self.cfg.device_id)
 
     def _poll_battery(self) -> None:
         """Read battery and link quality for the heartbeats (every BATTERY_POLL seconds)."""
@@ -467,10 +481,12 @@ def _load_memory(outbox: Outbox) -> Memory:
         return Memory()
     try:
         doc = json.loads(text)
-        alarms = tuple(int(a) for a in doc["alarms"])
-        return Memory(Mode(doc["mode"]), alarms, bool(doc["tamper"]))
+        raised = tuple(int(a) for a in doc["raised"])
+        covert = tuple(int(a) for a in doc["covert"])
+        after = doc["zeroise_after"]
+        return Memory(raised, covert, bool(doc["tamper"]), None if after is None else int(after))
     except (ValueError, KeyError, TypeError):
-        _LOG.exception("saved alarm state is unreadable; starting idle")
+        _LOG.exception("saved state is unreadable; starting idle")
         return Memory()
 
 

@@ -34,7 +34,6 @@ class AlarmSettings:
     gap_seconds: float = 0.7
     grace_seconds: float = 30.0
     tamper_debounce: float = 0.5
-    position_interval: float = 30.0
     heartbeat_interval: float = 60.0
     checkin_interval: float = 0.0
     checkin_reminder: float = 60.0
@@ -42,13 +41,17 @@ class AlarmSettings:
     cancel: str = "..."
     duress_cancel: str = "..-"
     duress: str = "...."
+    zeroise_after_duress: bool = False
+    zeroise_timeout: float = 900.0
 
     def __post_init__(self) -> None:
         for name in ("hold_seconds", "long_press_seconds", "gap_seconds", "tamper_debounce"):
             _positive(name, getattr(self, name))
-        for name in ("grace_seconds", "position_interval", "heartbeat_interval",
-                     "undelivered_after"):  # fmt: skip
+        for name in ("grace_seconds", "heartbeat_interval", "undelivered_after",
+                     "zeroise_timeout"):  # fmt: skip
             _positive(name, getattr(self, name))
+        if not isinstance(self.zeroise_after_duress, bool):
+            raise TypeError("zeroise_after_duress must be true or false")
         _positive("checkin_interval", self.checkin_interval, zero_ok=True)
         _positive("checkin_reminder", self.checkin_reminder, zero_ok=True)
         if self.long_press_seconds >= self.hold_seconds:
@@ -182,4 +185,9 @@ class Delivered:
     seq: int
 
 
-Action = Send | Feedback | Delivered
+@dataclass(frozen=True, slots=True)
+class Zeroise:
+    """Crypto-erase the state now and go on as a new life (docs/protocol.md §8)."""
+
+
+Action = Send | Feedback | Delivered | Zeroise
