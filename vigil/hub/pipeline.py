@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import VigilError
 from vigil.hub import alerts
-from vigil.hub.store import Alert, AlertKind, AlertState, DeviceRecord, Transaction
+from vigil.hub.store import Alert, AlertKind, AlertState, DeviceRecord, LastFix, Transaction
 from vigil.wire.envelope import open_uplink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
@@ -108,12 +108,28 @@ def _alarm(ctx: Context, body: Alarm) -> str:
         active = tx.alerts.active_for(device_id, AlertKind.ALARM)
         if len(active) >= ctx.max_active_alerts:
             return _join(ctx, active[0], draft)
+    incident = _duress_incident(ctx)
+    if incident is not None:
+        draft = replace(draft, note=f"under duress: joins the incident of alert {incident.id}")
     alert = tx.alerts.open(draft)
     ctx.tx.devices.note_state(ctx.device.device_id, battery=body.battery, fix=draft.last_fix)
     ctx.audit(
         "alert opened", f"alert {alert.id}", f"trigger={body.trigger.value} seq={alert.alarm_seq}"
     )
+    if incident is not None and alert.opened_at == ctx.received_at:
+        ctx.audit("alarm under duress", f"alert {alert.id}", f"joins alert {incident.id}")
     return f"alert {alert.id} open ({body.trigger.value})"
+
+
+def _duress_incident(ctx: Context) -> Alert | None:
+    """The device's newest active duress alert, in any of its lives (None: not under duress).
+
+    After a duress cancel the wearable behaves as after a real one, so a later
+    alarm looks normal on the wire and in the hand; it opens its own alert (its
+    receipts reach the wearer as usual) marked as part of the duress incident.
+    """
+    active = ctx.tx.alerts.active_for(ctx.device.device_id, AlertKind.ALARM)
+    return next((a for a in active if a.duress and a.alarm_seq != ctx.message.seq), None)
 
 
 def _join(ctx: Context, newest: Alert, draft: Alert) -> str:
@@ -173,10 +189,24 @@ def _heartbeat(ctx: Context, body: Heartbeat) -> str:
     ctx.tx.devices.note_state(
         ctx.device.device_id, battery=body.battery, fix=fix, gps_fix_at=fix_at
     )
+    if fix is not None:  # devices send no `position`: an alarm's track rides in heartbeats
+        _follow(ctx, fix)
     oldest = body.oldest_pending
     if oldest is not None and not ctx.tx.uplinks.has(ctx.device.device_id, ctx.epoch, oldest):
         return withheld(ctx, oldest, f"the device reports {body.pending} waiting for a receipt")
     return "heartbeat"
+
+
+def _follow(ctx: Context, fix: LastFix) -> None:
+    """Add a heartbeat's fix to the track of the device's active alarms (the newest holds it)."""
+    device_id = ctx.device.device_id
+    active = ctx.tx.alerts.active_for(device_id, AlertKind.ALARM)
+    for n, alert in enumerate(active):
+        if n == 0:
+            ctx.tx.alerts.add_position(alert.id, device_id, ctx.epoch, ctx.message.seq, fix)
+        updated = alerts.attach_position(alert, fix, now=ctx.received_at)
+        if updated != alert:
+            ctx.tx.alerts.save(updated)
 
 
 def withheld(ctx: Context, seq: int, evidence: str) -> str:
