@@ -209,8 +209,10 @@ def rig(
     seed: int = 1,
     broker: HostileBroker | None = None,
     device_clock: DeviceClock | None = None,
+    alarm: dict[str, object] | None = None,
 ) -> Iterator[Rig]:
-    """A hub and one enrolled wearable behind a hostile broker, at T0."""
+    """A hub and one enrolled wearable behind a hostile broker, at T0 (`alarm`: more of
+    the device's `[alarm]` settings)."""
     clock = Clock()
     broker = broker or HostileBroker(clock)
     broker.clock = clock
@@ -222,7 +224,9 @@ def rig(
     provisioned = make_device(
         tmp_path / "device",
         hub_keys=parties().hub,
-        overrides={"alarm": {"heartbeat_interval": HEARTBEAT, "undelivered_after": 30.0}},
+        overrides={
+            "alarm": {"heartbeat_interval": HEARTBEAT, "undelivered_after": 30.0, **(alarm or {})}
+        },
     )
     with store.transaction() as tx:
         tx.devices.enroll(provisioned.device_id, label="Ana (test)",

@@ -569,6 +569,19 @@ def wire_fix_at(age: float) -> AgedFix:
     return AgedFix(UNDATED, age=age)
 
 
+def test_a_dash_longer_than_the_gap_is_not_cut_short_by_a_tick() -> None:
+    """`..-` pressed with the dash outlasting `gap_seconds`: read at the end, not as `..`."""
+    core = AlarmCore(BASE, first_seq=0, started_at=0.0, rand=MIDDLE)
+    assert core.handle(P(1.0)) == []
+    assert core.handle(T(3.0)) == [SEND_ALARM, Feedback(Pattern.RAISED)]
+    core.handle(R(3.5))
+    for event in [P(10.0), R(10.1), P(10.3), R(10.4), P(10.6)]:
+        assert core.handle(event) == []
+    assert core.handle(T(11.5)) == []  # 1.1 s after the last release, the dash still held
+    assert core.handle(R(11.6)) == []
+    assert core.handle(T(12.4)) == [Send(1, Cancel(0, duress=True)), Feedback(Pattern.CANCELLED)]
+
+
 def test_deadline_covers_hold_gap_and_tamper() -> None:
     core = AlarmCore(BASE, first_seq=0, started_at=0.0, rand=MIDDLE)
     core.handle(P(1.0))

@@ -251,7 +251,7 @@ class AlarmCore:
         times += s.undelivered.values()
         if s.pressed_at is not None and not s.held:
             times.append(s.pressed_at + cfg.hold_seconds)
-        if s.last_release is not None and s.presses:
+        if s.last_release is not None and s.presses and s.pressed_at is None:
             times.append(s.last_release + cfg.gap_seconds)
         if s.tamper_open_at is not None and s.tamper_armed and not s.tamper_fired:
             times.append(s.tamper_open_at + cfg.tamper_debounce)
@@ -430,7 +430,10 @@ class AlarmCore:
         s, cfg = self._s, self.settings
         if s.pressed_at is not None and not s.held and now - s.pressed_at >= cfg.hold_seconds:
             self._hold(now, out)
-        if s.presses and s.last_release is not None and now - s.last_release > cfg.gap_seconds:
+        # Not while the button is down: the gap is from a release to the next press, and a
+        # long press may outlast it ("..-" would be read as ".." during its dash).
+        gap_over = s.last_release is not None and now - s.last_release > cfg.gap_seconds
+        if s.presses and gap_over and s.pressed_at is None:
             self._read_gesture(now, out)
         tamper_open = s.tamper_open_at is not None and s.tamper_armed and not s.tamper_fired
         if tamper_open and now - s.tamper_open_at >= cfg.tamper_debounce:  # type: ignore[operator]
