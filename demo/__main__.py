@@ -50,7 +50,7 @@ def main() -> int:
         stack.callback(hub.stop)
         device = Watched(
             "device",
-            [str(BIN / "vigil-device"), "simulate", "--config", str(files.device_config),
+            [str(BIN / "vigil-device"), "-v", "simulate", "--config", str(files.device_config),
              "--nmea", str(files.nmea), "--nmea-rate", "40"],
             log=work / "device.log",
             stdin=True,

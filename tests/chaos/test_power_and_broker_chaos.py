@@ -35,7 +35,7 @@ ROUND_ALLOWANCE = 300.0
 
 
 def start_device(files: DemoFiles, log: Path) -> Watched:
-    argv = [str(BIN / "vigil-device"), "simulate", "--config", str(files.device_config),
+    argv = [str(BIN / "vigil-device"), "-v", "simulate", "--config", str(files.device_config),
             "--nmea", str(files.nmea), "--nmea-rate", "40"]  # fmt: skip
     return Watched("device", argv, log=log, stdin=True)
 

@@ -27,7 +27,7 @@ from tests.support.parties import DIGEST, EPOCH
 from tests.support.wait import wait_until
 from vigil.device.hardware import SIMULATED_BATTERY
 from vigil.wire.keys import HubKeys
-from vigil.wire.messages import Alarm, Stored, Trigger
+from vigil.wire.messages import Alarm, Message, Mode, Stored, Trigger
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,6 @@ FAST = {
         "hold_seconds": 0.5,
         "long_press_seconds": 0.3,
         "heartbeat_interval": 1.0,
-        "position_interval": 1.0,
     },
     "outbox": {"retry_initial": 0.3, "retry_max": 1.0},
 }
@@ -133,7 +132,7 @@ def test_power_cut_after_hold_delivers_the_alarm_exactly_once(
         first = DaemonProcess(dev, tmp_path / "daemon1.log")
         daemons.append(first)
         first.command("hold")
-        wait_until(lambda: "kind=alarm queued" in first.log(), 10, what="alarm committed")
+        wait_until(lambda: " queued" in first.log(), 10, what="alarm committed")
         first.kill()  # the power cut: no clean shutdown, no chance to flush anything
 
         second = DaemonProcess(dev, tmp_path / "daemon2.log")
@@ -143,12 +142,17 @@ def test_power_cut_after_hold_delivers_the_alarm_exactly_once(
         (seq, message) = next(iter(alarms.items()))
         assert isinstance(message.body, Alarm)
         assert message.body.trigger is Trigger.BUTTON
-        # the alarm is still active after the restart: follow-up positions name it
-        positions = wait_until(lambda: hub.unique("position"), 60, what="a follow-up position")
-        assert {m.body.alarm_seq for m in positions.values()} == {seq}  # type: ignore[union-attr]
+
+        # the alarm is still active after the restart: heartbeats say so and carry the track
+        def active_beats() -> list[Message]:
+            beats = hub.unique("heartbeat").values()
+            return [m for m in beats if m.body.mode is Mode.ACTIVE and m.body.fix]  # type: ignore[union-attr]
+
+        beats = wait_until(active_beats, 60, what="a heartbeat with the alarm and a fix")
+        assert not hub.unique("position")  # positions ride in heartbeats
         # the restarted daemon resends until the hub stores it; then it stops
         wait_until(lambda: len(hub.copies("alarm")) >= 2, 20, what="a resend")
-        assert message.epoch == next(iter(hub.unique("position").values())).epoch  # one life
+        assert {m.epoch for m in beats} == {message.epoch}  # one life
         hub.store(seq)
         wait_until(lambda: f"seq={seq} stored by the hub" in second.log(), 10, what="ack")
         mark = max(hub.unique())
@@ -179,12 +183,11 @@ def test_broker_down_alarms_queue_and_drain_in_order(
         daemon = DaemonProcess(dev, tmp_path / "daemon.log")
         daemons.append(daemon)
         daemon.command("hold")
-        wait_until(lambda: daemon.log().count("kind=alarm queued") == 1, 10, what="alarm 1")
+        wait_until(lambda: daemon.log().count(" queued") == 1, 10, what="alarm 1")
         daemon.command("cut")
-        wait_until(lambda: daemon.log().count("kind=alarm queued") == 2, 10, what="alarm 2")
-        wait_until(lambda: daemon.log().count("kind=position queued") >= 3, 10, what="positions")
+        wait_until(lambda: daemon.log().count(" queued") == 2, 10, what="alarm 2")
 
-        queued = [int(n) for n in re.findall(r"seq=(\d+) kind=\w+ queued", daemon.log())]
+        queued = [int(n) for n in re.findall(r"seq=(\d+) queued", daemon.log())]
         broker.start()
         hub.start()
         try:
@@ -193,7 +196,8 @@ def test_broker_down_alarms_queue_and_drain_in_order(
             alarms = [m for m in order if m.kind == "alarm"]
             assert [m.body.trigger for m in alarms] == [Trigger.BUTTON, Trigger.TAMPER]  # type: ignore[union-attr]
             assert alarms[0].seq < alarms[1].seq
-            assert [m.kind for m in order[:2]] == ["alarm", "alarm"]  # before older positions
+            assert [m.kind for m in order[:2]] == ["alarm", "alarm"]
+            assert not hub.unique("position")
             assert hub.rejected == 0
             # Version 2: heartbeats are never queued. Those made while the broker was away
             # spent seqs (the gaps between queued ones) and are never sent later.

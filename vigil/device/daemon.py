@@ -379,7 +379,8 @@ class Daemon:
             self.outbox.save_downlink_window(self._window)
         except StorageError:
             _LOG.exception("device %s could not persist the downlink window", dev)
-        _LOG.info("device %s downlink seq=%s accepted", dev, message.seq)
+        # The kind only at DEBUG (off in the journal): a receipt must not read as an ack.
+        _LOG.debug("device %s downlink seq=%s kind=%s accepted", dev, message.seq, message.kind)
         return DownlinkReceived(self._clock(), message)
 
     def _receipt_problem(self, message: Message) -> str | None:

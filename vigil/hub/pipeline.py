@@ -121,15 +121,16 @@ def _alarm(ctx: Context, body: Alarm) -> str:
     return f"alert {alert.id} open ({body.trigger.value})"
 
 
-def _duress_incident(ctx: Context) -> Alert | None:
+def _duress_incident(ctx: Context, *, besides: int | None = None) -> Alert | None:
     """The device's newest active duress alert, in any of its lives (None: not under duress).
 
     After a duress cancel the wearable behaves as after a real one, so a later
     alarm looks normal on the wire and in the hand; it opens its own alert (its
     receipts reach the wearer as usual) marked as part of the duress incident.
     """
+    seq = ctx.message.seq if besides is None else besides
     active = ctx.tx.alerts.active_for(ctx.device.device_id, AlertKind.ALARM)
-    return next((a for a in active if a.duress and a.alarm_seq != ctx.message.seq), None)
+    return next((a for a in active if a.duress and a.alarm_seq != seq), None)
 
 
 def _join(ctx: Context, newest: Alert, draft: Alert) -> str:
@@ -161,10 +162,13 @@ def _cancel(ctx: Context, body: Cancel) -> str:
             received_at=ctx.received_at,
         )  # fmt: skip
         alert = tx.alerts.open(draft)
-    updated = alerts.cancel(alert, duress=body.duress, now=ctx.received_at)
+    # Under duress the wearer is coerced: a cancel of a later alarm keeps it open too (a
+    # device that erased its state after the duress cancel no longer knows to say so).
+    duress = body.duress or _duress_incident(ctx, besides=alert.alarm_seq) is not None
+    updated = alerts.cancel(alert, duress=duress, now=ctx.received_at)
     if updated != alert:
         tx.alerts.save(updated)
-        what = "duress cancel" if body.duress else "cancelled by wearer"
+        what = "duress cancel" if duress else "cancelled by wearer"
         ctx.audit(what, f"alert {alert.id}", f"seq={body.alarm_seq}")
     return f"alert {alert.id} {alerts.operator_view(updated)}"
 
