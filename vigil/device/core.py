@@ -72,7 +72,7 @@ while one is raised, else `idle`; in the hand, Silent behaves as Idle.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from vigil.device.events import (
@@ -87,6 +87,7 @@ from vigil.device.events import (
     Feedback,
     GpsFix,
     LinkChanged,
+    Memory,
     Pattern,
     Send,
     SignalLevel,
@@ -162,29 +163,7 @@ class _State:
     zeroise_at: float | None = None  # ...or at this time
 
 
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """What must survive a power cut: the raised and the covert alarms, and the tamper.
-
-    After a restart the grace period is over (no cancel), a covert alarm stays
-    covert, a tamper alarm stays uncancellable and a pending zeroise is armed
-    again (at once if its message was stored meanwhile).
-    """
-
-    raised: tuple[int, ...] = ()
-    covert: tuple[int, ...] = ()
-    tamper_fired: bool = False
-    zeroise_after: int | None = None
-
-    @property
-    def mode(self) -> Mode:
-        return _mode(self.raised, self.covert)
-
-
-def _mode(raised: Sequence[int], covert: Sequence[int]) -> Mode:
-    if covert:
-        return Mode.SILENT
-    return Mode.ACTIVE if raised else Mode.IDLE
+_NO_MEMORY = Memory()  # frozen: one shared default is safe
 
 
 class AlarmCore:
@@ -202,7 +181,7 @@ class AlarmCore:
         *,
         first_seq: int,
         started_at: float,
-        memory: Memory = Memory(),  # frozen: a shared default is safe
+        memory: Memory = _NO_MEMORY,
         pending: Iterable[int] = (),
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -229,7 +208,7 @@ class AlarmCore:
 
     @property
     def mode(self) -> Mode:
-        return _mode(self._s.raised, self._s.covert)
+        return Memory(tuple(self._s.raised), tuple(self._s.covert)).mode
 
     @property
     def active_alarms(self) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from vigil.wire.fix import Fix
-from vigil.wire.messages import Message, UplinkBody
+from vigil.wire.messages import Message, Mode, UplinkBody
 
 _GESTURE_RE = re.compile(r"[.-]{1,8}")
 
@@ -66,6 +66,30 @@ class AlarmSettings:
                 raise ValueError(f"{name} must not be a single short press (that is a bump)")
         if len(set(gestures)) != 3:
             raise ValueError("cancel, duress_cancel and duress must be different gestures")
+
+
+# -- memory ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """What must survive a power cut: the raised and the covert alarms, and the tamper.
+
+    After a restart the grace period is over (no cancel), a covert alarm stays
+    covert, a tamper alarm stays uncancellable and a pending zeroise is armed
+    again (at once if its message was stored meanwhile).
+    """
+
+    raised: tuple[int, ...] = ()
+    covert: tuple[int, ...] = ()
+    tamper_fired: bool = False
+    zeroise_after: int | None = None
+
+    @property
+    def mode(self) -> Mode:
+        if self.covert:
+            return Mode.SILENT
+        return Mode.ACTIVE if self.raised else Mode.IDLE
 
 
 # -- events ------------------------------------------------------------------------------
