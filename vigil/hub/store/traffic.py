@@ -84,12 +84,18 @@ class Uplinks(Repository):
     def _window(
         self, device_id: DeviceId, epoch: str, *, now: float
     ) -> tuple[ReplayWindow, str | None, bool]:
-        """The replay window of this life, made (and the device's epoch moved) if it is new."""
-        row = self._one(
-            "SELECT window_highest, window_mask FROM device_epochs "  # noqa: S608
-            f"WHERE device_id = ? AND epoch = ?{self._for_update}",
-            (device_id.hex, epoch),
-        )
+        """The replay window of this life, made (and the device's epoch moved) if it is new.
+
+        The first message of a life may reach two hubs at once: the device's row is
+        locked before the window is looked for again, so only one of them makes it.
+        """
+        row = self._epoch_row(device_id, epoch)
+        if row is None:
+            self._one(
+                f"SELECT 1 AS one FROM devices WHERE device_id = ?{self._for_update}",  # noqa: S608
+                (device_id.hex,),
+            )
+            row = self._epoch_row(device_id, epoch)
         if row is not None:
             mask = int.from_bytes(bytes(row["window_mask"]), "big")
             return ReplayWindow(row["window_highest"], mask), None, False
@@ -100,6 +106,13 @@ class Uplinks(Repository):
             (device_id.hex, epoch, now, bytes(MASK_BYTES)),
         )
         return ReplayWindow(), previous, True
+
+    def _epoch_row(self, device_id: DeviceId, epoch: str) -> Row | None:
+        return self._one(
+            "SELECT window_highest, window_mask FROM device_epochs "  # noqa: S608
+            f"WHERE device_id = ? AND epoch = ?{self._for_update}",
+            (device_id.hex, epoch),
+        )
 
     def may_receipt(self, device_id: DeviceId, epoch: str, seq: int, *, now: float) -> bool:
         """Whether a duplicate may be answered now; if so, count the receipt (docs §7)."""
