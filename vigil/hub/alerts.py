@@ -162,6 +162,14 @@ def operator_view(alert: Alert) -> str:
 
 def device_view(alert: Alert) -> str:
     """The state as the wearer's side sees it: a duress cancel looks cancelled."""
-    if alert.duress and alert.trigger != Trigger.DURESS.value:
+    if cancelled_for_the_wearer(alert):
         return AlertState.CANCELLED.value
     return alert.state.value
+
+
+def cancelled_for_the_wearer(alert: Alert) -> bool:
+    """Whether the wearer (and anyone holding the wearable) must see the alarm as cancelled:
+    it was, or it was cancelled under duress, and then nothing more may reach the wearer."""
+    return alert.state is AlertState.CANCELLED or (
+        alert.duress and alert.trigger != Trigger.DURESS.value
+    )

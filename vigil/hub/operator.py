@@ -3,6 +3,12 @@
 Each action is one transaction: the alert's new state, the downlink that tells
 the wearer, the planned broadcast and the audit entry commit together or not
 at all. The running hub publishes the queued downlink.
+
+An alert the wearer cancelled under duress is worked like any open alarm, but
+nothing of it is echoed to the wearer: a real cancel closes its alert, so it
+never draws an `acknowledged` or `resolved` downlink, and a duress cancel must
+draw none either, or the captor watching the wearable (or the broker counting
+downlinks) could tell the two apart (docs/protocol.md §4.2).
 """
 
 from __future__ import annotations
@@ -64,6 +70,9 @@ def _transition(
 def _tell_wearer(tx: Transaction, alert: Alert, kind: Kind, *, now: float) -> None:
     """Queue the downlink that answers the wearer's alarm (by its epoch and digest)."""
     if alert.kind is not AlertKind.ALARM or alert.alarm_seq is None or alert.alarm_epoch is None:
+        return
+    if alerts.cancelled_for_the_wearer(alert):  # a duress cancel: silent like a real one
+        _LOG.info("alert %s was cancelled under duress: %s not sent", alert.id, kind)
         return
     alarm = tx.uplinks.get(alert.device_id, alert.alarm_epoch, alert.alarm_seq)
     if alarm is None or alarm.digest is None:  # a duress cancel that overtook its alarm
