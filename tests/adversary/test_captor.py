@@ -12,13 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.adversary.rig import HEARTBEAT, HUB_TICK, T0, Rig, rig
-from vigil.device.core import GpsFix, Pattern
+from tests.adversary.rig import HEARTBEAT, HUB_TICK, SILENT_AFTER, T0, Rig, rig
+from vigil.device.core import GpsFix, Pattern, TamperClosed
 from vigil.errors import BadTransition
-from vigil.hub import operator
-from vigil.hub.store import AlertKind
+from vigil.hub import alerts, operator, views
+from vigil.hub.channels import compose
+from vigil.hub.store import AlertKind, AlertState
+from vigil.hub.tail import Follower
+from vigil.wire.envelope import seal_uplink
 from vigil.wire.fix import Fix
-from vigil.wire.messages import Kind
+from vigil.wire.messages import (
+    Alarm,
+    Cancel,
+    Heartbeat,
+    Kind,
+    Message,
+    Mode,
+    Trigger,
+    UplinkBody,
+)
 
 AFTER = 10 * HEARTBEAT  # how long the broker watches after the cancel
 # A duress cancel that starts with its long press: the default "..-" is read as ".." when
@@ -79,3 +91,52 @@ def test_a_duress_cancel_draws_as_many_downlinks_as_a_real_one(tmp_path: Path) -
     with rig(_folder(tmp_path, "duress"), alarm=GESTURES) as duress:
         after_duress = _cancel_then_operators_act(duress, duress.device.cfg.alarm.duress_cancel)
     assert after_real == after_duress
+
+
+def _forge(r: Rig, seq: int, body: UplinkBody, *, nonce: str | None) -> None:
+    """A captor who read the wearable's key before it erased it sends `body` as seq `seq`."""
+    p = r.provisioned
+    forged = Message(seq, body, epoch=r.device.outbox.epoch, nonce=nonce)
+    sealed = seal_uplink(
+        forged, device_id=p.device_id, device_keys=p.device_keys, hub=p.hub_keys.public()
+    )
+    r.broker.inject(f"vigil/v1/{p.device_id.hex}/up", sealed)
+    r.advance(1)
+
+
+def test_after_a_stored_tamper_alarm_the_old_key_speaks_only_as_a_possible_captor(
+    tmp_path: Path,
+) -> None:
+    with rig(tmp_path) as r:
+        r.device.post(TamperClosed(r.clock.now))  # worn: the loop is armed
+        r.advance(5)
+        r.tamper()
+        r.advance(2)
+        assert Pattern.STORED in r.wearer.felt
+        (tamper,) = r.alerts(AlertKind.ALARM)
+        assert "device compromised" in r.audit()
+        r.destroy_device()  # the wearable erased its keys; the captor kept a copy
+        r.advance(SILENT_AFTER + 2 * HUB_TICK)
+        (silent,) = r.alerts(AlertKind.SILENT)
+        # The captor's heartbeat draws a receipt; its fresh nonce, echoed, would prove life.
+        _forge(r, 100, Heartbeat(battery=90, mode=Mode.IDLE), nonce=None)
+        nonce = r.downlinks()[-1].nonce
+        _forge(r, 101, Heartbeat(battery=90, mode=Mode.IDLE), nonce=nonce)
+        _forge(r, 102, Cancel(alarm_seq=tamper.alarm_seq or 0), nonce=nonce)
+        _forge(r, 103, Alarm(Trigger.BUTTON), nonce=nonce)
+        with r.hub.store.read() as tx:
+            device = tx.devices.get(r.provisioned.device_id)
+            assert tx.alerts.get(silent.id).state is AlertState.OPEN, "a captor said all clear"
+            assert tx.alerts.get(tamper.id).state is AlertState.OPEN, "a captor's cancel counted"
+            forged_alarm = tx.alerts.find(r.provisioned.device_id, r.device.outbox.epoch.hex, 103)
+        assert device is not None and forged_alarm is not None
+        assert "cancel ignored" in r.audit()
+        assert views.device_state(device, silent_alert=silent, now=r.clock.now,
+                                  silent_after=SILENT_AFTER).startswith("compromised")  # fmt: skip
+        assert views.alert_state(forged_alarm, device).endswith(alerts.CAPTOR)
+        assert views.alert_state(tamper, device) == "open", "the genuine tamper alarm is flagged"
+        notice = compose(forged_alarm, device, now=r.clock.now, map_url="{lat},{lon}")
+        assert alerts.CAPTOR in notice.body
+        lines = [line for _, line in Follower(r.hub.store).poll() if line.startswith("up ")]
+        flagged = [line for line in lines if alerts.CAPTOR in line]
+        assert len(flagged) == 4, lines  # the four forged uplinks, and only they

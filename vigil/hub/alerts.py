@@ -160,6 +160,16 @@ def operator_view(alert: Alert) -> str:
     return alert.state.value
 
 
+CAPTOR = "possibly sent by a captor"
+_SENT = (AlertKind.ALARM, AlertKind.WITHHELD, AlertKind.CONFLICT)  # opened by a message
+
+
+def from_captor(alert: Alert, device: DeviceRecord | None) -> bool:
+    """Whether the alert was opened by a message of a compromised device after its
+    compromise (its tamper alarm), which a captor holding its key may have sent."""
+    return device is not None and alert.kind in _SENT and device.sent_by_captor(alert.opened_at)
+
+
 def device_view(alert: Alert) -> str:
     """The state as the wearer's side sees it: a duress cancel looks cancelled."""
     if cancelled_for_the_wearer(alert):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from vigil.hub.alerts import operator_view
+from vigil.hub.alerts import CAPTOR, from_captor, operator_view
 from vigil.hub.escalation import FLOOD_STEP
 from vigil.hub.store import Alert, AlertKind, DeviceRecord
 
@@ -85,6 +85,10 @@ def compose(
     ]
     if alert.duress:
         lines.append("The wearer was made to cancel: act, and do not reveal the alarm to them.")
+    if from_captor(alert, device):
+        since = _when(device.compromised_at or 0.0)
+        lines.append(f"WARNING: {CAPTOR}: this device reported tampering at {since}; "
+                     "its key may be in other hands.")  # fmt: skip
     if step == FLOOD_STEP:
         lines.append(
             f"FLOOD: {alert.joined} further alarms from this device joined this alert "

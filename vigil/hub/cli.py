@@ -248,9 +248,10 @@ def _alerts(args: argparse.Namespace, config: HubConfig, store: Store, out: Text
     if args.id is not None:
         return _show_alert(args.id, config, store, out, now=now, clock=clock)
     with store.read() as tx:
-        labels = {d.device_id: d.label for d in tx.devices.all()}
+        devices = {d.device_id: d for d in tx.devices.all()}
         listed = tx.alerts.all(active_only=not args.all)
-    rows = [(a.id, alert_rules.operator_view(a), labels.get(a.device_id, a.device_id.hex[:8]),
+    rows = [(a.id, views.alert_state(a, devices.get(a.device_id)),
+             devices[a.device_id].label if a.device_id in devices else a.device_id.hex[:8],
              a.trigger or "-", clock.at_ago(a.opened_at, now=now), a.acknowledged_by or "-")
             for a in listed]  # fmt: skip
     columns = [views.Column("ID", right=True), *(views.Column(c) for c in

@@ -104,6 +104,8 @@ def _alarm(ctx: Context, body: Alarm) -> str:
     draft = alerts.from_alarm(
         device_id, ctx.epoch, ctx.message.seq, body, received_at=ctx.received_at
     )
+    if body.trigger is Trigger.TAMPER:
+        _compromised(ctx, f"tamper alarm seq {ctx.message.seq} of epoch {ctx.epoch}")
     if tx.alerts.find(device_id, ctx.epoch, ctx.message.seq) is None:  # not a crash re-run
         active = tx.alerts.active_for(device_id, AlertKind.ALARM)
         if len(active) >= ctx.max_active_alerts:
@@ -131,6 +133,15 @@ def _duress_incident(ctx: Context, *, besides: int | None = None) -> Alert | Non
     seq = ctx.message.seq if besides is None else besides
     active = ctx.tx.alerts.active_for(ctx.device.device_id, AlertKind.ALARM)
     return next((a for a in active if a.duress and a.alarm_seq != seq), None)
+
+
+def _compromised(ctx: Context, reason: str) -> None:
+    """The wearable was torn off (and erases its keys): whoever sends under its key from
+    now on may be a captor. Recorded once; re-enrolling new keys clears it."""
+    if ctx.tx.devices.mark_compromised(ctx.device.device_id, at=ctx.received_at, reason=reason):
+        ctx.audit("device compromised", f"device {ctx.device.device_id}",
+                  f"{reason}: its later messages may be a captor's")  # fmt: skip
+        _LOG.warning("device %s compromised: %s", ctx.device.device_id, reason)
 
 
 def _join(ctx: Context, newest: Alert, draft: Alert) -> str:
@@ -162,6 +173,12 @@ def _cancel(ctx: Context, body: Cancel) -> str:
             received_at=ctx.received_at,
         )  # fmt: skip
         alert = tx.alerts.open(draft)
+    if ctx.device.sent_by_captor(ctx.received_at) and not body.duress:
+        # Its keys may be in a captor's hands: a cancel proves nothing (a duress one still
+        # escalates, below).
+        why = f"{alerts.CAPTOR} (device compromised)"
+        ctx.audit("cancel ignored", f"alert {alert.id}", f"seq={body.alarm_seq}: {why}")
+        return f"alert {alert.id} cancel ignored: {why}"
     # Under duress the wearer is coerced: a cancel of a later alarm keeps it open too (a
     # device that erased its state after the duress cancel no longer knows to say so).
     duress = body.duress or _duress_incident(ctx, besides=alert.alarm_seq) is not None
@@ -247,7 +264,10 @@ def handle(ctx: Context) -> str:
     """Run the handler for the message's kind; return a one-line summary for logs and tail."""
     _end_silence(ctx)
     body = ctx.message.body
-    return HANDLERS.get(type(body), _fallback)(ctx, body)
+    summary = HANDLERS.get(type(body), _fallback)(ctx, body)
+    if ctx.device.sent_by_captor(ctx.received_at):
+        return f"{summary} ({alerts.CAPTOR}: device compromised)"
+    return summary
 
 
 def _end_silence(ctx: Context) -> None:
@@ -256,8 +276,8 @@ def _end_silence(ctx: Context) -> None:
     Only a message proven made after the alert opened counts: a heartbeat the
     broker stashed and released later says nothing about now.
     """
-    if ctx.alive_at is None:
-        return
+    if ctx.alive_at is None or ctx.device.sent_by_captor(ctx.received_at):
+        return  # a compromised device's word is never an all-clear
     for alert in ctx.tx.alerts.active_for(ctx.device.device_id, AlertKind.SILENT):
         if alert.state is AlertState.OPEN and ctx.alive_at >= alert.opened_at:
             closed = alerts.close(alert, false_alarm=False, now=ctx.received_at,

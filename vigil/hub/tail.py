@@ -12,13 +12,15 @@ of a stream stay in line.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from vigil.errors import VigilError
-from vigil.hub.store import AuditEntry, Store, StoredUplink
+from vigil.hub.alerts import CAPTOR
+from vigil.hub.store import AuditEntry, DeviceRecord, Store, StoredUplink
 from vigil.hub.views import Clock, duration, fit, pad, percent
+from vigil.wire.ids import DeviceId
 from vigil.wire.messages import Alarm, Cancel, Direction, Heartbeat, Position, decode_payload
 
 _COLOURS = {"alarm": "31;1", "cancel": "33", "position": "36", "audit": "35", "reject": "31"}
@@ -69,7 +71,8 @@ class Follower:
             uplinks = tx.uplinks.recent(after=self.since)
             entries = tx.audit.entries(after=self._audit_id)
             rejections = tx.rejections.totals()
-        events = [*self._uplink_events(uplinks), *self._audit_events(entries)]
+            compromised = {d.device_id: d for d in tx.devices.all() if d.compromised}
+        events = [*self._uplink_events(uplinks, compromised), *self._audit_events(entries)]
         for reason, count in rejections.items():
             new = count - self._rejections.get(reason, 0)
             if new > 0:
@@ -78,7 +81,9 @@ class Follower:
                 events.append((time.time(), self._paint("reject", line)))
         yield from sorted(events, key=lambda ev: ev[0])
 
-    def _uplink_events(self, uplinks: list[StoredUplink]) -> Iterator[tuple[float, str]]:
+    def _uplink_events(
+        self, uplinks: list[StoredUplink], compromised: Mapping[DeviceId, DeviceRecord]
+    ) -> Iterator[tuple[float, str]]:
         for u in uplinks:
             key = (u.device_id.hex, u.epoch, u.seq)
             if key not in self._seen:
@@ -86,6 +91,9 @@ class Follower:
                 self.since = max(self.since, u.received_at)
                 device, kind = u.device_id.hex[:8], f"{u.kind:<9}"
                 text = f"up     {device}  seq {u.seq:<5} {kind} {describe_uplink(u)}"
+                record = compromised.get(u.device_id)
+                if record is not None and record.sent_by_captor(u.received_at):
+                    text += f" [{CAPTOR}]"
                 yield u.received_at, self._paint(u.kind, text)
 
     def _audit_events(self, entries: list[AuditEntry]) -> Iterator[tuple[float, str]]:

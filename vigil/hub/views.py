@@ -145,12 +145,14 @@ def table(columns: Sequence[Column], rows: Iterable[Sequence[object]]) -> list[s
 # -- what a device and an alert are, as operators see them -------------------------------
 
 
-def device_state(
+def device_state(  # noqa: PLR0911 - one return per state, in order of precedence
     device: DeviceRecord, *, silent_alert: Alert | None, now: float, silent_after: float
 ) -> str:
     """`ok`, `silent (alert N)`, `silent (past its deadline)`, `offline`, `revoked`, ..."""
     if device.revoked:
         return "revoked"
+    if device.compromised:  # never "ok": a captor may be the one talking
+        return f"compromised ({device.compromised_reason}; later messages {alerts.CAPTOR})"
     if silent_alert is not None:
         return f"silent (alert {silent_alert.id})"
     if device.last_seen is None:
@@ -244,6 +246,7 @@ def _facts(file: AlertFile, *, now: float, clock: Clock, map_url: str) -> list[s
     rows = [
         ("alert", f"{a.id}: {alerts.operator_view(a)} ({a.kind.value})"),
         ("device", f"{a.device_id.hex}  {label}"),
+        *_captor(a, file.device, clock),
         ("trigger", a.trigger or "unknown"),
         ("opened", clock.at_ago(a.opened_at, now=now)),
     ]
@@ -262,6 +265,19 @@ def _facts(file: AlertFile, *, now: float, clock: Clock, map_url: str) -> list[s
     battery = a.battery if a.battery is not None or file.device is None else file.device.battery
     rows.append(("battery", percent(battery)))
     return [pad(f"{k}:", _KEY_CELLS) + " " + clean(v) for k, v in rows]
+
+
+def alert_state(alert: Alert, device: DeviceRecord | None) -> str:
+    """The state column of an alert list: the operator's view, and a captor warning."""
+    state = alerts.operator_view(alert)
+    return f"{state}, {alerts.CAPTOR}" if alerts.from_captor(alert, device) else state
+
+
+def _captor(a: Alert, device: DeviceRecord | None, clock: Clock) -> list[tuple[str, str]]:
+    if device is None or not alerts.from_captor(a, device):
+        return []
+    return [("WARNING", f"{alerts.CAPTOR}: the device was compromised at "
+             f"{clock.at(device.compromised_at)} ({device.compromised_reason})")]  # fmt: skip
 
 
 def _where(a: Alert, *, now: float, clock: Clock, map_url: str) -> list[tuple[str, str]]:

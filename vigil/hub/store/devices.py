@@ -19,7 +19,7 @@ MASK_BYTES = WINDOW_SIZE // 8
 _COLUMNS = (
     "device_id, label, signing_key, kem_key, contacts, enrolled_at, revoked_at, last_seen, "
     "battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, down_seq, offline_at, gps_fix_at, "
-    "epoch, alive_at, risk_until"
+    "epoch, alive_at, risk_until, compromised_at, compromised_reason"
 )
 
 
@@ -45,6 +45,8 @@ def _device(row: Row) -> DeviceRecord:
         epoch=row["epoch"],
         alive_at=row["alive_at"],
         risk_until=row["risk_until"],
+        compromised_at=row["compromised_at"],
+        compromised_reason=row["compromised_reason"],
     )
 
 
@@ -81,7 +83,14 @@ class Devices(Repository):
         if not same and row["revoked_at"] is None:
             raise AlreadyEnrolled(f"device {device_id} is enrolled with other keys")
         # Same keys: update. Revoked and new keys: a re-provisioned device starts afresh.
-        reset = "" if same else ", window_highest = -1, window_mask = ?"
+        reset = (
+            ""
+            if same
+            else (
+                ", window_highest = -1, window_mask = ?, "
+                "compromised_at = NULL, compromised_reason = NULL"
+            )
+        )
         params: list[Any] = [label, keys["signing"], keys["kem"], contacts_json]
         params += [] if same else [bytes(MASK_BYTES)]
         self._cur.execute(
@@ -149,13 +158,29 @@ class Devices(Repository):
         """The device's own word proves it was alive at hub time `at` (never moves back).
 
         Silence is watched from there again, even after a silent alert: only a proof
-        newer than every earlier one re-arms it, so a stashed heartbeat cannot.
+        newer than every earlier one re-arms it, so a stashed heartbeat cannot. A
+        compromised device's word proves nothing: a captor may hold its key.
         """
         self._cur.execute(
             "UPDATE devices SET alive_at = ?, watch_from = ?, offline_at = NULL "
-            "WHERE device_id = ? AND revoked_at IS NULL AND (alive_at IS NULL OR alive_at < ?)",
+            "WHERE device_id = ? AND revoked_at IS NULL AND compromised_at IS NULL "
+            "AND (alive_at IS NULL OR alive_at < ?)",
             (at, at, device_id.hex, at),
         )
+
+    def mark_compromised(self, device_id: DeviceId, *, at: float, reason: str) -> bool:
+        """Its keys may be in a captor's hands from hub time `at` on; False if already so."""
+        row = self._one(
+            f"SELECT compromised_at FROM devices WHERE device_id = ?{self._for_update}",  # noqa: S608
+            (device_id.hex,),
+        )
+        if row is None or row["compromised_at"] is not None:
+            return False
+        self._cur.execute(
+            "UPDATE devices SET compromised_at = ?, compromised_reason = ? WHERE device_id = ?",
+            (at, reason, device_id.hex),
+        )
+        return True
 
     def start_epoch(self, device_id: DeviceId, epoch: str, *, now: float) -> str | None:
         """Make `epoch` the device's current life; return the one it replaces (None: first).

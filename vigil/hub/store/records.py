@@ -66,10 +66,21 @@ class DeviceRecord:
     epoch: str | None = None  # the newest life of the device the hub has heard from
     alive_at: float | None = None  # the latest hub time the device's own word proves
     risk_until: float | None = None  # end of the wearer's risk window, if one is armed
+    compromised_at: float | None = None  # hub time its tamper alarm was stored
+    compromised_reason: str | None = None
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def compromised(self) -> bool:
+        """Its keys may be in a captor's hands: its later messages prove nothing."""
+        return self.compromised_at is not None
+
+    def sent_by_captor(self, received_at: float) -> bool:
+        """Whether a message that arrived at `received_at` may have been sent by a captor."""
+        return self.compromised_at is not None and received_at > self.compromised_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,6 +297,39 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    # 6: the captor (issue 12). A device whose tamper alarm is stored is compromised: its
+    # later messages may be a captor's. Devices may hold a hybrid downlink key, and rotate
+    # their downlink keys: announced in chunks inside heartbeats, reassembled per
+    # (device, epoch, key id), used once verified (docs/protocol.md §11).
+    (
+        6,
+        (
+            "ALTER TABLE devices ADD COLUMN compromised_at DOUBLE PRECISION",
+            "ALTER TABLE devices ADD COLUMN compromised_reason TEXT",
+            "ALTER TABLE devices ADD COLUMN hybrid_kem_key TEXT",
+            """CREATE TABLE device_kems (
+                device_id TEXT NOT NULL REFERENCES devices(device_id),
+                epoch TEXT NOT NULL,
+                key_id BIGINT NOT NULL,
+                kem_key TEXT NOT NULL,
+                verified_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (device_id, epoch, key_id)
+            )""",
+            """CREATE TABLE device_kem_parts (
+                device_id TEXT NOT NULL REFERENCES devices(device_id),
+                epoch TEXT NOT NULL,
+                key_id BIGINT NOT NULL,
+                part INTEGER NOT NULL,
+                parts INTEGER NOT NULL,
+                data TEXT NOT NULL,
+                digest TEXT,
+                PRIMARY KEY (device_id, epoch, key_id, part)
+            )""",
+        ),
+    ),
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 Statement = str | tuple[str, str]  # SQL for every dialect, or (dialect name, SQL)
