@@ -18,7 +18,7 @@ from vigil.hub.store import open_store
 from vigil.hub.store.records import DeviceRecord
 from vigil.provision.broker import set_password
 from vigil.provision.cli import main
-from vigil.wire import DeviceId, DeviceKeys, HubKeys
+from vigil.wire import DeviceId, DeviceKeys, HubKeys, Suite
 from vigil.wire.topics import up_topic
 
 pytestmark = pytest.mark.integration
@@ -80,6 +80,10 @@ def test_provisioned_device_is_enrolled_configured_and_can_connect(
     assert record.label == "Ana (Oaxaca)"
     assert list(record.contacts) == [contact]
     assert record.public_keys.to_text() == keys.public().to_text()
+    # Post-quantum by default: hybrid uplinks, and a hybrid downlink key at the hub.
+    assert cfg.suite is Suite.MLKEM768_X25519_CHACHA20
+    assert keys.hybrid_kem is not None
+    assert record.public_keys.downlink_suite is Suite.MLKEM768_X25519_CHACHA20
     assert cfg.hub.to_text() == HubKeys.load(tmp_path / "hub.key").public().to_text()
     assert cfg.mqtt.username == cfg.device_id.hex
     pinout = tomllib.loads((ROOT / "hardware" / "pinout.toml").read_text())
@@ -94,6 +98,19 @@ def test_provisioned_device_is_enrolled_configured_and_can_connect(
         assert device.wait_connected(10)
         topic = up_topic(cfg.device_id)
         wait_until(lambda: (device.publish(topic, b"hello"), at_hub.got(topic))[1], 10)
+
+
+def test_suite_x25519_gives_a_classic_device_no_hybrid_key(
+    setup: tuple[Path, LockedBroker], tmp_path: Path
+) -> None:
+    hub_toml, _ = setup
+    out = tmp_path / "wearable-classic"
+    assert provision(hub_toml, out, "--suite", "x25519") == 0
+    cfg = load_device_config(on_this_machine(out))
+    keys = DeviceKeys.load(out / "device.key")
+    assert cfg.suite is Suite.X25519_CHACHA20
+    assert keys.hybrid_kem is None
+    assert hub_record(tmp_path, cfg.device_id).public_keys.downlink_suite is Suite.X25519_CHACHA20
 
 
 def test_rerun_is_idempotent_and_new_keys_need_force(

@@ -134,6 +134,19 @@ def test_downlink_round_trip(body: object) -> None:
     assert (message.body, message.epoch, message.nonce) == (body, EPOCH, NONCE)
 
 
+@pytest.mark.parametrize("body", DOWNLINK_BODIES[:1], ids=lambda b: type(b).__name__)
+def test_a_device_with_a_hybrid_key_gets_hybrid_downlinks(body: object) -> None:
+    hybrid = DeviceKeys.generate(hybrid=True)
+    message = Message(3, body, epoch=EPOCH, nonce=NONCE)  # type: ignore[arg-type]
+    data = seal_downlink(message, device_id=P.device_id, hub_keys=P.hub, device=hybrid.public())
+    assert len(data) == envelope_size(Suite.MLKEM768_X25519_CHACHA20) == 1668
+    assert data[1] == Suite.MLKEM768_X25519_CHACHA20  # the header's suite byte says so
+    assert open_down(data, keys=hybrid).body == body
+    classic = DeviceKeys(hybrid.signing, hybrid.kem)  # the same device without its hybrid key
+    with pytest.raises(UnknownSuite):
+        open_down(data, keys=classic)
+
+
 def test_sizes_are_the_documented_ones() -> None:
     assert envelope_size(Suite.X25519_CHACHA20) == 580
     assert envelope_size(Suite.MLKEM768_X25519_CHACHA20) == 1668

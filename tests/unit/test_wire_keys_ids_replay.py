@@ -65,9 +65,34 @@ def test_malformed_key_file_is_refused(tmp_path: Path, content: bytes) -> None:
 
 
 def test_hub_key_file_is_not_a_device_key_file(tmp_path: Path) -> None:
-    HubKeys.generate().save(tmp_path / "hub.key")
-    with pytest.raises(KeyFileError, match="must hold 2"):
+    HubKeys.generate().save(tmp_path / "hub.key")  # four keys, as a hybrid device's file
+    with pytest.raises(KeyFileError, match="key 3 should be X25519PrivateKey"):
         DeviceKeys.load(tmp_path / "hub.key")
+
+
+def test_a_device_key_file_holds_a_hybrid_downlink_key_or_none(tmp_path: Path) -> None:
+    for hybrid, blocks in ((False, 2), (True, 4)):
+        keys = DeviceKeys.generate(hybrid=hybrid)
+        keys.save(tmp_path / f"{blocks}.key")
+        loaded = DeviceKeys.load(tmp_path / f"{blocks}.key")
+        assert (tmp_path / f"{blocks}.key").read_bytes().count(b"BEGIN PRIVATE KEY") == blocks
+        assert loaded.public().to_text() == keys.public().to_text()
+        assert ("hybrid_kem" in loaded.public().to_text()) is hybrid
+        assert DevicePublicKeys.from_text(keys.public().to_text()) == keys.public()
+
+
+def test_a_device_key_file_with_half_a_hybrid_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "device.key"
+    keys = DeviceKeys.generate(hybrid=True)
+    pem = path.parent / "full.key"
+    keys.save(pem)
+    blocks = pem.read_bytes().split(b"-----END PRIVATE KEY-----\n")
+    path.write_bytes(
+        b"-----END PRIVATE KEY-----\n".join(blocks[:3]) + b"-----END PRIVATE KEY-----\n"
+    )
+    path.chmod(0o600)
+    with pytest.raises(KeyFileError, match="must hold 2 or 4 private keys, found 3"):
+        DeviceKeys.load(path)
 
 
 def test_missing_key_file_is_a_clear_error(tmp_path: Path) -> None:

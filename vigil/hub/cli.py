@@ -115,6 +115,8 @@ def _add_registry(
     e.add_argument("--label", required=True, help="owner label responders will see")
     e.add_argument("--signing", required=True, help="device signing key, ed25519:<base64>")
     e.add_argument("--kem", required=True, help="device KEM key, x25519:<base64>")
+    e.add_argument("--hybrid-kem", help="device hybrid KEM key, mlkem768x25519:<base64> "
+                   "(downlinks then use suite 2)")  # fmt: skip
     e.add_argument("--contact", action="append", default=[], help="Apprise URL (repeatable)")
     r = sub.add_parser("revoke", parents=[common], help="refuse a device's messages from now on")
     r.add_argument("device_id")
@@ -290,7 +292,9 @@ def _act(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO)
 
 def _enroll(args: argparse.Namespace, config: HubConfig, store: Store, out: TextIO) -> int:
     device_id = DeviceId.parse(args.device_id)
-    keys = DevicePublicKeys.from_text({"signing": args.signing, "kem": args.kem})
+    keys = DevicePublicKeys.from_text(
+        {"signing": args.signing, "kem": args.kem, "hybrid_kem": args.hybrid_kem}
+    )
     now = time.time()
     with store.transaction() as tx:
         tx.devices.enroll(device_id, label=args.label, public_keys=keys, contacts=args.contact,

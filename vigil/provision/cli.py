@@ -105,7 +105,11 @@ def register_device(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     d.add_argument("--hub-config", type=Path, required=True, help="the hub's TOML config")
     d.add_argument("--out", type=Path, required=True, help="folder for the device's files")
     d.add_argument("--contact", action="append", default=[], help="Apprise URL (repeatable)")
-    d.add_argument("--suite", choices=sorted(enrol.SUITES), default="x25519")
+    d.add_argument(
+        "--suite", choices=sorted(enrol.SUITES), default=enrol.DEFAULT_SUITE,
+        help="post-quantum hybrid ML-KEM-768 + X25519 both ways (default; 1668-byte "
+        "envelopes) or x25519 (580 bytes); see docs/technician.md for the cost",
+    )  # fmt: skip
     d.add_argument("--force", action="store_true", help="replace existing keys with new ones")
     d.add_argument(
         "--broker-pid-file", type=Path, help="mosquitto's pid file: reload it to admit the device"

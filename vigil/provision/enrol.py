@@ -30,6 +30,8 @@ from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DeviceKeys, HubKeys, write_atomically
 
 SUITES = {"x25519", "mlkem768-x25519"}
+# Post-quantum by default: traffic recorded today must not open with tomorrow's computers.
+DEFAULT_SUITE = "mlkem768-x25519"
 # Where the files live on the wearable (the SD-image tool puts them there).
 ON_DEVICE = {
     "keys": "/var/lib/vigil-device/device.key",
@@ -58,7 +60,7 @@ def provision_device(
     if cfg.broker is None or cfg.broker.password_file is None or cfg.broker.ca_file is None:
         raise ConfigError(f"{hub_config}: [broker] needs device_host, ca_file and password_file")
     device_id = _existing_id(out) or DeviceId.generate()
-    keys = _device_keys(out / "device.key", force=force)
+    keys = _device_keys(out / "device.key", force=force, hybrid=suite == DEFAULT_SUITE)
     # New keys mean the old ones are not trusted: the broker password goes with them.
     password = _password(out / "mqtt-password", renew=force)
     shutil.copyfile(cfg.broker.ca_file, out / "ca.pem")
@@ -66,13 +68,17 @@ def provision_device(
     write_atomically(out / "device.toml", config, mode=0o644)
     _enrol(cfg, device_id, keys, label=label, contacts=contacts, replace=force)
     set_password(cfg.broker.password_file, device_id.hex, password)
+    note = ""
+    if suite == DEFAULT_SUITE and keys.hybrid_kem is None:
+        note = (" Its keys predate hybrid downlink keys: its downlinks stay x25519 until "
+                "--force gives it new keys.")  # fmt: skip
     if broker_pid_file is None:
         return (
             f"device {device_id} ({label}) enrolled; files in {out}. Reload mosquitto "
-            "(systemctl reload mosquitto) so it accepts the device's password."
+            f"(systemctl reload mosquitto) so it accepts the device's password.{note}"
         )
     reload_broker(broker_pid_file)
-    return f"device {device_id} ({label}) enrolled; files in {out}; broker reloaded."
+    return f"device {device_id} ({label}) enrolled; files in {out}; broker reloaded.{note}"
 
 
 def _device_toml(
@@ -119,10 +125,11 @@ def _existing_id(out: Path) -> DeviceId | None:
         raise ConfigError(f"{config}: cannot read the device id: {exc}") from exc
 
 
-def _device_keys(path: Path, *, force: bool) -> DeviceKeys:
+def _device_keys(path: Path, *, force: bool, hybrid: bool) -> DeviceKeys:
+    """The folder's keys as they are, or new ones (with a hybrid downlink key for suite 2)."""
     if path.exists() and not force:
         return DeviceKeys.load(path)
-    keys = DeviceKeys.generate()
+    keys = DeviceKeys.generate(hybrid=hybrid)
     keys.save(path, force=force)
     return keys
 

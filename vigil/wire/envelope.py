@@ -224,25 +224,49 @@ def open_uplink(
 def seal_downlink(
     message: Message, *, device_id: DeviceId, hub_keys: HubKeys, device: DevicePublicKeys
 ) -> bytes:
-    """Hub side: seal a downlink to one device, signed with the hub's key."""
-    return seal(message, device_id=device_id, signer=hub_keys.signing, recipient=device.kem)
+    """Hub side: seal a downlink to one device, signed with the hub's key.
+
+    The suite is the device's: hybrid (2) when `device` has a hybrid key, else 1
+    (the header's suite byte says which, docs/protocol.md §11.2).
+    """
+    suite = device.downlink_suite
+    hybrid = device.hybrid_kem
+    recipient: PublicKem = device.kem if hybrid is None else hybrid
+    return seal(
+        message, device_id=device_id, signer=hub_keys.signing, recipient=recipient, suite=suite
+    )
+
+
+def downlink_keys(device_keys: DeviceKeys) -> dict[Suite, PrivateKem]:
+    """The KEM keys a device opens downlinks with, by suite."""
+    keys: dict[Suite, PrivateKem] = {Suite.X25519_CHACHA20: device_keys.kem}
+    hybrid = device_keys.hybrid_kem
+    if hybrid is not None:
+        keys[Suite.MLKEM768_X25519_CHACHA20] = hybrid
+    return keys
 
 
 def open_downlink(
-    data: bytes, *, device_id: DeviceId, device_keys: DeviceKeys, hub: HubPublicKeys
+    data: bytes,
+    *,
+    device_id: DeviceId,
+    device_keys: DeviceKeys | Mapping[Suite, PrivateKem],
+    hub: HubPublicKeys,
 ) -> Message:
-    """Device side: open a downlink; anything not signed by our hub is rejected."""
+    """Device side: open a downlink; anything not signed by our hub is rejected.
+
+    `device_keys` is the device's key file, or the KEM keys to try, by suite (a
+    rotated downlink key, vigil.device.rekey).
+    """
 
     def hub_key(_: DeviceId) -> Ed25519PublicKey:
         return hub.signing
 
+    keys = downlink_keys(device_keys) if isinstance(device_keys, DeviceKeys) else device_keys
     return open(
-        data,
-        direction=Direction.DOWN,
-        device_id=device_id,
-        recipient_keys={Suite.X25519_CHACHA20: device_keys.kem},
+        data, direction=Direction.DOWN, device_id=device_id, recipient_keys=keys,
         verifier=hub_key,
-    )
+    )  # fmt: skip
 
 
 # -- the spec's steps ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import enum
 import os
 import pwd
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -89,14 +90,7 @@ def hybrid_to_text(mlkem: MLKEM768PublicKey, x25519: X25519PublicKey) -> str:
 
 
 def hybrid_from_text(text: object) -> hpke.MLKEM768X25519PublicKey:
-    raw = _unb64(text, "mlkem768x25519", _MLKEM768_PUBLIC + 32)
-    try:
-        mlkem = MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC])
-    except ValueError as exc:
-        raise BadConfigValue(f"invalid ML-KEM-768 public key: {exc}") from exc
-    return hpke.MLKEM768X25519PublicKey(
-        mlkem, X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC:])
-    )
+    return hpke.MLKEM768X25519PublicKey(*_hybrid_parts(text))
 
 
 # -- key pairs --------------------------------------------------------------------------
@@ -104,40 +98,114 @@ def hybrid_from_text(text: object) -> hpke.MLKEM768X25519PublicKey:
 
 @dataclass(frozen=True, slots=True)
 class DevicePublicKeys:
-    """What the hub knows of a device: its signing key and its downlink KEM key."""
+    """What the hub knows of a device: its signing key and its downlink KEM key(s).
+
+    A device with a hybrid key (`hybrid_text`, `mlkem768x25519:…`) gets its downlinks
+    in suite 2; one without, in suite 1 to `kem` (docs/protocol.md §5).
+    """
 
     signing: Ed25519PublicKey
     kem: X25519PublicKey
+    hybrid_text: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.hybrid_text is not None:
+            hybrid_from_text(self.hybrid_text)  # a bad key is refused here, not at sealing
+
+    @property
+    def hybrid_kem(self) -> hpke.MLKEM768X25519PublicKey | None:
+        return None if self.hybrid_text is None else hybrid_from_text(self.hybrid_text)
+
+    @property
+    def downlink_suite(self) -> Suite:
+        """The suite downlinks to this device use: hybrid when it has a hybrid key."""
+        hybrid = self.hybrid_text is not None
+        return Suite.MLKEM768_X25519_CHACHA20 if hybrid else Suite.X25519_CHACHA20
 
     def to_text(self) -> dict[str, str]:
-        return {"signing": ed25519_to_text(self.signing), "kem": x25519_to_text(self.kem)}
+        doc = {"signing": ed25519_to_text(self.signing), "kem": x25519_to_text(self.kem)}
+        return doc if self.hybrid_text is None else {**doc, "hybrid_kem": self.hybrid_text}
 
     @classmethod
-    def from_text(cls, doc: dict[str, object]) -> DevicePublicKeys:
-        return cls(ed25519_from_text(doc.get("signing")), x25519_from_text(doc.get("kem")))
+    def from_text(cls, doc: Mapping[str, object]) -> DevicePublicKeys:
+        hybrid = doc.get("hybrid_kem")
+        return cls(
+            ed25519_from_text(doc.get("signing")),
+            x25519_from_text(doc.get("kem")),
+            None if hybrid is None else str(hybrid_to_text(*_hybrid_parts(hybrid))),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceKeys:
-    """A device's private keys: Ed25519 to sign uplinks, X25519 to open downlinks."""
+    """A device's private keys: Ed25519 to sign uplinks, X25519 (and, for suite 2, an
+    ML-KEM-768 + X25519 pair) to open downlinks."""
 
     signing: Ed25519PrivateKey
     kem: X25519PrivateKey
+    hybrid_mlkem: MLKEM768PrivateKey | None = None
+    hybrid_x25519: X25519PrivateKey | None = None
+
+    def __post_init__(self) -> None:
+        if (self.hybrid_mlkem is None) != (self.hybrid_x25519 is None):
+            raise KeyFileError("a hybrid key needs both its ML-KEM-768 and its X25519 half")
 
     @classmethod
-    def generate(cls) -> DeviceKeys:
-        return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+    def generate(cls, *, hybrid: bool = False) -> DeviceKeys:
+        if not hybrid:
+            return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+        return cls(
+            Ed25519PrivateKey.generate(),
+            X25519PrivateKey.generate(),
+            MLKEM768PrivateKey.generate(),
+            X25519PrivateKey.generate(),
+        )
+
+    @property
+    def hybrid_kem(self) -> hpke.MLKEM768X25519PrivateKey | None:
+        if self.hybrid_mlkem is None or self.hybrid_x25519 is None:
+            return None
+        return hpke.MLKEM768X25519PrivateKey(self.hybrid_mlkem, self.hybrid_x25519)
 
     def public(self) -> DevicePublicKeys:
-        return DevicePublicKeys(self.signing.public_key(), self.kem.public_key())
+        hybrid = None
+        if self.hybrid_mlkem is not None and self.hybrid_x25519 is not None:
+            hybrid = hybrid_to_text(
+                self.hybrid_mlkem.public_key(), self.hybrid_x25519.public_key()
+            )
+        return DevicePublicKeys(self.signing.public_key(), self.kem.public_key(), hybrid)
 
     def save(self, path: Path, *, force: bool = False) -> None:
-        _save_pem(path, [self.signing, self.kem], force=force, example="device.key")
+        keys: list[_PrivateKey] = [self.signing, self.kem]
+        if self.hybrid_mlkem is not None and self.hybrid_x25519 is not None:
+            keys += [self.hybrid_x25519, self.hybrid_mlkem]  # not the hub file's order
+        _save_pem(path, keys, force=force, example="device.key")
 
     @classmethod
     def load(cls, path: Path) -> DeviceKeys:
-        b = _load_pem(path, (Ed25519PrivateKey, X25519PrivateKey))
-        return cls(cast(Ed25519PrivateKey, b[0]), cast(X25519PrivateKey, b[1]))
+        """Two blocks (suite 1 only) or four (with the hybrid downlink key)."""
+        b = _load_pem(path, _DEVICE_BLOCKS, optional=2)
+        if len(b) == 2:
+            return cls(cast(Ed25519PrivateKey, b[0]), cast(X25519PrivateKey, b[1]))
+        return cls(
+            cast(Ed25519PrivateKey, b[0]),
+            cast(X25519PrivateKey, b[1]),
+            cast(MLKEM768PrivateKey, b[3]),
+            cast(X25519PrivateKey, b[2]),
+        )
+
+
+# The hybrid pair comes X25519 first, so that a hub's key file (ML-KEM first) is refused.
+_DEVICE_BLOCKS = (Ed25519PrivateKey, X25519PrivateKey, X25519PrivateKey, MLKEM768PrivateKey)
+
+
+def _hybrid_parts(text: object) -> tuple[MLKEM768PublicKey, X25519PublicKey]:
+    raw = _unb64(text, "mlkem768x25519", _MLKEM768_PUBLIC + 32)
+    try:
+        mlkem = MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PUBLIC])
+    except ValueError as exc:
+        raise BadConfigValue(f"invalid ML-KEM-768 public key: {exc}") from exc
+    return mlkem, X25519PublicKey.from_public_bytes(raw[_MLKEM768_PUBLIC:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,8 +398,11 @@ def check_private_file(path: Path) -> None:
                            f"{_run_as(owner)}")  # fmt: skip
 
 
-def _load_pem(path: Path, kinds: tuple[type, ...]) -> list[object]:
-    """Read the PEM blocks of `path`, checking their number, order and key types."""
+def _load_pem(path: Path, kinds: tuple[type, ...], *, optional: int = 0) -> list[object]:
+    """Read the PEM blocks of `path`, checking their number, order and key types.
+
+    The last `optional` kinds may be missing, all together.
+    """
     check_private_file(path)
     count = len(kinds)
     try:
@@ -339,8 +410,11 @@ def _load_pem(path: Path, kinds: tuple[type, ...]) -> list[object]:
     except OSError as exc:  # checked just above; this is a race or an I/O error
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
     blocks = [b + _END for b in data.split(_END) if _BEGIN in b]
+    if optional and len(blocks) == count - optional:
+        kinds, count = kinds[:count - optional], count - optional
     if len(blocks) != count:
-        raise KeyFileError(f"{path} must hold {count} private keys, found {len(blocks)}")
+        expected = f"{count - optional} or {count}" if optional else str(count)
+        raise KeyFileError(f"{path} must hold {expected} private keys, found {len(blocks)}")
     try:
         keys = [serialization.load_pem_private_key(b.strip(), password=None) for b in blocks]
     except (ValueError, TypeError) as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from vigil.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, UnknownDevice
 from vigil.hub.store import schema
@@ -17,7 +16,8 @@ from vigil.wire.replay import WINDOW_SIZE
 MASK_BYTES = WINDOW_SIZE // 8
 
 _COLUMNS = (
-    "device_id, label, signing_key, kem_key, contacts, enrolled_at, revoked_at, last_seen, "
+    "device_id, label, signing_key, kem_key, hybrid_kem_key, contacts, enrolled_at, revoked_at, "
+    "last_seen, "
     "battery, fix_lat, fix_lon, fix_taken_at, fix_received_at, down_seq, offline_at, gps_fix_at, "
     "epoch, alive_at, risk_until, compromised_at, compromised_reason"
 )
@@ -31,7 +31,11 @@ def _device(row: Row) -> DeviceRecord:
         device_id=DeviceId.parse(row["device_id"]),
         label=row["label"],
         public_keys=DevicePublicKeys.from_text(
-            {"signing": row["signing_key"], "kem": row["kem_key"]}
+            {
+                "signing": row["signing_key"],
+                "kem": row["kem_key"],
+                "hybrid_kem": row["hybrid_kem_key"],
+            }
         ),
         contacts=tuple(json.loads(row["contacts"])),
         enrolled_at=row["enrolled_at"],
@@ -66,38 +70,41 @@ class Devices(Repository):
         if not label.strip():
             raise BadConfigValue("a device needs an owner label (--label)")
         keys = public_keys.to_text()
+        values = (keys["signing"], keys["kem"], keys.get("hybrid_kem"))
         contacts_json = json.dumps(list(contacts))
         row = self._one(
-            "SELECT signing_key, kem_key, revoked_at FROM devices WHERE device_id = ?",
+            "SELECT signing_key, kem_key, hybrid_kem_key, revoked_at FROM devices "
+            "WHERE device_id = ?",
             (device_id.hex,),
         )
         if row is None:
             self._cur.execute(
-                "INSERT INTO devices (device_id, label, signing_key, kem_key, contacts, "
-                "enrolled_at, window_mask, watch_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (device_id.hex, label, keys["signing"], keys["kem"], contacts_json, now,
-                 bytes(MASK_BYTES), now),
-            )  # fmt: skip
+                "INSERT INTO devices (device_id, label, signing_key, kem_key, hybrid_kem_key, "
+                "contacts, enrolled_at, window_mask, watch_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (device_id.hex, label, *values, contacts_json, now, bytes(MASK_BYTES), now),
+            )
             return
-        same = (row["signing_key"], row["kem_key"]) == (keys["signing"], keys["kem"])
+        same = (row["signing_key"], row["kem_key"], row["hybrid_kem_key"]) == values
         if not same and row["revoked_at"] is None:
             raise AlreadyEnrolled(f"device {device_id} is enrolled with other keys")
-        # Same keys: update. Revoked and new keys: a re-provisioned device starts afresh.
-        reset = (
-            ""
-            if same
-            else (
-                ", window_highest = -1, window_mask = ?, "
-                "compromised_at = NULL, compromised_reason = NULL"
-            )
-        )
-        params: list[Any] = [label, keys["signing"], keys["kem"], contacts_json]
-        params += [] if same else [bytes(MASK_BYTES)]
         self._cur.execute(
-            "UPDATE devices SET label = ?, signing_key = ?, kem_key = ?, contacts = ?, "  # noqa: S608 - fixed fragments, values are parameters
-            f"revoked_at = NULL{reset} WHERE device_id = ?",
-            (*params, device_id.hex),
+            "UPDATE devices SET label = ?, signing_key = ?, kem_key = ?, hybrid_kem_key = ?, "
+            "contacts = ?, revoked_at = NULL WHERE device_id = ?",
+            (label, *values, contacts_json, device_id.hex),
         )
+        if not same:  # revoked, and new keys: a re-provisioned device starts afresh
+            self._start_afresh(device_id)
+
+    def _start_afresh(self, device_id: DeviceId) -> None:
+        """New keys: a new replay window, not compromised, none of the old keys' rotations."""
+        self._cur.execute(
+            "UPDATE devices SET window_highest = -1, window_mask = ?, compromised_at = NULL, "
+            "compromised_reason = NULL WHERE device_id = ?",
+            (bytes(MASK_BYTES), device_id.hex),
+        )
+        for table in ("device_kems", "device_kem_parts"):
+            self._cur.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id.hex,))  # noqa: S608 - fixed names
 
     def revoke(self, device_id: DeviceId, *, now: float) -> None:
         """Refuse the device's messages from now on (its key may be in other hands)."""
