@@ -10,7 +10,7 @@ SQLite file, keys and envelopes are real.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +22,13 @@ from vigil.device.config import load_config
 from vigil.device.core import ButtonPressed, ButtonReleased, Pattern, TamperOpened
 from vigil.device.daemon import Daemon
 from vigil.device.outbox import Outbox
+from vigil.errors import DecryptionFailed
 from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import load_config as load_hub_config
 from vigil.hub.daemon import HubService
 from vigil.hub.store import Alert, AlertKind, open_store
-from vigil.wire.envelope import open_downlink, open_uplink
+from vigil.wire.envelope import PrivateKem, open_downlink, open_uplink
+from vigil.wire.keys import Suite
 from vigil.wire.messages import Kind, Message
 
 T0 = 1_764_000_000.0
@@ -75,6 +77,8 @@ class Rig:
     state_dir: Path
     device_alive: bool = True
     _next_hub_tick: float = T0
+    # Every downlink key the device held (it deletes old ones), for the test's oracle only.
+    kems: list[Mapping[Suite, PrivateKem]] = field(default_factory=list)
 
     # -- time ----------------------------------------------------------------------
 
@@ -104,7 +108,9 @@ class Rig:
         for _ in range(50):
             moved = self.broker.pump()
             if self.device_alive:
+                self._note_keys()
                 self.device.run_due()
+                self._note_keys()
             if self.clock.now >= self._next_hub_tick:
                 self.hub.tick()
                 self._next_hub_tick = self.clock.now + HUB_TICK
@@ -165,17 +171,26 @@ class Rig:
                 out.append(message)
         return out
 
+    def _note_keys(self) -> None:
+        for keys in self.device.keyring.candidates():
+            if keys not in self.kems:
+                self.kems.append(keys)
+
     def downlinks(self) -> list[Message]:
+        """Every downlink the hub published, opened with whichever key the device held."""
+        return [self.open_downlink(packet.payload) for packet in self.broker.sent("down")]
+
+    def open_downlink(
+        self, payload: bytes, keys: list[Mapping[Suite, PrivateKem]] | None = None
+    ) -> Message:
         p = self.provisioned
-        return [
-            open_downlink(
-                packet.payload,
-                device_id=p.device_id,
-                device_keys=p.device_keys,
-                hub=p.hub_keys.public(),
-            )
-            for packet in self.broker.sent("down")
-        ]
+        for candidate in keys if keys is not None else self.kems:
+            try:
+                return open_downlink(payload, device_id=p.device_id, device_keys=candidate,
+                                     hub=p.hub_keys.public())  # fmt: skip
+            except DecryptionFailed:
+                continue
+        raise DecryptionFailed("no key the device held opens this downlink")
 
 
 def write_hub_config(folder: Path, *, extra: str = "") -> Path:
@@ -210,9 +225,11 @@ def rig(
     broker: HostileBroker | None = None,
     device_clock: DeviceClock | None = None,
     alarm: dict[str, object] | None = None,
+    device: dict[str, object] | None = None,
+    hybrid: bool = False,
 ) -> Iterator[Rig]:
-    """A hub and one enrolled wearable behind a hostile broker, at T0 (`alarm`: more of
-    the device's `[alarm]` settings)."""
+    """A hub and one enrolled wearable behind a hostile broker, at T0 (`alarm`, `device`:
+    more of the device's `[alarm]` and `[device]` settings; `hybrid`: suite 2)."""
     clock = Clock()
     broker = broker or HostileBroker(clock)
     broker.clock = clock
@@ -225,8 +242,10 @@ def rig(
         tmp_path / "device",
         hub_keys=parties().hub,
         overrides={
-            "alarm": {"heartbeat_interval": HEARTBEAT, "undelivered_after": 30.0, **(alarm or {})}
+            "alarm": {"heartbeat_interval": HEARTBEAT, "undelivered_after": 30.0, **(alarm or {})},
+            "device": device or {},
         },
+        hybrid=hybrid,
     )
     with store.transaction() as tx:
         tx.devices.enroll(provisioned.device_id, label="Ana (test)",

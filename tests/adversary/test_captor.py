@@ -8,20 +8,25 @@ what they get after a real cancel, whatever the operators do about the duress.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
 from tests.adversary.rig import HEARTBEAT, HUB_TICK, SILENT_AFTER, T0, Rig, rig
+from vigil.device import rekey
 from vigil.device.core import GpsFix, Pattern, TamperClosed
-from vigil.errors import BadTransition
+from vigil.device.rekey import Keyring
+from vigil.errors import BadTransition, DecryptionFailed
 from vigil.hub import alerts, operator, views
 from vigil.hub.channels import compose
 from vigil.hub.store import AlertKind, AlertState
 from vigil.hub.tail import Follower
-from vigil.wire.envelope import seal_uplink
+from vigil.wire.envelope import PrivateKem, downlink_keys, envelope_size, seal_uplink
 from vigil.wire.fix import Fix
+from vigil.wire.keys import DeviceKeys, Suite
 from vigil.wire.messages import (
     Alarm,
     Cancel,
@@ -140,3 +145,53 @@ def test_after_a_stored_tamper_alarm_the_old_key_speaks_only_as_a_possible_capto
         lines = [line for _, line in Follower(r.hub.store).poll() if line.startswith("up ")]
         flagged = [line for line in lines if alerts.CAPTOR in line]
         assert len(flagged) == 4, lines  # the four forged uplinks, and only they
+
+
+ROTATE = 600.0  # the device's [device] rotate_keys_every in these tests
+
+
+def _advance_until(r: Rig, done: Callable[[], bool], *, limit: int = 200) -> None:
+    for _ in range(limit):
+        if done():
+            return
+        r.advance(HEARTBEAT)
+    raise AssertionError("the condition never came true")
+
+
+def _rotations(r: Rig) -> int:
+    return r.audit().count("downlink key rotated")
+
+
+def _keys_on_the_card(r: Rig) -> list[Mapping[Suite, PrivateKem]]:
+    """What a captor reads off the seized wearable: device.key and the rotated keys."""
+    p = r.provisioned
+    enrolled = DeviceKeys.load(p.config_path.parent / "device.key")
+    ring = Keyring.load(p.state_dir / rekey.FILE, enrolled=enrolled,
+                        epoch=r.device.outbox.epoch, every=ROTATE, clock=r.clock)  # fmt: skip
+    return ring.candidates()
+
+
+@pytest.mark.parametrize("hybrid", [False, True], ids=["x25519", "mlkem768-x25519"])
+def test_a_downlink_recorded_before_a_rotation_cannot_be_opened_after_it(
+    tmp_path: Path, hybrid: bool
+) -> None:
+    with rig(tmp_path, device={"rotate_keys_every": ROTATE}, hybrid=hybrid) as r:
+        suite = Suite.MLKEM768_X25519_CHACHA20 if hybrid else Suite.X25519_CHACHA20
+        _advance_until(r, lambda: _rotations(r) == 1)
+        r.advance(2 * HEARTBEAT)  # a receipt under the new key: the device confirms it
+        recorded = r.broker.sent("down")[-1]
+        assert recorded.payload[1] == suite
+        assert r.open_downlink(recorded.payload, _keys_on_the_card(r)).kind is Kind.STORED
+        enrolled = [downlink_keys(r.provisioned.device_keys)]
+        with pytest.raises(DecryptionFailed):  # the hub sealed it to the rotated key
+            r.open_downlink(recorded.payload, enrolled)
+        _advance_until(r, lambda: _rotations(r) == 2)
+        r.advance(2 * HEARTBEAT)
+        with pytest.raises(DecryptionFailed):  # the card no longer holds the key it needs
+            r.open_downlink(recorded.payload, _keys_on_the_card(r))
+        key_file = r.provisioned.state_dir / rekey.FILE
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert len(json.loads(key_file.read_text())["keys"]) == 1, "old keys were kept"
+        # The announcements changed no uplink's size, and every heartbeat was receipted.
+        assert {len(p.payload) for p in r.broker.sent("up")} == {envelope_size(suite)}
+        assert all(m.kind is Kind.STORED for m in r.downlinks())

@@ -27,18 +27,20 @@ def make_device(
     port: int = 1883,
     hub_keys: HubKeys | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    hybrid: bool = False,
 ) -> ProvisionedDevice:
-    """Write keys and a config for a new device under `tmp_path`; return what a test needs."""
+    """Write keys and a config for a new device under `tmp_path`; return what a test needs
+    (`hybrid`: suite 2 both ways, as `vigil-provision device` makes by default)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     device_id = DeviceId.generate()
-    device_keys = DeviceKeys.generate()
+    device_keys = DeviceKeys.generate(hybrid=hybrid)
     hub_keys = hub_keys or HubKeys.generate()
     keys_path = tmp_path / "device.key"
     device_keys.save(keys_path, force=True)
     state_dir = tmp_path / "state"
     doc: dict[str, dict[str, Any]] = {
         "device": {"id": device_id.hex, "keys": str(keys_path), "state_dir": str(state_dir)},
-        "hub": {**hub_keys.public().to_text(), "suite": "x25519"},
+        "hub": {**hub_keys.public().to_text(), "suite": "mlkem768-x25519" if hybrid else "x25519"},
         "mqtt": {"host": host, "port": port, "keepalive": 5},
     }
     for section, values in (overrides or {}).items():

@@ -34,6 +34,7 @@ from vigil.wire.messages import (
     decode_payload,
     encode_payload,
 )
+from vigil.wire.rekey import KeyChunk
 
 GOOD = Message(5, Alarm(Trigger.TAMPER, AgedFix(Fix(lat=1.0, lon=2.0, satellites=4), age=0.0), 9),
                1e9, ClockSource.GPS, epoch=EPOCH)  # fmt: skip
@@ -234,8 +235,16 @@ GOLDEN = [
         ),
         Direction.UP,
         b'{"body":{"battery":40,"fix":null,"mode":"silent","oldest_pending":5,"pending":2,'
-        b'"signal":90},"clock":"ntp","epoch":"0011223344556677","kind":"heartbeat",'
-        b'"nonce":"0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e","sent_at":1000000000.0,"seq":8}',
+        b'"rekey":null,"signal":90},"clock":"ntp","epoch":"0011223344556677",'
+        b'"kind":"heartbeat","nonce":"0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e",'
+        b'"sent_at":1000000000.0,"seq":8}',
+    ),
+    (
+        Message(9, Heartbeat(rekey=KeyChunk("00112233445566ff", 40, 44, "Zm9v")), epoch=EPOCH),
+        Direction.UP,
+        b'{"body":{"battery":null,"fix":null,"mode":"idle","oldest_pending":null,"pending":0,'
+        b'"rekey":"00112233445566ff:40:44:Zm9v","signal":null},"clock":"unsynced",'
+        b'"epoch":"0011223344556677","kind":"heartbeat","nonce":null,"sent_at":null,"seq":9}',
     ),
     (
         Message(2, Stored(5, DIGEST), 1e9, ClockSource.NTP, epoch=EPOCH, nonce=NONCE),
@@ -248,7 +257,9 @@ GOLDEN = [
 
 
 @pytest.mark.parametrize(
-    ("message", "direction", "payload"), GOLDEN, ids=["alarm", "position", "heartbeat", "stored"]
+    ("message", "direction", "payload"),
+    GOLDEN,
+    ids=["alarm", "position", "heartbeat", "heartbeat-rekey", "stored"],
 )
 def test_payload_bytes_are_unchanged(
     message: Message, direction: Direction, payload: bytes

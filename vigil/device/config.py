@@ -6,7 +6,8 @@ directory, and a unit test keeps the two equal. Read with vigil.runtime.config:
 errors name the file and the dotted key, unknown keys are typos, relative paths
 are resolved against the config file's folder. The keys:
 
-    [device] id, keys, state_dir     [hub] signing, kem, hybrid_kem, suite
+    [device] id, keys, state_dir, rotate_keys_every
+    [hub] signing, kem, hybrid_kem, suite
     [mqtt] host, port, tls_ca, username, password_file, keepalive
     [pins] button, tamper, vibration, led, vibration_pwm
     [gps] port, baud                 [battery] capacity_path
@@ -36,6 +37,7 @@ BUILTIN_UART = ("/dev/serial0", 9600)
 # Hardware backends (vigil.device.hardware); the environment variable overrides the file.
 BACKENDS = ("pi", "simulate")
 BACKEND_ENV = "VIGIL_HARDWARE"
+ROTATE_KEYS_EVERY = 86400.0  # a new downlink key a day (and at every start)
 SUITES = {"x25519": Suite.X25519_CHACHA20, "mlkem768-x25519": Suite.MLKEM768_X25519_CHACHA20}
 
 
@@ -98,6 +100,7 @@ class DeviceConfig:
     alarm: AlarmSettings
     outbox: OutboxConfig
     backend: str = "pi"
+    rotate_keys_every: float = ROTATE_KEYS_EVERY  # s of uptime between downlink keys
 
     def mqtt_password(self) -> str | None:
         """Read the broker password file (0600, one line), or None without one."""
@@ -182,6 +185,9 @@ def load_config(path: Path, *, pinout: Path = PINOUT) -> DeviceConfig:
         alarm=_alarm(top.table("alarm")),
         outbox=_outbox(top.table("outbox")),
         backend=top.table("hardware").choice("backend", {b: b for b in BACKENDS}, "pi"),
+        rotate_keys_every=device.number(
+            "rotate_keys_every", ROTATE_KEYS_EVERY, low=60.0, high=30 * 86400.0
+        ),
     )
     top.check_unknown()
     return config

@@ -12,6 +12,8 @@ Log lines at INFO and above never name a message kind, the alarm mode or a
 position: the journal of a seized wearable must not tell a duress cancel from
 a real one. A `Zeroise` from the core crypto-erases the state (the outbox's
 key file) and carries on as a new life: new epoch, seqs from 0, no echo yet.
+Downlinks open with the newest rotated downlink key that can, and heartbeats
+announce the next one (vigil.device.rekey, docs §11.2).
 systemd gets READY=1 once pins, GPS and outbox are up, and WATCHDOG=1 only
 from this loop, so a hung loop is restarted; the broker connection's state
 (connected, or connecting since when and why it fails) goes to the unit's
@@ -31,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from vigil.device import rekey
 from vigil.device.config import DeviceConfig
 from vigil.device.core import (
     AlarmCore,
@@ -54,7 +57,7 @@ from vigil.device.outbox import PRIORITY, Entry, Outbox
 from vigil.errors import StorageError, TransportError, VigilError
 from vigil.runtime.mqtt import ConnectionState, MqttSettings, Transport, Will
 from vigil.runtime.systemd import sd_notify, status_assignment
-from vigil.wire.envelope import open_downlink, seal_uplink_payload
+from vigil.wire.envelope import seal_uplink_payload
 from vigil.wire.keys import DeviceKeys
 from vigil.wire.messages import (
     MAX_PENDING,
@@ -143,6 +146,10 @@ class Daemon:
             pending=outbox.pending(), **({} if rand is None else {"rand": rand}),
         )  # fmt: skip
         self._epoch = outbox.epoch
+        self.keyring = rekey.Keyring.load(
+            cfg.state_dir / rekey.FILE, enrolled=keys, epoch=outbox.epoch,
+            every=cfg.rotate_keys_every, clock=clock,
+        )  # fmt: skip
         self._nonce: str | None = None  # the newest hub nonce, echoed in every uplink
         self._heartbeats: dict[int, str] = {}  # seq -> digest of heartbeats sent lately
         self._window = outbox.downlink_window()
@@ -286,6 +293,7 @@ class Daemon:
                            oldest_pending=min(unsaved) if unsaved else None)  # fmt: skip
         message = Message(seq=send.seq, body=body, sent_at=sent_at, clock=source,
                           epoch=self._epoch, nonce=self._nonce)  # fmt: skip
+        message = self.keyring.announce(message)  # a heartbeat may carry a new downlink key
         payload = encode_payload(message)
         if isinstance(body, Heartbeat):
             self._send_heartbeat(send.seq, payload)
@@ -359,9 +367,7 @@ class Daemon:
             _LOG.warning("device %s dropped a message on unexpected topic %s", dev, item.topic)
             return None
         try:
-            message = open_downlink(
-                item.payload, device_id=dev, device_keys=self._keys, hub=self.cfg.hub
-            )
+            message = self.keyring.open(item.payload, device_id=dev, hub=self.cfg.hub)
         except VigilError as exc:
             _LOG.warning("device %s rejected a downlink: %s: %s", dev, type(exc).__name__, exc)
             return None

@@ -35,7 +35,7 @@ from vigil.hub.store import (
 from vigil.runtime.mqtt import Transport
 from vigil.wire.envelope import seal_downlink
 from vigil.wire.ids import DeviceId
-from vigil.wire.keys import HubKeys
+from vigil.wire.keys import DevicePublicKeys, HubKeys
 from vigil.wire.liveness import Epoch, NonceMinter, uplink_digest
 from vigil.wire.messages import (
     Acknowledged,
@@ -260,12 +260,13 @@ class HubService:
                 if device is None or device.revoked:
                     tx.downlinks.mark_sent(d.id, at=now)  # nobody to tell any more
                     continue
-            if not self._publish(d, device, now):
+                keys = _downlink_keys(tx, device, d.epoch)
+            if not self._publish(d, keys, now):
                 break
             sent += 1
         return sent
 
-    def _publish(self, d: PendingDownlink, device: DeviceRecord, now: float) -> bool:
+    def _publish(self, d: PendingDownlink, keys: DevicePublicKeys, now: float) -> bool:
         """Seal and publish one claimed downlink; False (and released) if the broker is away."""
         assert self.transport is not None  # noqa: S101 - checked by flush_downlinks
         if d.epoch is None or d.digest is None:  # queued by protocol version 1: unanswerable
@@ -277,9 +278,7 @@ class HubService:
             seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP, epoch=Epoch.parse(d.epoch),
             nonce=self._nonces.mint(d.device_id, at=now),
         )  # fmt: skip
-        envelope = seal_downlink(
-            message, device_id=d.device_id, hub_keys=self.keys, device=device.public_keys
-        )
+        envelope = seal_downlink(message, device_id=d.device_id, hub_keys=self.keys, device=keys)
         try:
             self.transport.publish(down_topic(d.device_id), envelope, qos=1)
         except TransportError as exc:
@@ -355,6 +354,13 @@ class HubService:
     def deliver(self) -> int:
         """Send every notice that is due (first attempts and retries) and wait for them."""
         return self.dispatcher.run_due(self.clock())
+
+
+def _downlink_keys(tx: Transaction, device: DeviceRecord, epoch: str | None) -> DevicePublicKeys:
+    """The key a downlink answering `epoch` is sealed to: the newest the device rotated to in
+    that life (docs/protocol.md §11.2), else the one it was enrolled with."""
+    rotated = None if epoch is None else tx.kems.newest(device.device_id, epoch)
+    return device.public_keys if rotated is None else device.public_keys.rotated(rotated)
 
 
 def _decode_stored(payload: bytes) -> Message:

@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from vigil.errors import VigilError
 from vigil.hub import alerts
 from vigil.hub.store import Alert, AlertKind, AlertState, DeviceRecord, LastFix, Transaction
+from vigil.wire import rekey
 from vigil.wire.envelope import open_uplink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
 from vigil.wire.messages import Alarm, Cancel, Checkin, Heartbeat, Message, Position, Trigger
+from vigil.wire.rekey import KeyChunk
 from vigil.wire.topics import parse_topic
 
 _LOG = logging.getLogger(__name__)
@@ -212,6 +214,8 @@ def _heartbeat(ctx: Context, body: Heartbeat) -> str:
     )
     if fix is not None:  # devices send no `position`: an alarm's track rides in heartbeats
         _follow(ctx, fix)
+    if body.rekey is not None:
+        _rekey(ctx, body.rekey)
     oldest = body.oldest_pending
     if oldest is not None and not ctx.tx.uplinks.has(ctx.device.device_id, ctx.epoch, oldest):
         return withheld(ctx, oldest, f"the device reports {body.pending} waiting for a receipt")
@@ -228,6 +232,25 @@ def _follow(ctx: Context, fix: LastFix) -> None:
         updated = alerts.attach_position(alert, fix, now=ctx.received_at)
         if updated != alert:
             ctx.tx.alerts.save(updated)
+
+
+def _rekey(ctx: Context, chunk: KeyChunk) -> None:
+    """Keep a chunk of the device's next downlink key; take the key once it is whole and
+    its digest checks (docs/protocol.md §11.2). Downlinks are then sealed to it."""
+    kems, device_id = ctx.tx.kems, ctx.device.device_id
+    if kems.known(device_id, ctx.epoch, chunk.key):
+        return  # a repeat of a key already taken
+    text = rekey.assemble(chunk.key, chunk.size, kems.add_part(device_id, ctx.epoch, chunk))
+    if text is None:
+        return
+    try:
+        ctx.device.public_keys.rotated(text)  # the same kind of key as enrolled
+    except VigilError as exc:
+        kems.drop_parts(device_id, ctx.epoch)
+        ctx.audit("downlink key refused", f"device {device_id}", f"key {chunk.key}: {exc}")
+        return
+    kems.verified(device_id, ctx.epoch, chunk.key, text, at=ctx.received_at)
+    ctx.audit("downlink key rotated", f"device {device_id}", f"key {chunk.key} epoch {ctx.epoch}")
 
 
 def withheld(ctx: Context, seq: int, evidence: str) -> str:

@@ -46,6 +46,7 @@ TAG_BYTES = 16  # ChaCha20-Poly1305
 _HEADER = struct.Struct(">BBBB16s")
 HEADER_BYTES = _HEADER.size
 _LENGTH = struct.Struct(">H")
+MAX_UPLINK_PAYLOAD = BUCKETS[0] - _LENGTH.size - SIGNATURE_BYTES  # what fits an uplink
 _INFO_LABEL = b"vigil/v2 envelope\x00"
 _SIGNATURE_LABEL = b"vigil/v2 signature\x00"
 

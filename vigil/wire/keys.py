@@ -13,7 +13,7 @@ import enum
 import os
 import pwd
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -121,6 +121,13 @@ class DevicePublicKeys:
         """The suite downlinks to this device use: hybrid when it has a hybrid key."""
         hybrid = self.hybrid_text is not None
         return Suite.MLKEM768_X25519_CHACHA20 if hybrid else Suite.X25519_CHACHA20
+
+    def rotated(self, announced: str) -> DevicePublicKeys:
+        """These keys with the downlink key replaced by a rotated one, given as the base64
+        of its raw public key (vigil.wire.rekey), of the same kind: hybrid stays hybrid."""
+        if self.hybrid_text is not None:
+            return DevicePublicKeys(self.signing, self.kem, f"mlkem768x25519:{announced}")
+        return DevicePublicKeys(self.signing, x25519_from_text(f"x25519:{announced}"))
 
     def to_text(self) -> dict[str, str]:
         doc = {"signing": ed25519_to_text(self.signing), "kem": x25519_to_text(self.kem)}
@@ -291,12 +298,9 @@ class HubKeys:
 _PrivateKey = Ed25519PrivateKey | X25519PrivateKey | MLKEM768PrivateKey
 
 
-def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool, example: str) -> None:
-    """Write the keys atomically with mode 0600; refuse to replace a file unless `force`.
-
-    `example` is a file name to suggest when `path` is a folder.
-    """
-    pem = b"".join(
+def private_pem(keys: Sequence[_PrivateKey]) -> bytes:
+    """The keys as unencrypted PKCS#8 PEM blocks, in order."""
+    return b"".join(
         k.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -304,6 +308,20 @@ def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool, example: str)
         )
         for k in keys
     )
+
+
+def pem_blocks(data: bytes) -> list[object]:
+    """The private keys of PEM `data`, in order (`ValueError`, `TypeError` if unreadable)."""
+    blocks = [b + _END for b in data.split(_END) if _BEGIN in b]
+    return [serialization.load_pem_private_key(b.strip(), password=None) for b in blocks]
+
+
+def _save_pem(path: Path, keys: list[_PrivateKey], *, force: bool, example: str) -> None:
+    """Write the keys atomically with mode 0600; refuse to replace a file unless `force`.
+
+    `example` is a file name to suggest when `path` is a folder.
+    """
+    pem = private_pem(keys)
     try:
         if path.is_dir():
             raise KeyFileError(f"{path} is a folder; give the key file's own path, e.g. "
@@ -411,12 +429,12 @@ def _load_pem(path: Path, kinds: tuple[type, ...], *, optional: int = 0) -> list
         raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
     blocks = [b + _END for b in data.split(_END) if _BEGIN in b]
     if optional and len(blocks) == count - optional:
-        kinds, count = kinds[:count - optional], count - optional
+        kinds, count = kinds[: count - optional], count - optional
     if len(blocks) != count:
         expected = f"{count - optional} or {count}" if optional else str(count)
         raise KeyFileError(f"{path} must hold {expected} private keys, found {len(blocks)}")
     try:
-        keys = [serialization.load_pem_private_key(b.strip(), password=None) for b in blocks]
+        keys = pem_blocks(data)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path} holds a key that cannot be read: {exc}") from exc
     for number, (key, kind) in enumerate(zip(keys, kinds, strict=True), start=1):

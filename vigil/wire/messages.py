@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeAlias
 from vigil.errors import MalformedMessage, UnknownKind
 from vigil.wire.fix import MAX_TIME, AgedFix, check_float, check_int
 from vigil.wire.liveness import Epoch, check_digest, check_nonce
+from vigil.wire.rekey import KeyChunk
 from vigil.wire.replay import MAX_SEQ
 
 MAX_BATTERY = 100
@@ -130,7 +131,8 @@ class Heartbeat:
 
     Battery %, the latest fix, link quality %, its alarm mode, and how many
     uplinks other than heartbeats wait for a `stored` (with the oldest seq), so
-    that a hub which never saw that seq knows something is being withheld.
+    that a hub which never saw that seq knows something is being withheld; and
+    maybe one chunk of the device's next downlink key (`rekey`).
     """
 
     KIND: ClassVar[Kind] = Kind.HEARTBEAT
@@ -141,8 +143,11 @@ class Heartbeat:
     mode: Mode = Mode.IDLE
     pending: int = 0
     oldest_pending: int | None = None
+    rekey: KeyChunk | None = None  # a chunk of a new downlink key (docs/protocol.md §11.2)
 
     def __post_init__(self) -> None:
+        if self.rekey is not None and not isinstance(self.rekey, KeyChunk):
+            raise MalformedMessage("a heartbeat's rekey must be a key chunk or null")
         _check_optional_int("battery", self.battery, 0, MAX_BATTERY)
         if self.fix is not None and not isinstance(self.fix, AgedFix):
             raise MalformedMessage("a heartbeat's fix must be a fix object or null")
@@ -291,6 +296,8 @@ def _body_to_json(body: Body) -> dict[str, Any]:
         name, value = f.name, getattr(body, f.name)
         if isinstance(value, AgedFix):
             value = value.to_json()
+        elif isinstance(value, KeyChunk):
+            value = value.to_text()
         elif isinstance(value, enum.Enum):
             value = value.value
         elif isinstance(value, Mapping):
@@ -329,6 +336,8 @@ def _body_from_json(cls: type[Body], doc: object) -> Body:
     values = _exact_keys(f"{cls.KIND} body", doc, {f.name for f in fields(cls)})
     if values.get("fix") is not None:
         values["fix"] = AgedFix.from_json(values["fix"])
+    if values.get("rekey") is not None:
+        values["rekey"] = KeyChunk.parse(values["rekey"])
     if "mode" in values:
         try:
             values["mode"] = Mode(values["mode"])

@@ -8,7 +8,7 @@
         tx.devices.get(device_id)
     store.close()
 
-`tx` hands out one repository per concern: `devices`, `uplinks`, `downlinks`,
+`tx` hands out one repository per concern: `devices`, `kems`, `uplinks`, `downlinks`,
 `rejections`, `alerts`, `deliveries`, `audit`, `hubs`. Both backends share the SQL
 (`devices.py`, `traffic.py`, `alerts.py`, `deliveries.py`, `auditlog.py`),
 the transaction machinery (`sql.py`), the versioned migrations

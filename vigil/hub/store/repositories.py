@@ -8,6 +8,7 @@ from vigil.hub.store.alerts import Alerts
 from vigil.hub.store.auditlog import AuditLog
 from vigil.hub.store.deliveries import Deliveries
 from vigil.hub.store.devices import Devices
+from vigil.hub.store.kems import DownlinkKeys
 from vigil.hub.store.repo import Cursor, Repository
 from vigil.hub.store.traffic import Downlinks, HubStatus, Rejections, Uplinks
 
@@ -50,6 +51,7 @@ class Transaction:
 
     def __init__(self, cur: Cursor, dialect: schema.Dialect) -> None:
         self.devices = Devices(cur, dialect)
+        self.kems = DownlinkKeys(cur, dialect)
         self.uplinks = Uplinks(cur, dialect)
         self.downlinks = Downlinks(cur, dialect)
         self.rejections = Rejections(cur, dialect)

@@ -311,20 +311,19 @@ MIGRATIONS += (
             """CREATE TABLE device_kems (
                 device_id TEXT NOT NULL REFERENCES devices(device_id),
                 epoch TEXT NOT NULL,
-                key_id BIGINT NOT NULL,
-                kem_key TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                public_key TEXT NOT NULL,
                 verified_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (device_id, epoch, key_id)
             )""",
             """CREATE TABLE device_kem_parts (
                 device_id TEXT NOT NULL REFERENCES devices(device_id),
                 epoch TEXT NOT NULL,
-                key_id BIGINT NOT NULL,
-                part INTEGER NOT NULL,
-                parts INTEGER NOT NULL,
+                key_id TEXT NOT NULL,
+                at_offset INTEGER NOT NULL,
+                size INTEGER NOT NULL,
                 data TEXT NOT NULL,
-                digest TEXT,
-                PRIMARY KEY (device_id, epoch, key_id, part)
+                PRIMARY KEY (device_id, epoch, key_id, at_offset)
             )""",
         ),
     ),
