@@ -7,6 +7,7 @@ what they get after a real cancel, whatever the operators do about the duress.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections import Counter
@@ -37,6 +38,7 @@ from vigil.wire.messages import (
     Trigger,
     UplinkBody,
 )
+from vigil.wire.rekey import chunk
 
 AFTER = 10 * HEARTBEAT  # how long the broker watches after the cancel
 # A duress cancel that starts with its long press: the default "..-" is read as ".." when
@@ -195,3 +197,14 @@ def test_a_downlink_recorded_before_a_rotation_cannot_be_opened_after_it(
         # The announcements changed no uplink's size, and every heartbeat was receipted.
         assert {len(p.payload) for p in r.broker.sent("up")} == {envelope_size(suite)}
         assert all(m.kind is Kind.STORED for m in r.downlinks())
+
+
+def test_a_hybrid_device_cannot_be_rotated_down_to_a_classic_key(tmp_path: Path) -> None:
+    with rig(tmp_path, hybrid=True) as r:
+        r.advance(5)
+        classic = base64.b64encode(bytes(32)).decode()  # an X25519 key's length
+        part = chunk(classic, offset=0, room=100)
+        assert part is not None
+        _forge(r, 100, Heartbeat(rekey=part), nonce=None)
+        assert "downlink key refused" in r.audit()
+        assert r.broker.sent("down")[-1].payload[1] == Suite.MLKEM768_X25519_CHACHA20
