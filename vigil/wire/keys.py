@@ -14,7 +14,7 @@ import os
 import pwd
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -159,14 +159,12 @@ class DeviceKeys:
 
     @classmethod
     def generate(cls, *, hybrid: bool = False) -> DeviceKeys:
+        """New keys; with `hybrid`, a hybrid downlink key too (suite 2)."""
+        keys = cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
         if not hybrid:
-            return cls(Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
-        return cls(
-            Ed25519PrivateKey.generate(),
-            X25519PrivateKey.generate(),
-            MLKEM768PrivateKey.generate(),
-            X25519PrivateKey.generate(),
-        )
+            return keys
+        return replace(keys, hybrid_mlkem=MLKEM768PrivateKey.generate(),
+                       hybrid_x25519=X25519PrivateKey.generate())  # fmt: skip
 
     @property
     def hybrid_kem(self) -> hpke.MLKEM768X25519PrivateKey | None:
