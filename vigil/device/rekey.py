@@ -112,6 +112,13 @@ class Keyring:
                 path.unlink(missing_ok=True)
         return cls(path, keys, enrolled=enrolled, epoch=epoch, every=every, clock=clock)
 
+    def new_life(self, epoch: Epoch) -> None:
+        """The device's state was erased (a new epoch): delete every rotated key, since the
+        hub never seals the new life's downlinks to them; a new one is made at once."""
+        self._path.unlink(missing_ok=True)
+        self._keys, self._epoch, self._offset = [], epoch, 0
+        self._in_use_since = -math.inf
+
     @property
     def hybrid(self) -> bool:
         return self._enrolled.hybrid_kem is not None
