@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.adversary.rig import HEARTBEAT, HUB_TICK, T0, Rig, rig
+from vigil.device import rekey
 from vigil.device.atrest import StateKey
 from vigil.device.core import GpsFix, Pattern, TamperClosed
 from vigil.device.outbox import STATE_KEY_FILE
@@ -188,6 +189,7 @@ def test_a_seized_card_and_journal_show_no_mode_kind_position_or_key(
             "outbox.sqlite3-wal",
             "outbox.sqlite3-shm",
             STATE_KEY_FILE,
+            rekey.FILE,  # the rotated downlink keys, sealed under the state key too
         }
 
 

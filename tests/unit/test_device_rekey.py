@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from tests.support.parties import EPOCH, NONCE, OTHER_EPOCH, parties
+from vigil.device.atrest import StateKey
+from vigil.device.outbox import STATE_KEY_FILE
 from vigil.device.rekey import FILE, Keyring
 from vigil.errors import DecryptionFailed
 from vigil.wire import DeviceKeys, Heartbeat, Message, Stored
@@ -26,6 +27,8 @@ class Clock:
 
 
 def ring(tmp_path: Path, clock: Clock, *, hybrid: bool = False) -> Keyring:
+    if not (tmp_path / STATE_KEY_FILE).exists():
+        StateKey.create(tmp_path / STATE_KEY_FILE)
     enrolled = DeviceKeys.generate(hybrid=hybrid)
     return Keyring.load(tmp_path / FILE, enrolled=enrolled, epoch=EPOCH, every=DAY, clock=clock)
 
@@ -68,9 +71,11 @@ def test_a_key_is_announced_confirmed_and_its_predecessor_deleted(
     second = announced(r, first_seq=300)
     assert second != first
     r.open(receipt_to(r, second, tmp_path), device_id=P.device_id, hub=P.hub.public())
-    doc = json.loads((tmp_path / FILE).read_text())
-    assert [k["confirmed"] for k in doc["keys"]] == [True]
+    assert b"PRIVATE KEY" not in (tmp_path / FILE).read_bytes()  # sealed under state.key
     assert (tmp_path / FILE).stat().st_mode & 0o777 == 0o600
+    again = Keyring.load(tmp_path / FILE, enrolled=DeviceKeys.generate(), epoch=EPOCH,
+                         every=DAY, clock=clock)  # fmt: skip
+    assert len(again.candidates()) == 2  # the newest rotated key, and the enrolled ones
     with pytest.raises(DecryptionFailed):
         r.open(old, device_id=P.device_id, hub=P.hub.public())
 
@@ -87,6 +92,19 @@ def test_keys_of_another_life_or_a_garbled_file_are_dropped(tmp_path: Path) -> N
     (tmp_path / FILE).write_text("{not json")
     (tmp_path / FILE).chmod(0o600)
     assert len(ring(tmp_path, clock).candidates()) == 1
+    assert not (tmp_path / FILE).exists()
+
+
+def test_erasing_the_state_key_erases_the_rotated_keys(tmp_path: Path) -> None:
+    clock = Clock()
+    announced(ring(tmp_path, clock))
+    assert (tmp_path / FILE).exists()
+    StateKey.create(tmp_path / STATE_KEY_FILE)  # the crypto-erase made a new state key
+    assert len(ring(tmp_path, clock).candidates()) == 1
+    (tmp_path / STATE_KEY_FILE).unlink()  # and with none at all, no key is kept in clear
+    bare = Keyring.load(tmp_path / FILE, enrolled=DeviceKeys.generate(), epoch=EPOCH,
+                        every=DAY, clock=clock)  # fmt: skip
+    assert bare.announce(heartbeat(0)).body.rekey is None  # type: ignore[union-attr]
     assert not (tmp_path / FILE).exists()
 
 

@@ -264,6 +264,7 @@ class Daemon:
             self.outbox.downlink_window(),
             None,
         )
+        self.keyring.new_life(self._epoch)  # its rotated keys open the old life's downlinks
         self._heartbeats.clear()
         self._unsaved.clear()
         self._memory = Memory()

@@ -10,10 +10,13 @@ the new key proves the hub has it; the older rotated keys are then deleted
 (`open`). The enrolled key in `device.key` stays: the hub seals to it until the
 first rotated key of a life is verified.
 
-The rotated private keys live in their own small file, `downlink-keys.json`
-in the state folder (0600): the life (epoch) they belong to, and each key's
-PKCS#8 PEM and whether the hub has confirmed it, oldest first. Keys of another
-life are dropped on start: the hub never seals a new life's downlinks to them.
+The rotated private keys live in their own small file, `downlink-keys` in the
+state folder (0600), sealed like every state record under `state.key`
+(vigil.device.atrest), so the crypto-erase of the state erases them too: a
+JSON document of the life (epoch) they belong to, and each key's PKCS#8 PEM
+and whether the hub has confirmed it, oldest first. Keys of another life, or
+that no longer open with the state key, are dropped on start: the hub never
+seals a new life's downlinks to them.
 
     ring = Keyring.load(state_dir / FILE, enrolled=keys, epoch=outbox.epoch, every=86400.0,
                         clock=time.monotonic)
@@ -36,7 +39,16 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from vigil.errors import DecryptionFailed, KeyFileError, StorageError, UnknownSuite
+from vigil.device.atrest import StateKey
+from vigil.device.outbox import STATE_KEY_FILE
+from vigil.errors import (
+    DecryptionFailed,
+    KeyFileError,
+    StateUnreadable,
+    StorageError,
+    UnknownSuite,
+    VigilError,
+)
 from vigil.wire.envelope import MAX_UPLINK_PAYLOAD, PrivateKem, downlink_keys, open_downlink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import (
@@ -54,7 +66,8 @@ from vigil.wire.rekey import chunk
 
 _LOG = logging.getLogger(__name__)
 
-FILE = "downlink-keys.json"
+FILE = "downlink-keys"
+_RECORD = "keys/downlink"  # the sealed record's identity (vigil.device.atrest)
 _Part = X25519PrivateKey | MLKEM768PrivateKey
 
 
@@ -107,7 +120,7 @@ class Keyring:
         if path.exists():
             try:
                 keys = _read(path, epoch)
-            except (KeyFileError, ValueError, KeyError, TypeError) as exc:
+            except (VigilError, ValueError, KeyError, TypeError) as exc:
                 _LOG.warning("downlink keys in %s dropped: %s", path, exc)
                 path.unlink(missing_ok=True)
         return cls(path, keys, enrolled=enrolled, epoch=epoch, every=every, clock=clock)
@@ -203,15 +216,22 @@ class Keyring:
     def _save(self, keys: list[_Key]) -> None:
         entries = [{"pem": private_pem(k.parts).decode(), "confirmed": k.confirmed} for k in keys]
         doc = {"epoch": self._epoch.hex, "keys": entries}
+        state_key = StateKey.load(self._path.with_name(STATE_KEY_FILE))
+        if state_key is None:
+            raise StorageError(f"no state key beside {self._path}: the keys would be in clear")
         try:
-            write_atomically(self._path, json.dumps(doc).encode(), mode=0o600)
+            sealed = state_key.seal(_RECORD, json.dumps(doc).encode())
+            write_atomically(self._path, sealed, mode=0o600)
         except OSError as exc:
             raise StorageError(f"cannot write {self._path}: {exc.strerror or exc}") from exc
 
 
 def _read(path: Path, epoch: Epoch) -> list[_Key]:
     check_private_file(path)
-    doc = json.loads(path.read_text())
+    state_key = StateKey.load(path.with_name(STATE_KEY_FILE))
+    if state_key is None:
+        raise StateUnreadable("the state key is gone")
+    doc = json.loads(state_key.open(_RECORD, path.read_bytes()))
     if doc["epoch"] != epoch.hex:
         raise ValueError(f"they belong to another life of the device ({doc['epoch']})")
     keys = []
