@@ -4,7 +4,8 @@
                map_url (template with {lat} and {lon}, no other placeholder: checked at load),
                max_active_alerts_per_device (further alarms join the newest active alert),
                max_notices_per_device_per_minute (a flooding device's notices wait their turn)
-    [store]    url ("sqlite:///rel.db", "sqlite:////abs.db" or "postgresql://...")
+    [store]    url ("sqlite:///rel.db", "sqlite:////abs.db" or "postgresql://..."),
+               receipt_retention (s a sent receipt is kept; default 7 days)
     [mqtt]     host, port, client_id, tls_ca, username, password_file, shared_group, keepalive
     [broker]   device_host, device_port, ca_file, password_file   (read by provisioning)
     [escalation] retry_attempts, retry_backoff, retry_max
@@ -34,6 +35,7 @@ from vigil.runtime.config import REQUIRED, MqttConfig, Table, load_toml
 
 DEFAULT_MAP_URL = "https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=17/{lat}/{lon}"
 MAP_PLACEHOLDERS = ("lat", "lon")  # what vigil.hub.channels.compose passes to map_url.format
+RECEIPT_RETENTION = 7 * 86400.0  # s a sent receipt is kept before the timer prunes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,7 @@ class HubConfig:
     map_url: str = DEFAULT_MAP_URL
     audit: AuditConfig = field(default_factory=AuditConfig)
     limits: DeviceLimits = field(default_factory=DeviceLimits)
+    receipt_retention: float = RECEIPT_RETENTION
 
 
 def load_config(path: Path) -> HubConfig:
@@ -157,10 +160,14 @@ def load_config(path: Path) -> HubConfig:
     hub = top.table("hub", required=True)
     channels = _channels(top.table("channels"))
     keys_path = hub.path("keys")
+    store = top.table("store", required=True)
     config = HubConfig(
         path=top.file,
         keys_path=keys_path,
-        store_url=_store_url(top.table("store", required=True)),
+        store_url=_store_url(store),
+        receipt_retention=store.number(
+            "receipt_retention", RECEIPT_RETENTION, low=60, high=10 * 365 * 86400
+        ),
         mqtt=MqttConfig.read(top.table("mqtt", required=True), client_id="vigil-hub", shared=True),
         broker=_broker(top.table("broker")),
         escalation=_escalation(top.table("escalation"), channels),

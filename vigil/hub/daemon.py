@@ -1,42 +1,39 @@
 """What the running hub does, one step at a time: ingest, receipts, the periodic work.
 
-`handle` decodes, stores (before any receipt), runs the kind's handler and queues
-the receipt; nothing it meets ends the loop that calls it: bad input is counted
-and dropped, and an uplink whose handler raises is stored, marked failed with its
-reason and receipted (see `HubService.handle`). `tick` is the periodic work
-(silence watchdog, escalation timers, downlinks, checkpoints); each part selects
-only what is due, by index. `deliver` sends due notices. `vigil.hub.process` runs
-these on their own threads. The clock is injected (tests drive it).
+`handle_batch` decodes a batch of messages, stores them (one durable commit,
+before any receipt), runs each kind's handler and publishes the receipts
+(`vigil.hub.ingest`); nothing it meets ends the loop that calls it: bad input is
+counted and dropped, and an uplink whose handler raises is stored, marked failed
+with its reason and receipted (see `HubService.handle_batch`). `tick` is the
+periodic work (silence watchdog under a lease, escalation timers, downlinks,
+checkpoints, receipt pruning); each part selects only what is due, by index.
+`deliver` sends due notices. `vigil.hub.process` runs these on their own threads.
+The clock is injected (tests drive it).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from vigil.errors import ReplayedMessage, StorageError, TransportError
-from vigil.hub import alerts, escalation, liveness, pipeline, watchdog
+from vigil.errors import RevokedDevice, StorageError, TransportError, UnknownDevice
+from vigil.hub import alerts, escalation, pipeline, watchdog
 from vigil.hub.channels import Notifier
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.delivery import Dispatcher
-from vigil.hub.store import (
-    Acceptance,
-    Alert,
-    DeviceRecord,
-    PendingDownlink,
-    Store,
-    Transaction,
-)
+from vigil.hub.ingest import Ingest
+from vigil.hub.registry import Registry
+from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
+from vigil.hub.store.intake import QueuedReceipt
 from vigil.runtime.mqtt import Transport
 from vigil.wire.envelope import seal_downlink
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DevicePublicKeys, HubKeys
-from vigil.wire.liveness import Epoch, NonceMinter, uplink_digest
+from vigil.wire.liveness import Epoch, NonceMinter
 from vigil.wire.messages import (
     Acknowledged,
     ClockSource,
@@ -45,12 +42,12 @@ from vigil.wire.messages import (
     Message,
     Resolved,
     Stored,
-    encode_payload,
 )
 from vigil.wire.topics import down_topic
 
 _LOG = logging.getLogger(__name__)
 DOWNLINK_LEASE = 10.0  # s a hub holds a downlink it publishes; then another may send it
+WATCHDOG_LEASE = "silence watchdog"  # one hub at a time raises device-silent alerts
 _DOWNLINKS: dict[Kind, type[Stored] | type[Acknowledged] | type[Resolved]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved)
 }
@@ -72,10 +69,12 @@ class HubService:
         self.config, self.store, self.keys = config, store, hub_keys
         self.notifier, self.clock, self._rand = notifier, clock, rand
         self.transport: Transport | None = None
-        self.rejected: Counter[str] = Counter()
-        self.accepted = 0  # uplinks this instance stored (not duplicates)
-        self.failed = 0  # uplinks whose handling raised (see `stats` for the store's count)
         self._nonces = NonceMinter(hub_keys.nonce_secret())
+        self.registry = Registry(store)
+        self._watching = False  # whether this hub held the watchdog lease at its last look
+        self.ingest = Ingest(store, hub_keys=hub_keys, registry=self.registry,
+                             nonces=self._nonces, audit=self.audit,
+                             max_active_alerts=config.limits.max_active_alerts)  # fmt: skip
         self.checkpoints = Checkpointer(store, hub_keys.signing, policy=config.audit.checkpoints,
                                         anchor_file=config.audit.anchor_file)  # fmt: skip
         self.dispatcher = Dispatcher(store, notifier, policy=config.escalation,
@@ -88,132 +87,44 @@ class HubService:
             at=self.clock(), actor="hub", action=action, subject=subject, detail=detail
         )
 
-    def active_device(self, device_id: DeviceId) -> DeviceRecord:
-        with self.store.read() as tx:
-            return tx.devices.active(device_id)
+    @property
+    def accepted(self) -> int:
+        """Uplinks this instance stored (not duplicates)."""
+        return self.ingest.accepted
+
+    @property
+    def failed(self) -> int:
+        """Uplinks whose handling raised (see `stats` for the store's count)."""
+        return self.ingest.failed
+
+    @property
+    def rejected(self) -> Counter[str]:
+        return self.ingest.rejected
 
     # -- ingest ------------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Process one MQTT message; nothing but a failing store (`StorageError`: no
-        receipt, the device resends) is raised.
+        """Process one MQTT message: a batch of one (see `handle_batch`)."""
+        self.handle_batch([(topic, payload)])
 
-        Bad input is counted and dropped. An uplink whose handling raises anything else
-        (a bug, a poisoned message) is recorded as failed with its reason, counted in
-        `stats`, logged once, and not run again. If it was stored, it is receipted all the
-        same: the alarm IS on disk, so the wearer must feel `stored` (and stop resending);
-        the operator sees the failure in `stats`, the log and the audit trail.
+    def handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Process a batch of MQTT messages with one durable commit, then send the receipts.
+
+        Nothing but a failing store (`StorageError`: no receipt, the devices resend) is
+        raised. Bad input is counted and dropped. An uplink whose handling raises
+        anything else (a bug, a poisoned message) is recorded as failed with its
+        reason, counted in `stats`, logged once, and not run again. If it was stored, it
+        is receipted all the same: the alarm IS on disk, so the wearer must feel
+        `stored` (and stop resending); the operator sees the failure in `stats`, the
+        log and the audit trail. See `vigil.hub.ingest` for the batch and its order.
         """
         now = self.clock()
-        try:
-            decoded = pipeline.decode(
-                topic, payload, hub_keys=self.keys, registry=self.active_device
-            )
-        except StorageError:
-            raise
-        except Exception as exc:  # a decoder bug: nothing was stored
-            _LOG.exception("decoding a message on %s crashed", topic)
-            self._reject(f"crashed:{type(exc).__name__}", str(exc), None, now)
-            return
-        if isinstance(decoded, pipeline.Rejected):
-            self._reject(decoded.reason, decoded.detail, decoded.device, now)
-        elif isinstance(decoded, pipeline.ConnectionLost):
-            with self.store.transaction() as tx:
-                tx.devices.note_offline(decoded.device_id, at=now)
-                self.audit(tx, "connection lost", f"device {decoded.device_id}", "MQTT Will")
-            _LOG.warning("device %s connection lost (Will)", decoded.device_id)
-        else:
-            try:
-                self._ingest(decoded, now)
-            except StorageError:
-                raise
-            except Exception as exc:
-                self._failed(decoded, now, exc)
-
-    def _failed(self, up: pipeline.Uplink, now: float, exc: Exception) -> None:
-        """Record an uplink whose handling raised; receipt it if it is stored."""
-        msg, device_id = up.message, up.device_id
-        reason = f"{type(exc).__name__}: {exc}"
-        self.failed += 1
-        _LOG.error("uplink device=%s seq=%s kind=%s failed: %s", device_id, msg.seq, msg.kind,
-                   reason, exc_info=exc)  # fmt: skip
-        epoch, digest = msg.epoch.hex, uplink_digest(encode_payload(msg))
-        with self.store.transaction() as tx:
-            stored = tx.uplinks.get(device_id, epoch, msg.seq)
-            if stored is not None and stored.digest == digest:  # this very message is on disk
-                tx.uplinks.mark_failed(device_id, epoch, msg.seq, error=reason)
-                tx.downlinks.queue(device_id, Stored.KIND.value, msg.seq, now=now,
-                                   epoch=epoch, digest=digest)  # fmt: skip
-                self.audit(tx, "uplink failed", f"device {device_id}",
-                           f"seq={msg.seq} kind={msg.kind} {reason}"[:500])  # fmt: skip
-            else:  # not stored: no receipt, the device resends it
-                tx.rejections.count(f"crashed:{type(exc).__name__}", at=now)
-        self.flush_downlinks()
-
-    def _reject(self, reason: str, detail: str, device: str | None, now: float) -> None:
-        self.rejected[reason] += 1
-        with self.store.transaction() as tx:
-            tx.rejections.count(reason, at=now)
-        _LOG.warning("rejected uplink device=%s reason=%s: %s", device, reason, detail)
-
-    def _ingest(self, up: pipeline.Uplink, now: float) -> None:
-        msg, device_id, epoch = up.message, up.device_id, up.message.epoch.hex
-        try:
-            with self.store.transaction() as tx:
-                accepted = tx.uplinks.accept(device_id, msg, received_at=now)
-                if accepted.previous_epoch is not None:
-                    self.audit(tx, "device state was reset", f"device {device_id}",
-                               f"epoch {accepted.previous_epoch} -> {epoch}")  # fmt: skip
-        except ReplayedMessage as exc:  # below the window: no receipt (docs/protocol.md §7)
-            self._reject("ReplayedMessage", str(exc), device_id.hex, now)
-            return
-        status = accepted.status
-        self.accepted += status is Acceptance.NEW
-        alive_at = liveness.proven_at(self._nonces, device_id, msg)
-        # The uplink is on disk; its effects and its receipt commit together.
-        with self.store.transaction() as tx:
-            if alive_at is not None:
-                tx.devices.note_alive(device_id, at=alive_at)
-            receipt = self._settle(tx, up, status, now=now, alive_at=alive_at)
-            if receipt:
-                tx.downlinks.queue(device_id, Stored.KIND.value, msg.seq, now=now,
-                                   epoch=epoch, digest=accepted.digest)  # fmt: skip
-        _LOG.info("uplink device=%s seq=%s kind=%s %s%s", device_id, msg.seq, msg.kind,
-                  status.value, "" if receipt else " (no receipt)")  # fmt: skip
-        self.flush_downlinks()
-
-    def _settle(
-        self, tx: Transaction, up: pipeline.Uplink, status: Acceptance, *, now: float,
-        alive_at: float | None,
-    ) -> bool:  # fmt: skip
-        """Run what the uplink causes; return whether it gets a receipt."""
-        msg, device_id = up.message, up.device_id
-        if status is Acceptance.NEW:
-            self._run_handler(tx, up, received_at=now, alive_at=alive_at)
-            return True
-        if status is Acceptance.CONFLICT:  # never receipted: the wearer must not feel "stored"
-            liveness.conflict(tx, tx.devices.active(device_id), msg, now=now,
-                              audit=functools.partial(self.audit, tx))  # fmt: skip
-            return False
-        stored = tx.uplinks.get(device_id, msg.epoch.hex, msg.seq)
-        if stored is not None and not stored.processed:  # a crash interrupted it
-            self._run_handler(tx, up, received_at=stored.received_at, alive_at=alive_at)
-            return True  # its receipt was never sent: the wearer must not wait for it
-        # The first receipt may have been lost; a replaying broker gets few more.
-        return tx.uplinks.may_receipt(device_id, msg.epoch.hex, msg.seq, now=now)
-
-    def _run_handler(
-        self, tx: Transaction, up: pipeline.Uplink, *, received_at: float,
-        alive_at: float | None = None,
-    ) -> None:  # fmt: skip
-        device = tx.devices.active(up.device_id)
-        audit = functools.partial(self.audit, tx)
-        ctx = pipeline.Context(tx, device, up.message, received_at, audit, alive_at,
-                               max_active_alerts=self.config.limits.max_active_alerts)  # fmt: skip
-        summary = pipeline.handle(ctx)
-        tx.uplinks.mark_processed(up.device_id, up.message.epoch.hex, up.message.seq)
-        _LOG.info("device=%s seq=%s kind=%s: %s", up.device_id, up.message.seq,
-                  up.message.kind, summary)  # fmt: skip
+        online = self.transport is not None and self.transport.connected
+        receipts = self.ingest.run(
+            messages, now=now, claim_until=now + DOWNLINK_LEASE if online else None
+        )
+        if online:
+            self._send_receipts(receipts, now)
 
     def recover(self) -> int:
         """Run the handlers of uplinks stored before a crash but not processed."""
@@ -228,21 +139,49 @@ class HubService:
             up = pipeline.Uplink(u.device_id, message)
             try:
                 with self.store.transaction() as tx:
-                    self._run_handler(tx, up, received_at=u.received_at)
+                    self.ingest.run_handler(tx, up, received_at=u.received_at)
             except StorageError:
                 raise
             except Exception as exc:
-                self._failed(up, self.clock(), exc)
+                self.ingest.failed_alone(up, self.clock(), exc)
         return len(pending)
 
     def _mark_unreadable(self, device_id: DeviceId, epoch: str, seq: int, exc: Exception) -> None:
         reason = f"unreadable: {type(exc).__name__}: {exc}"
         _LOG.error("stored uplink device=%s seq=%s failed: %s", device_id, seq, reason)
-        self.failed += 1
+        self.ingest.failed += 1
         with self.store.transaction() as tx:
             tx.uplinks.mark_failed(device_id, epoch, seq, error=reason)
 
     # -- downlinks -----------------------------------------------------------------------------
+
+    def _send_receipts(self, receipts: list[QueuedReceipt], now: float) -> None:
+        """Publish a batch's receipts (alarms' first); mark them sent, or give them back."""
+        assert self.transport is not None  # noqa: S101 - checked by the caller
+        with self.store.read() as tx:  # each life's newest downlink key (§11.2)
+            rotated = tx.intake.newest_keys((r.device_id, r.epoch) for r in receipts)
+        sent: list[QueuedReceipt] = []
+        for r in receipts:
+            try:
+                device = self.registry.active(DeviceId.parse(r.device_id))
+            except (UnknownDevice, RevokedDevice):
+                sent.append(r)  # revoked since: nobody to tell any more
+                continue
+            newer = rotated.get((r.device_id, r.epoch))
+            keys = device.public_keys if newer is None else device.public_keys.rotated(newer)
+            envelope = self._seal(device.device_id, keys, r.seq, Kind.STORED, arg=r.arg,
+                                  epoch=r.epoch, digest=r.digest, now=now)  # fmt: skip
+            try:
+                self.transport.publish(down_topic(device.device_id), envelope, qos=1)
+            except TransportError as exc:
+                _LOG.warning("receipts wait for the broker: %s", exc)
+                break
+            sent.append(r)
+        if receipts:
+            # Losing this mark in a crash only sends a receipt again, which the device drops.
+            with self.store.transaction(durable=False) as tx:
+                tx.intake.mark_sent(sent, at=now)
+                tx.intake.release(receipts[len(sent) :])
 
     def flush_downlinks(self) -> int:
         """Seal and publish queued downlinks; keep them queued while the broker is away."""
@@ -266,6 +205,16 @@ class HubService:
             sent += 1
         return sent
 
+    def _seal(self, device_id: DeviceId, keys: DevicePublicKeys, seq: int, kind: Kind, *,
+              arg: int, epoch: str, digest: str, now: float) -> bytes:  # fmt: skip
+        """A downlink sealed to `keys`, with a fresh nonce for the next heartbeat to echo."""
+        body: DownlinkBody = _DOWNLINKS[kind](arg, digest)
+        message = Message(
+            seq=seq, body=body, sent_at=now, clock=ClockSource.NTP, epoch=Epoch.parse(epoch),
+            nonce=self._nonces.mint(device_id, at=now),
+        )  # fmt: skip
+        return seal_downlink(message, device_id=device_id, hub_keys=self.keys, device=keys)
+
     def _publish(self, d: PendingDownlink, keys: DevicePublicKeys, now: float) -> bool:
         """Seal and publish one claimed downlink; False (and released) if the broker is away."""
         assert self.transport is not None  # noqa: S101 - checked by flush_downlinks
@@ -273,12 +222,8 @@ class HubService:
             with self.store.transaction() as tx:
                 tx.downlinks.mark_sent(d.id, at=now)
             return True
-        body: DownlinkBody = _DOWNLINKS[Kind(d.kind)](d.arg, d.digest)
-        message = Message(
-            seq=d.seq, body=body, sent_at=now, clock=ClockSource.NTP, epoch=Epoch.parse(d.epoch),
-            nonce=self._nonces.mint(d.device_id, at=now),
-        )  # fmt: skip
-        envelope = seal_downlink(message, device_id=d.device_id, hub_keys=self.keys, device=keys)
+        envelope = self._seal(d.device_id, keys, d.seq, Kind(d.kind), arg=d.arg, epoch=d.epoch,
+                              digest=d.digest, now=now)  # fmt: skip
         try:
             self.transport.publish(down_topic(d.device_id), envelope, qos=1)
         except TransportError as exc:
@@ -295,16 +240,36 @@ class HubService:
     # -- periodic work --------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Silence watchdog, escalation, queued downlinks (e.g. an operator's ACK), checkpoints."""
+        """Silence watchdog, escalation, queued downlinks (e.g. an operator's ACK), checkpoints,
+        and a chunk of old receipts pruned."""
         now = self.clock()
         self.watch(now)
         self.escalate(now)
         self.flush_downlinks()
         self.checkpoints.tick(now)
+        self.prune(now)
 
-    def watch(self, now: float) -> None:
-        """Raise one device-silent alert per silence, for the devices the store says are due."""
+    def prune(self, now: float) -> int:
+        """Delete a bounded chunk of receipts sent longer ago than `[store] receipt_retention`."""
         with self.store.transaction() as tx:
+            pruned = tx.downlinks.prune_sent(before=now - self.config.receipt_retention)
+        if pruned:
+            _LOG.debug("pruned %s receipts sent before the retention", pruned)
+        return pruned
+
+    def watch(self, now: float) -> bool:
+        """Raise one device-silent alert per silence, for the devices the store says are due.
+
+        Only the hub holding the watchdog lease looks (False: another hub does); when it
+        dies, the next hub to try takes the lease over.
+        """
+        with self.store.transaction() as tx:
+            holding = tx.leases.hold(WATCHDOG_LEASE)
+            if holding != self._watching:
+                _LOG.info("%s the silence watchdog lease", "took" if holding else "lost")
+                self._watching = holding
+            if not holding:
+                return False
             cfg = self.config
             due = tx.devices.due_silent(
                 now=now, silent_after=cfg.silent_after, risk_silent_after=cfg.risk_silent_after
@@ -321,6 +286,7 @@ class HubService:
                 tx.devices.mark_silent(device.device_id)
                 self.audit(tx, "device silent", f"alert {alert.id}", reason)
                 _LOG.warning("device %s silent: %s (alert %s)", device.device_id, reason, alert.id)
+        return True
 
     def escalate(self, now: float) -> None:
         """Fire the steps of the alerts whose escalation timer has come; set the next timer."""

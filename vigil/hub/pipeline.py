@@ -95,6 +95,7 @@ class Context:
     audit: Audit
     alive_at: float | None = None
     max_active_alerts: int = 5  # [hub] max_active_alerts_per_device
+    silent_open: bool = True  # False: the batch knows the device has no open silent alert
 
     @property
     def epoch(self) -> str:
@@ -256,7 +257,8 @@ def _rekey(ctx: Context, chunk: KeyChunk) -> None:
 def withheld(ctx: Context, seq: int, evidence: str) -> str:
     """The device's own word names seq `seq`, which never arrived: someone holds it back."""
     reason = f"seq {seq} of epoch {ctx.epoch} never arrived, but {evidence}"
-    draft = alerts.suspicion(ctx.device, AlertKind.WITHHELD, trigger="withheld",
+    device = ctx.tx.devices.get(ctx.device.device_id) or ctx.device  # its newest fix, battery
+    draft = alerts.suspicion(device, AlertKind.WITHHELD, trigger="withheld",
                              now=ctx.received_at, reason=reason)  # fmt: skip
     alert = ctx.tx.alerts.open(draft)
     if alert.opened_at == ctx.received_at:
@@ -299,7 +301,7 @@ def _end_silence(ctx: Context) -> None:
     Only a message proven made after the alert opened counts: a heartbeat the
     broker stashed and released later says nothing about now.
     """
-    if ctx.alive_at is None or ctx.device.sent_by_captor(ctx.received_at):
+    if ctx.alive_at is None or not ctx.silent_open or ctx.device.sent_by_captor(ctx.received_at):
         return  # a compromised device's word is never an all-clear
     for alert in ctx.tx.alerts.active_for(ctx.device.device_id, AlertKind.SILENT):
         if alert.state is AlertState.OPEN and ctx.alive_at >= alert.opened_at:

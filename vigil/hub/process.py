@@ -1,7 +1,9 @@
 """The hub process: three workers on their own threads, and a supervisor that tells systemd.
 
-- ingest: paho's thread only queues (topic, payload); this worker `handle`s each one
-  (store before any receipt, then the receipt is published);
+- ingest: paho's thread only queues (topic, payload); this worker takes whatever
+  arrived while its previous batch was committed (at most `MAX_BATCH`) and handles it
+  as one batch (`vigil.hub.ingest`: one durable commit before any receipt, alarms
+  first), then publishes the receipts;
 - delivery: dispatches due notices onto the sending pool, woken early when escalation
   plans some or a send ends, so a slow SMTP server never delays an ACK or a webhook;
 - timer: the periodic work (`HubService.tick`) every `tick` seconds, not after each uplink.
@@ -28,6 +30,7 @@ from vigil.hub.channels import AppriseNotifier, Notifier
 from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
 from vigil.hub.health import Heartbeats, WorkerBounds, describe_stuck
+from vigil.hub.ingest import MAX_BATCH
 from vigil.hub.store import open_store
 from vigil.runtime.mqtt import ConnectionState, MqttClient, Transport
 from vigil.runtime.systemd import sd_notify, sd_status
@@ -103,11 +106,17 @@ def _work(name: str, round_: Callable[[], bool], beats: Heartbeats, stop: thread
 
 
 def _ingest_round(service: HubService, inbox: Inbox, interval: float) -> bool:
+    """Handle whatever arrived while the previous batch was committed, as one batch."""
     try:
-        topic, payload = inbox.get(timeout=interval)
+        batch = [inbox.get(timeout=interval)]
     except queue.Empty:
         return True
-    service.handle(topic, payload)  # only StorageError gets out: no receipt, the device resends
+    while len(batch) < MAX_BATCH:
+        try:
+            batch.append(inbox.get_nowait())
+        except queue.Empty:
+            break
+    service.handle_batch(batch)  # only StorageError gets out: no receipt, the devices resend
     return True
 
 

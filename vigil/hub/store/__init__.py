@@ -56,8 +56,15 @@ __all__ = [
 class Store(Protocol):
     """Durable storage as units of work. Times are hub Unix seconds, given by callers."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """Read and write; commit when the block ends, roll everything back if it raises."""
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[Transaction]:
+        """Read and write; commit when the block ends, roll everything back if it raises.
+
+        `durable=False`: the commit may be lost in a crash (bookkeeping only).
+        """
+        ...
+
+    def batch(self) -> AbstractContextManager[Transaction]:
+        """Like `transaction`, with writes pipelined; any error fails the whole block."""
         ...
 
     def read(self) -> AbstractContextManager[Transaction]:

@@ -84,6 +84,7 @@ class Devices(Repository):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (device_id.hex, label, *values, contacts_json, now, bytes(MASK_BYTES), now),
             )
+            self._registry_changed()
             return
         same = (row["signing_key"], row["kem_key"], row["hybrid_kem_key"]) == values
         if not same and row["revoked_at"] is None:
@@ -95,6 +96,7 @@ class Devices(Repository):
         )
         if not same:  # revoked, and new keys: a re-provisioned device starts afresh
             self._start_afresh(device_id)
+        self._registry_changed()
 
     def _start_afresh(self, device_id: DeviceId) -> None:
         """New keys: a new replay window, not compromised, none of the old keys' rotations."""
@@ -115,6 +117,16 @@ class Devices(Repository):
         )
         if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
             raise UnknownDevice(f"device {device_id} is not enrolled")
+        self._registry_changed()
+
+    def _registry_changed(self) -> None:
+        """Tell every hub's registry cache, in this very transaction, that it is stale."""
+        self._cur.execute("UPDATE registry_version SET version = version + 1 WHERE one = 1")
+
+    def registry_version(self) -> int:
+        """Moves whenever a device is enrolled, revoked or its risk window set (cache key)."""
+        row = self._one("SELECT version FROM registry_version WHERE one = 1")
+        return 0 if row is None else int(row["version"])
 
     def get(self, device_id: DeviceId) -> DeviceRecord | None:
         row = self._one(
@@ -187,6 +199,7 @@ class Devices(Repository):
             "UPDATE devices SET compromised_at = ?, compromised_reason = ? WHERE device_id = ?",
             (at, reason, device_id.hex),
         )
+        self._registry_changed()  # every hub's cached record must say so from its next batch
         return True
 
     def start_epoch(self, device_id: DeviceId, epoch: str, *, now: float) -> str | None:
@@ -215,6 +228,7 @@ class Devices(Repository):
         )
         if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
             raise UnknownDevice(f"device {device_id} is not enrolled")
+        self._registry_changed()
 
     def note_offline(self, device_id: DeviceId, *, at: float) -> None:
         """Record that the broker published the device's Will (connection lost)."""

@@ -1,8 +1,13 @@
-"""PostgreSQL backend (psycopg 3): for several hub instances sharing the work."""
+"""PostgreSQL backend (psycopg 3): for several hub instances sharing the work.
+
+Queries are prepared on the server after their first use (`prepare_threshold`);
+`batch()` runs in pipeline mode, and `executemany` sends its rows pipelined too.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -12,6 +17,8 @@ from vigil.errors import StorageError
 from vigil.hub.store import schema
 from vigil.hub.store.repo import Cursor, Row
 from vigil.hub.store.sql import SqlStore, first_line
+
+PREPARE_AFTER = 1  # executions of one query before the server keeps it prepared
 
 
 class _Cursor:
@@ -48,9 +55,13 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str, *, create: bool = False) -> None:
         super().__init__()
         self.where = "PostgreSQL store"
+        self._pipe: psycopg.Pipeline | None = None
         try:
             # Autocommit: transactions are the explicit BEGIN ... COMMIT of `SqlStore`.
-            self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+            # The ingest path runs the same few statements all day: prepare them on the
+            # server from their second use (one parse and plan per connection).
+            self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row,
+                                         prepare_threshold=PREPARE_AFTER)  # fmt: skip
         except psycopg.Error as exc:
             raise StorageError(
                 f"cannot connect to the PostgreSQL store: {first_line(exc)}"
@@ -66,6 +77,22 @@ class PostgresStore(SqlStore):
 
     def _begin_sql(self, *, write: bool) -> str:
         return "BEGIN" if write else "BEGIN READ ONLY"
+
+    @contextmanager
+    def _pipelined(self) -> Iterator[object]:
+        with self._conn.pipeline() as pipe:
+            self._pipe = pipe
+            try:
+                yield pipe
+            finally:
+                self._pipe = None
+
+    def _flush(self) -> None:
+        if self._pipe is not None:
+            self._pipe.sync()
+
+    def _relaxed_sql(self) -> str:
+        return "SET LOCAL synchronous_commit TO OFF"
 
     def close(self) -> None:
         with self._lock:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from vigil.errors import StorageError
 from vigil.hub.store import schema
 from vigil.hub.store.alerts import Alerts
 from vigil.hub.store.auditlog import AuditLog
 from vigil.hub.store.deliveries import Deliveries
 from vigil.hub.store.devices import Devices
+from vigil.hub.store.intake import Intake
 from vigil.hub.store.kems import DownlinkKeys
 from vigil.hub.store.repo import Cursor, Repository
 from vigil.hub.store.traffic import Downlinks, HubStatus, Rejections, Uplinks
@@ -46,6 +49,33 @@ class Meta(Repository):
                 self._cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
 
+class Leases(Repository):
+    """Work that one hub at a time does (the silence watchdog), whichever hubs run.
+
+    On PostgreSQL a lease is a session-level advisory lock: it stays with this hub's
+    connection until the hub stops, and vanishes with the session when the hub
+    dies, so another hub takes it on its next try. On SQLite one file has one
+    writer at a time anyway: every hub holds every lease.
+    """
+
+    def hold(self, name: str) -> bool:
+        """Whether this hub holds lease `name` now (taking it if it is free)."""
+        if self._dialect is not schema.POSTGRES:
+            return True
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+        row = self._one(  # already ours? (taking it again would stack a second hold)
+            "SELECT COUNT(*) > 0 AS mine FROM pg_locks WHERE locktype = 'advisory' "
+            "AND pid = pg_backend_pid() AND granted AND classid::bigint = ? "
+            "AND objid::bigint = ? AND objsubid = 1",
+            (high, low),
+        )
+        if row is not None and row["mine"]:
+            return True
+        row = self._one("SELECT pg_try_advisory_lock(?) AS taken", (key,))
+        return row is not None and bool(row["taken"])
+
+
 class Transaction:
     """The repositories of one open transaction; valid only inside its `with` block."""
 
@@ -59,4 +89,6 @@ class Transaction:
         self.deliveries = Deliveries(cur, dialect)
         self.audit = AuditLog(cur, dialect)
         self.hubs = HubStatus(cur, dialect)
+        self.intake = Intake(cur, dialect)
+        self.leases = Leases(cur, dialect)
         self.meta = Meta(cur, dialect)

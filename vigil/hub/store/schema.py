@@ -329,6 +329,41 @@ MIGRATIONS += (
     ),
 )
 
+_ACTIVE_SUSPICION = "alarm_seq IS NULL AND state IN ('open', 'acknowledged')"
+
+MIGRATIONS += (
+    # 7: a hub that keeps up with a fleet, several hubs on one store.
+    (
+        7,
+        (
+            # Bumped with every enrol, revoke, risk window and compromise: hubs cache the
+            # registry until it moves.
+            """CREATE TABLE registry_version (
+                one INTEGER PRIMARY KEY CHECK (one = 1),
+                version BIGINT NOT NULL
+            )""",
+            "INSERT INTO registry_version (one, version) VALUES (1, 0)",
+            # Unsent downlinks (flushed every tick) and sent ones (pruned after a retention)
+            # by index: neither query may read every receipt ever sent.
+            "CREATE INDEX downlinks_unsent ON downlinks (id) WHERE sent_at IS NULL",
+            "CREATE INDEX downlinks_sent ON downlinks (sent_at) WHERE sent_at IS NOT NULL",
+            "DROP INDEX uplinks_unprocessed",
+            "CREATE INDEX uplinks_unprocessed ON uplinks (received_at) WHERE processed = 0",
+            # At most one active alert the hub raised itself (silent, dark, withheld, conflict)
+            # per device and kind, whichever hub raised it. Older duplicates a race left
+            # are closed first, pointing at the one that stays.
+            f"""UPDATE alerts SET state = 'resolved', closed_at = updated_at,
+                   next_escalation_at = NULL,
+                   note = 'closed by migration 7: a duplicate of a newer active alert'
+               WHERE {_ACTIVE_SUSPICION} AND id NOT IN (
+                   SELECT MAX(id) FROM alerts WHERE {_ACTIVE_SUSPICION}
+                   GROUP BY device_id, kind)""",  # noqa: S608 - constant fragments
+            f"CREATE UNIQUE INDEX alerts_one_active_suspicion ON alerts (device_id, kind) "
+            f"WHERE {_ACTIVE_SUSPICION}",
+        ),
+    ),
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 Statement = str | tuple[str, str]  # SQL for every dialect, or (dialect name, SQL)

@@ -13,6 +13,12 @@ A `transaction()` opened inside another on the same thread is a savepoint:
 it never commits by itself; if its block raises, only its own writes are
 undone and the exception goes on to the outer block, which decides. Other
 threads wait for the open transaction to end (one connection, one lock).
+
+Two variants serve the ingest pipeline: `batch()` may send its statements to
+the server without waiting for each (PostgreSQL pipeline mode: a batch of
+uplinks costs a few round trips, not one per statement), and
+`transaction(durable=False)` commits without waiting for the disk, for
+bookkeeping whose loss only repeats harmless work (a receipt marked sent).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import ClassVar
 
 from vigil.errors import StorageError, StoreMissing
@@ -61,40 +67,88 @@ class SqlStore(ABC):
     def close(self) -> None:
         """Release the connection."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """A read-write unit of work: commits when the block ends, rolls back if it raises."""
-        return self._transaction(write=True)
+    def _pipelined(self) -> AbstractContextManager[object]:
+        """Send statements without waiting for each until the block ends (default: no)."""
+        return nullcontext()
+
+    def _flush(self) -> None:  # noqa: B027 - a hook: only pipelining backends wait
+        """Wait for every statement sent so far; raise the first error (pipelined blocks)."""
+
+    def _durability(self, cur: Cursor, *, durable: bool) -> AbstractContextManager[object]:
+        """Around a top-level transaction: commit without waiting for the disk if not durable."""
+        return nullcontext()
+
+    def _relaxed_sql(self) -> str | None:
+        """Run right after BEGIN of a transaction that need not wait for the disk."""
+        return None
+
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[Transaction]:
+        """A read-write unit of work: commits when the block ends, rolls back if it raises.
+
+        `durable=False`: the commit may be lost in a crash (never reordered with later
+        commits); only for writes whose loss repeats harmless work.
+        """
+        return self._transaction(write=True, durable=durable)
+
+    def batch(self) -> AbstractContextManager[Transaction]:
+        """A read-write unit of work whose writes are pipelined; any error fails all of it.
+
+        Reads still return at once (they wait for the writes before them). A failing
+        write may surface at a later statement or at the end: nest no savepoints in it.
+        """
+        return self._transaction(write=True, pipelined=True)
 
     def read(self) -> AbstractContextManager[Transaction]:
         """A unit of work for reading (a consistent view; takes no write lock on SQLite)."""
         return self._transaction(write=False)
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Transaction]:
+    def _transaction(
+        self, *, write: bool, durable: bool = True, pipelined: bool = False
+    ) -> Iterator[Transaction]:
         with self._lock:
             cur = self._cursor()
             self._depth += 1
             level = self._depth
+            top = level == 1
             begin, commit, undo = (
                 (self._begin_sql(write=write), "COMMIT", "ROLLBACK")
-                if level == 1
+                if top
                 else (f"SAVEPOINT sp{level}", f"RELEASE SAVEPOINT sp{level}",
                       f"ROLLBACK TO SAVEPOINT sp{level}")
             )  # fmt: skip
+            pipeline = self._pipelined() if top and pipelined else nullcontext()
+            mode = self._durability(cur, durable=durable) if top else nullcontext()
             try:
-                self._run(cur, begin)
-                try:
-                    yield Transaction(cur, self.dialect)
-                except self.errors as exc:
-                    self._undo(cur, undo, level)
-                    raise StorageError(f"{self.where}: {first_line(exc)}") from exc
-                except BaseException:
-                    self._undo(cur, undo, level)
-                    raise
-                self._run(cur, commit)
+                with mode, pipeline:
+                    self._run(cur, begin)
+                    relax = None if durable or not top else self._relaxed_sql()
+                    if relax is not None:
+                        self._run(cur, relax)
+                    try:
+                        yield Transaction(cur, self.dialect)
+                        if top and pipelined:
+                            self._flush()
+                    except self.errors as exc:
+                        self._undo(cur, undo, level)
+                        raise StorageError(f"{self.where}: {first_line(exc)}") from exc
+                    except BaseException:
+                        self._undo(cur, undo, level)
+                        raise
+                    self._run(cur, commit)
+                    if top and pipelined:
+                        self._flush_commit(cur)
             finally:
                 self._depth -= 1
                 cur.close()
+
+    def _flush_commit(self, cur: Cursor) -> None:
+        """Wait for a pipelined COMMIT; report its failure as `StorageError`."""
+        try:
+            self._flush()
+        except self.errors as exc:
+            self._undo(cur, "ROLLBACK", 1)
+            raise StorageError(f"{self.where}: {first_line(exc)}") from exc
 
     def _run(self, cur: Cursor, statement: str) -> None:
         try:
@@ -109,6 +163,7 @@ class SqlStore(ABC):
             cur.execute(statement)
             if level > 1:  # a savepoint rolled back to stays open: let it go
                 cur.execute(f"RELEASE SAVEPOINT sp{level}")
+            self._flush()
         except self.errors as exc:  # the connection is gone; the server rolls back itself
             _LOG.warning("%s: rollback failed: %s", self.where, exc)
 

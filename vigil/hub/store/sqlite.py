@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vigil.errors import StorageError, StoreMissing, StoreNotWritable
@@ -63,6 +65,18 @@ class SqliteStore(SqlStore):
     def _begin_sql(self, *, write: bool) -> str:
         # IMMEDIATE takes the write lock up front, so read-modify-write cannot deadlock.
         return "BEGIN IMMEDIATE" if write else "BEGIN DEFERRED"
+
+    @contextmanager
+    def _durability(self, cur: Cursor, *, durable: bool) -> Iterator[None]:
+        """In WAL mode, synchronous=NORMAL commits without fsync, in order with later ones."""
+        if durable:
+            yield
+            return
+        cur.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            cur.execute("PRAGMA synchronous = FULL")
 
     def close(self) -> None:
         with self._lock:

@@ -281,6 +281,15 @@ class Downlinks(Repository):
     def mark_sent(self, downlink_id: int, *, at: float) -> None:
         self._cur.execute("UPDATE downlinks SET sent_at = ? WHERE id = ?", (at, downlink_id))
 
+    def prune_sent(self, *, before: float, limit: int = 1000) -> int:
+        """Delete up to `limit` downlinks sent before `before` (indexed); return how many."""
+        cur = self._cur.execute(
+            "DELETE FROM downlinks WHERE id IN (SELECT id FROM downlinks "
+            "WHERE sent_at IS NOT NULL AND sent_at < ? ORDER BY sent_at LIMIT ?)",
+            (before, limit),
+        )
+        return max(0, int(cur.rowcount))
+
 
 class Rejections(Repository):
     """Counters of refused input, by reason (the `VigilError` class name)."""

@@ -1,0 +1,383 @@
+"""Ingest as a pipeline with group commit: a batch of uplinks, one durable commit, receipts.
+
+The ingest worker hands over whatever arrived while the previous batch was being
+committed (at most `MAX_BATCH` messages, so at low load a batch of one), and
+`Ingest.run`:
+
+1. opens and verifies every envelope (HPKE, Ed25519: the CPU part), with the
+   senders' keys from the registry cache (`vigil.hub.registry`);
+2. orders the uplinks **alarms first** (alarms and duress cancels, then the
+   cancels and positions that follow an alarm, then heartbeats and check-ins),
+   keeping arrival order within each class;
+3. in ONE transaction: locks the batch's device rows, decides every uplink
+   against its life's replay window in memory (docs/protocol.md §7: dedup by
+   (device, epoch, seq), inside the batch too; CONFLICT; a new epoch audited),
+   writes the new uplinks and windows with one statement per table, runs each
+   kind's handler in priority order (withheld detection, nonce liveness §8),
+   queues the receipts, and commits once: `stored` still means on disk;
+4. returns the receipts, alarms' first, for the caller to seal and publish.
+
+Why alarms are not put first in the inbox itself: every envelope has the same
+size and is sealed, so the hub knows an alarm only once it has opened it.
+Opening costs far less than the commit's fsync, so the whole batch is opened
+first and then handled, stored and answered in priority order. The batch is
+bounded, so an alarm waits at most for the batch being committed when it came
+plus its own: one commit at low load, two batches under a flood.
+
+Containment: if anything in a batch fails (a handler raises, a write is
+refused), the transaction rolls back as a whole and the batch runs again one
+uplink per transaction, each handler inside a savepoint. The poisoned uplink is
+stored, marked failed with its reason, audited and receipted (it IS on disk:
+the wearer must feel `stored`); its neighbours are handled as usual.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from vigil.errors import StorageError
+from vigil.hub import liveness, pipeline
+from vigil.hub.registry import Registry
+from vigil.hub.store import Acceptance, Store, Transaction
+from vigil.hub.store.intake import DeviceLock, NewUplink, QueuedReceipt, WindowKey
+from vigil.wire.keys import HubKeys
+from vigil.wire.liveness import NonceMinter, uplink_digest
+from vigil.wire.messages import Alarm, Cancel, Message, Position, Trigger, encode_payload
+from vigil.wire.replay import ReplayWindow, Verdict
+
+_LOG = logging.getLogger(__name__)
+MAX_BATCH = 256  # uplinks per commit: bounds how long an alarm waits behind a flood
+Audit = Callable[[Transaction, str, str, str], None]
+
+
+class Priority(enum.IntEnum):
+    ALARM = 0  # an alarm, or a duress cancel (which is one)
+    FOLLOW_UP = 1  # a cancel or position that refers to an alarm
+    ROUTINE = 2  # heartbeats and check-ins
+
+
+def priority(message: Message) -> Priority:
+    body = message.body
+    if isinstance(body, Alarm) or (isinstance(body, Cancel) and body.duress):
+        return Priority.ALARM
+    if isinstance(body, Cancel | Position):
+        return Priority.FOLLOW_UP
+    return Priority.ROUTINE
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One verified uplink on its way through a batch."""
+
+    up: pipeline.Uplink
+    digest: str
+    payload: bytes
+
+    @classmethod
+    def of(cls, up: pipeline.Uplink) -> _Item:
+        payload = encode_payload(up.message)
+        return cls(up, uplink_digest(payload), payload)
+
+    @property
+    def device(self) -> str:
+        return self.up.device_id.hex
+
+    @property
+    def epoch(self) -> str:
+        return self.up.message.epoch.hex
+
+    @property
+    def seq(self) -> int:
+        return self.up.message.seq
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """An uplink with what the batch decided about it."""
+
+    item: _Item
+    status: Acceptance
+    alive_at: float | None  # the hub time its nonce echo proves (docs/protocol.md §8)
+    silent_open: bool  # whether its device may have an open silent alert to close
+
+
+@dataclass
+class _Tally:
+    """What one attempt at a batch counted; kept only once it committed."""
+
+    accepted: int = 0
+    failed: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class Ingest:
+    """Runs batches of MQTT messages; counts what it accepted, refused and failed."""
+
+    def __init__(self, store: Store, *, hub_keys: HubKeys, registry: Registry,
+                 nonces: NonceMinter, audit: Audit, max_active_alerts: int) -> None:  # fmt: skip
+        self.store, self.keys, self.registry, self.nonces = store, hub_keys, registry, nonces
+        self.audit, self.max_active_alerts = audit, max_active_alerts
+        self.accepted = 0  # uplinks this instance stored (not duplicates)
+        self.failed = 0  # uplinks whose handling raised
+        self.rejected: Counter[str] = Counter()
+
+    def run(self, messages: Sequence[tuple[str, bytes]], *, now: float,
+            claim_until: float | None) -> list[QueuedReceipt]:  # fmt: skip
+        """Handle `messages` as one batch; return its receipts (claimed until `claim_until`).
+
+        Nothing but a failing store (`StorageError`: no receipt, the devices resend) is
+        raised; see the module docstring for what happens to a failing uplink.
+        """
+        self.registry.refresh()
+        decoded = [self._decode(topic, payload) for topic, payload in messages]
+        items = sorted((_Item.of(d) for d in decoded if isinstance(d, pipeline.Uplink)),
+                       key=lambda i: priority(i.up.message))  # fmt: skip
+        edges = [d for d in decoded if not isinstance(d, pipeline.Uplink)]
+        if len(items) <= 1:  # nothing to share a commit with: contained at once
+            return self._one_by_one(edges, items, now, claim_until)
+        tally = _Tally()
+        try:
+            with self.store.batch() as tx:
+                self._edges(tx, edges, now, tally)
+                receipts = self._batch(tx, items, now, tally, contained=False)
+                tx.intake.queue_receipts(receipts, now=now, claimed_until=claim_until)
+        except Exception as exc:  # contained below, uplink by uplink
+            self.registry.forget()  # it may hold records read inside the rolled-back batch
+            _LOG.warning("a batch of %s failed (%s: %s); handling its uplinks one by one",
+                         len(messages), type(exc).__name__, exc)  # fmt: skip
+            return self._one_by_one(edges, items, now, claim_until)
+        self._keep(tally)
+        return receipts
+
+    def _one_by_one(self, edges: Sequence[pipeline.Decoded], items: list[_Item], now: float,
+                    claim_until: float | None) -> list[QueuedReceipt]:  # fmt: skip
+        tally = _Tally()
+        if edges:
+            with self.store.transaction() as tx:
+                self._edges(tx, edges, now, tally)
+            self._keep(tally)
+        receipts: list[QueuedReceipt] = []
+        for item in items:
+            tally = _Tally()
+            try:
+                with self.store.transaction() as tx:
+                    mine = self._batch(tx, [item], now, tally, contained=True)
+                    tx.intake.queue_receipts(mine, now=now, claimed_until=claim_until)
+            except StorageError:
+                raise
+            except Exception as exc:  # a bug outside the handler: record it on its own
+                self.failed_alone(item.up, now, exc)
+                continue
+            self._keep(tally)
+            receipts += mine
+        return receipts
+
+    def _keep(self, tally: _Tally) -> None:
+        self.accepted += tally.accepted
+        self.failed += tally.failed
+        self.rejected.update(tally.rejected)
+
+    # -- decoding and the edges (refused input, lost connections) ---------------------------
+
+    def _decode(self, topic: str, payload: bytes) -> pipeline.Decoded:
+        try:
+            return pipeline.decode(
+                topic, payload, hub_keys=self.keys, registry=self.registry.active
+            )
+        except StorageError:
+            raise
+        except Exception as exc:  # a decoder bug: nothing is stored
+            _LOG.exception("decoding a message on %s crashed", topic)
+            return pipeline.Rejected(f"crashed:{type(exc).__name__}", str(exc))
+
+    def _edges(self, tx: Transaction, edges: Sequence[pipeline.Decoded], now: float,
+               tally: _Tally) -> None:  # fmt: skip
+        for d in edges:
+            if isinstance(d, pipeline.Rejected):
+                self._refuse(tx, tally, d.reason, d.detail, device=d.device, now=now)
+            elif isinstance(d, pipeline.ConnectionLost):
+                tx.devices.note_offline(d.device_id, at=now)
+                self.audit(tx, "connection lost", f"device {d.device_id}", "MQTT Will")
+                _LOG.warning("device %s connection lost (Will)", d.device_id)
+
+    def _refuse(self, tx: Transaction, tally: _Tally, reason: str, detail: str, *,
+                device: str | None, now: float) -> None:  # fmt: skip
+        tally.rejected[reason] += 1
+        tx.rejections.count(reason, at=now)
+        _LOG.warning("rejected uplink device=%s reason=%s: %s", device, reason, detail)
+
+    # -- the batch ----------------------------------------------------------------------------
+
+    def _batch(self, tx: Transaction, items: list[_Item], now: float, tally: _Tally, *,
+               contained: bool) -> list[QueuedReceipt]:  # fmt: skip
+        """Decide, store and handle `items` (in their order); return their receipts."""
+        locks = tx.intake.lock_devices(sorted({i.device for i in items}))
+        plans = self._plan(tx, items, locks, now, tally)
+        proofs = {id(i): liveness.proven_at(self.nonces, i.up.device_id, i.up.message)
+                  for i, _ in plans}  # fmt: skip
+        proven = {i.device for i, _ in plans if proofs[id(i)] is not None}
+        silent = tx.intake.open_silent(sorted(proven))
+        down_seq = {d: lock.down_seq for d, lock in locks.items()}
+        receipts: list[QueuedReceipt] = []
+        settle = self._contained if contained else self._settle
+        for item, status in plans:
+            step = _Step(item, status, proofs[id(item)], item.device in silent)
+            if step.alive_at is not None:
+                tx.devices.note_alive(item.up.device_id, at=step.alive_at)
+            receipt = settle(tx, step, now, tally)
+            msg = item.up.message
+            _LOG.info("uplink device=%s seq=%s kind=%s %s%s", item.device, msg.seq, msg.kind,
+                      status.value, "" if receipt else " (no receipt)")  # fmt: skip
+            if receipt:
+                down_seq[item.device] += 1
+                receipts.append(QueuedReceipt(item.device, down_seq[item.device], msg.seq,
+                                              item.epoch, item.digest))  # fmt: skip
+        return receipts
+
+    def _plan(self, tx: Transaction, items: list[_Item], locks: dict[str, DeviceLock],
+              now: float, tally: _Tally) -> list[tuple[_Item, Acceptance]]:  # fmt: skip
+        """Each uplink's acceptance; store the new ones and their windows (one statement each)."""
+        live = [i for i in items if self._admitted(tx, i, locks, now, tally)]
+        windows = tx.intake.windows({(i.device, i.epoch) for i in live})
+        changed: set[WindowKey] = set()
+        seen: dict[tuple[str, str, int], str] = {}  # (device, epoch, seq) -> digest, this batch
+        plans: list[tuple[_Item, Acceptance]] = []
+        new: list[NewUplink] = []
+        for item in live:
+            key = (item.device, item.epoch, item.seq)
+            status = self._status(tx, item, seen.get(key), windows, now)
+            if status is None:
+                self._refuse(tx, tally, "ReplayedMessage",
+                             f"seq {item.seq} of epoch {item.epoch} is below the window",
+                             device=item.device, now=now)  # fmt: skip
+                continue
+            if status is Acceptance.NEW:
+                windows[(item.device, item.epoch)] = windows[(item.device, item.epoch)].accept(
+                    item.seq
+                )
+                changed.add((item.device, item.epoch))
+                kind = item.up.message.kind.value
+                new.append(NewUplink(item.device, item.epoch, item.seq, kind, item.payload,
+                                     item.digest))  # fmt: skip
+                tally.accepted += 1
+            seen.setdefault(key, item.digest)
+            plans.append((item, status))
+        tx.intake.store(new, received_at=now)
+        tx.intake.save_windows({k: windows[k] for k in changed})
+        return plans
+
+    def _admitted(self, tx: Transaction, item: _Item, locks: dict[str, DeviceLock],
+                  now: float, tally: _Tally) -> bool:  # fmt: skip
+        """Refuse a device revoked (or removed) since its envelope was opened."""
+        lock = locks.get(item.device)
+        if lock is not None and not lock.revoked:
+            return True
+        reason = "UnknownDevice" if lock is None else "RevokedDevice"
+        self._refuse(tx, tally, reason, f"device {item.device} changed during the batch",
+                     device=item.device, now=now)  # fmt: skip
+        return False
+
+    def _status(self, tx: Transaction, item: _Item, earlier: str | None,
+                windows: dict[WindowKey, ReplayWindow], now: float,
+                ) -> Acceptance | None:  # fmt: skip
+        """NEW, DUPLICATE or CONFLICT (None: below the replay window, never answered)."""
+        if earlier is not None:  # the same (device, epoch, seq) earlier in this batch
+            return Acceptance.DUPLICATE if earlier == item.digest else Acceptance.CONFLICT
+        key = (item.device, item.epoch)
+        if key not in windows:  # the first message of a new life of the device
+            previous = tx.devices.start_epoch(item.up.device_id, item.epoch, now=now)
+            tx.intake.new_window(item.device, item.epoch, now=now)
+            windows[key] = ReplayWindow()
+            if previous is not None:
+                self.audit(tx, "device state was reset", f"device {item.device}",
+                           f"epoch {previous} -> {item.epoch}")  # fmt: skip
+        verdict = windows[key].check(item.seq)
+        if verdict is Verdict.TOO_OLD:
+            return None
+        if verdict is Verdict.ACCEPT:
+            return Acceptance.NEW
+        stored = tx.uplinks.get(item.up.device_id, item.epoch, item.seq)
+        same = stored is None or stored.digest == item.digest
+        return Acceptance.DUPLICATE if same else Acceptance.CONFLICT
+
+    # -- what an uplink causes ----------------------------------------------------------------
+
+    def _settle(self, tx: Transaction, step: _Step, now: float, tally: _Tally) -> bool:
+        """Run what the uplink causes; return whether it gets a receipt."""
+        item, alive_at, silent_open = step.item, step.alive_at, step.silent_open
+        up, msg = item.up, item.up.message
+        if step.status is Acceptance.NEW:
+            self.run_handler(tx, up, received_at=now, alive_at=alive_at,
+                             silent_open=silent_open, stored_processed=True)  # fmt: skip
+            return True
+        if step.status is Acceptance.CONFLICT:  # no receipt: the wearer must not feel "stored"
+            liveness.conflict(tx, tx.devices.active(up.device_id), msg, now=now,
+                              audit=functools.partial(self.audit, tx))  # fmt: skip
+            return False
+        stored = tx.uplinks.get(up.device_id, item.epoch, msg.seq)
+        if stored is not None and not stored.processed:  # a crash interrupted it
+            self.run_handler(tx, up, received_at=stored.received_at, alive_at=alive_at,
+                             silent_open=silent_open)  # fmt: skip
+            return True  # its receipt was never sent: the wearer must not wait for it
+        # The first receipt may have been lost; a replaying broker gets few more.
+        return tx.uplinks.may_receipt(up.device_id, item.epoch, msg.seq, now=now)
+
+    def _contained(self, tx: Transaction, step: _Step, now: float, tally: _Tally) -> bool:
+        """`_settle` inside a savepoint: if it raises, record the uplink as failed."""
+        try:
+            with self.store.transaction() as inner:  # a savepoint of `tx`
+                return self._settle(inner, step, now, tally)
+        except StorageError:
+            raise
+        except Exception as exc:  # a poisoned uplink: recorded, not raised
+            return self._record_failure(tx, step.item, now, exc, tally)
+
+    def _record_failure(self, tx: Transaction, item: _Item, now: float, exc: Exception,
+                        tally: _Tally) -> bool:  # fmt: skip
+        """Mark a stored uplink whose handling raised as failed; receipt it (it is on disk)."""
+        up, msg = item.up, item.up.message
+        reason = f"{type(exc).__name__}: {exc}"
+        _LOG.error("uplink device=%s seq=%s kind=%s failed: %s", up.device_id, msg.seq, msg.kind,
+                   reason, exc_info=exc)  # fmt: skip
+        stored = tx.uplinks.get(up.device_id, item.epoch, msg.seq)
+        if stored is None or stored.digest != item.digest:  # not stored: the device resends
+            tally.rejected[f"crashed:{type(exc).__name__}"] += 1
+            tx.rejections.count(f"crashed:{type(exc).__name__}", at=now)
+            return False
+        tally.failed += 1
+        tx.uplinks.mark_failed(up.device_id, item.epoch, msg.seq, error=reason)
+        self.audit(tx, "uplink failed", f"device {up.device_id}",
+                   f"seq={msg.seq} kind={msg.kind} {reason}"[:500])  # fmt: skip
+        return True
+
+    def failed_alone(self, up: pipeline.Uplink, now: float, exc: Exception) -> None:
+        """An uplink whose own transaction raised outside its handler: record it alone."""
+        item, tally = _Item.of(up), _Tally()
+        with self.store.transaction() as tx:
+            if self._record_failure(tx, item, now, exc, tally):
+                tx.downlinks.queue(item.up.device_id, "stored", item.seq, now=now,
+                                   epoch=item.epoch, digest=item.digest)  # fmt: skip
+        self._keep(tally)
+
+    def run_handler(self, tx: Transaction, up: pipeline.Uplink, *, received_at: float,
+                    alive_at: float | None = None, silent_open: bool = True,
+                    stored_processed: bool = False) -> None:  # fmt: skip
+        """Run the kind's handler for a stored uplink and mark it processed."""
+        device = self.registry.active(up.device_id)
+        ctx = pipeline.Context(tx, device, up.message, received_at,
+                               functools.partial(self.audit, tx), alive_at,
+                               max_active_alerts=self.max_active_alerts,
+                               silent_open=silent_open)  # fmt: skip
+        summary = pipeline.handle(ctx)
+        body = up.message.body
+        if isinstance(body, Alarm) and body.trigger is Trigger.TAMPER:
+            self.registry.forget(up.device_id)  # now compromised: later uplinks must see it
+        if not stored_processed:
+            tx.uplinks.mark_processed(up.device_id, up.message.epoch.hex, up.message.seq)
+        _LOG.info("device=%s seq=%s kind=%s: %s", up.device_id, up.message.seq,
+                  up.message.kind, summary)  # fmt: skip

@@ -1,0 +1,71 @@
+"""The device registry, cached in memory for the ingest pipeline.
+
+Opening an uplink needs the sender's keys; reading and parsing them from the
+store for every message costs more than the message's own crypto. The cache
+keeps each enrolled device's record (keys, label, revoked) and is dropped
+whole whenever the store's `registry_version` moves: every enrol, revoke and
+risk-window change bumps it in its own transaction, whichever hub or CLI made
+it. The ingest worker checks the version once per batch, so a revoked device is
+refused by every hub from its next batch on; the batch itself re-reads the
+device rows it locks and refuses a device revoked in between.
+
+Devices that are not enrolled are not cached: a stream of unknown ids costs one
+indexed lookup each and cannot grow the cache past the enrolled fleet.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from vigil.errors import RevokedDevice, UnknownDevice
+from vigil.hub.store import DeviceRecord, Store
+from vigil.wire.ids import DeviceId
+
+
+class Registry:
+    """Device id -> record, valid while the store's registry version stays the same."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._records: dict[DeviceId, DeviceRecord] = {}
+        self._version: int | None = None
+        self._lock = threading.Lock()
+        self.loads = 0  # records read from the store (misses), for tests and benchmarks
+
+    def refresh(self) -> None:
+        """Drop the cache if any hub enrolled, revoked or changed a device since last time."""
+        with self._store.read() as tx:
+            version = tx.devices.registry_version()
+        with self._lock:
+            if version != self._version:
+                self._records.clear()
+                self._version = version
+
+    def active(self, device_id: DeviceId) -> DeviceRecord:
+        """The enrolled, unrevoked device, or `UnknownDevice` / `RevokedDevice`."""
+        with self._lock:
+            record = self._records.get(device_id)
+        if record is None:
+            with self._store.read() as tx:
+                record = tx.devices.get(device_id)
+            if record is None:
+                raise UnknownDevice(f"device {device_id} is not enrolled")
+            with self._lock:
+                self._records[device_id] = record
+                self.loads += 1
+        if record.revoked:
+            raise RevokedDevice(f"device {device_id} was revoked")
+        return record
+
+    def forget(self, device_id: DeviceId | None = None) -> None:
+        """Drop one device's record (or all): the next look reads it again, e.g. after this
+        hub's own batch marked it compromised, or rolled back what it had read."""
+        with self._lock:
+            if device_id is None:
+                self._records.clear()
+            else:
+                self._records.pop(device_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)

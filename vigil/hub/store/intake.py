@@ -1,0 +1,183 @@
+"""`tx.intake`: a batch of uplinks read and written with one statement per table.
+
+The ingest pipeline (`vigil.hub.ingest`) locks the batch's devices, reads their
+replay windows, decides every uplink in memory, then writes all rows of a table
+in one `executemany`. Receipts get their downlink seqs from the locked device
+rows, so nobody else allocates one for these devices until the batch commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vigil.hub.store import schema
+from vigil.hub.store.devices import MASK_BYTES
+from vigil.hub.store.repo import Repository
+from vigil.wire.replay import ReplayWindow
+
+WindowKey = tuple[str, str]  # (device id hex, epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLock:
+    """What a batch needs of a device row it holds locked."""
+
+    device_id: str
+    epoch: str | None
+    down_seq: int
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewUplink:
+    device_id: str
+    epoch: str
+    seq: int
+    kind: str
+    payload: bytes
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedReceipt:
+    """A `stored` receipt of this batch: downlink `seq` of the device, for uplink `arg`."""
+
+    device_id: str
+    seq: int
+    arg: int
+    epoch: str
+    digest: str
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class Intake(Repository):
+    """Bulk reads and writes of one ingest batch; see the module docstring."""
+
+    def lock_devices(self, device_ids: Sequence[str]) -> dict[str, DeviceLock]:
+        """Lock the rows of `device_ids` (in id order, so two hubs never deadlock)."""
+        if not device_ids:
+            return {}
+        lock = " FOR UPDATE" if self._dialect is schema.POSTGRES else ""
+        rows = self._all(
+            "SELECT device_id, epoch, down_seq, revoked_at FROM devices "  # noqa: S608
+            f"WHERE device_id IN ({_marks(len(device_ids))}) ORDER BY device_id{lock}",
+            sorted(device_ids),
+        )
+        locks = (
+            DeviceLock(r["device_id"], r["epoch"], int(r["down_seq"]), r["revoked_at"] is not None)
+            for r in rows
+        )
+        return {lock.device_id: lock for lock in locks}
+
+    def windows(self, keys: Iterable[WindowKey]) -> dict[WindowKey, ReplayWindow]:
+        """The replay windows of the lives in `keys` that exist (rows of locked devices)."""
+        wanted = set(keys)
+        if not wanted:
+            return {}
+        devices, epochs = sorted({d for d, _ in wanted}), sorted({e for _, e in wanted})
+        rows = self._all(
+            "SELECT device_id, epoch, window_highest, window_mask FROM device_epochs "  # noqa: S608
+            f"WHERE device_id IN ({_marks(len(devices))}) AND epoch IN ({_marks(len(epochs))})",
+            [*devices, *epochs],
+        )
+        return {
+            (r["device_id"], r["epoch"]): ReplayWindow(
+                r["window_highest"], int.from_bytes(bytes(r["window_mask"]), "big")
+            )
+            for r in rows
+            if (r["device_id"], r["epoch"]) in wanted
+        }
+
+    def newest_keys(self, keys: Iterable[WindowKey]) -> dict[WindowKey, str]:
+        """The newest downlink key verified in each of these lives, where there is one
+        (one query for a batch's receipts; `tx.kems.newest` for one)."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        pairs = ", ".join(["(?, ?)"] * len(wanted))
+        rows = self._all(
+            "SELECT device_id, epoch, key_id, public_key, verified_at FROM device_kems "  # noqa: S608
+            f"WHERE (device_id, epoch) IN (VALUES {pairs}) ORDER BY verified_at, key_id DESC",
+            [value for pair in wanted for value in pair],
+        )
+        return {(r["device_id"], r["epoch"]): str(r["public_key"]) for r in rows}  # last wins
+
+    def new_window(self, device_id: str, epoch: str, *, now: float) -> None:
+        self._cur.execute(
+            "INSERT INTO device_epochs (device_id, epoch, first_seen, window_mask) "
+            "VALUES (?, ?, ?, ?)",
+            (device_id, epoch, now, bytes(MASK_BYTES)),
+        )
+
+    def store(self, uplinks: Sequence[NewUplink], *, received_at: float) -> None:
+        """Insert the batch's new uplinks, already handled (the handlers run in this batch)."""
+        if uplinks:
+            self._cur.executemany(
+                "INSERT INTO uplinks (device_id, epoch, seq, kind, payload, digest, received_at, "
+                "receipted_at, processed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                [(u.device_id, u.epoch, u.seq, u.kind, u.payload, u.digest, received_at,
+                  received_at) for u in uplinks],
+            )  # fmt: skip
+            seen = sorted({u.device_id for u in uplinks})
+            self._cur.executemany(
+                "UPDATE devices SET last_seen = ? WHERE device_id = ?",
+                [(received_at, d) for d in seen],
+            )
+
+    def save_windows(self, windows: dict[WindowKey, ReplayWindow]) -> None:
+        if windows:
+            self._cur.executemany(
+                "UPDATE device_epochs SET window_highest = ?, window_mask = ? "
+                "WHERE device_id = ? AND epoch = ?",
+                [(w.highest, w.mask.to_bytes(MASK_BYTES, "big"), d, e)
+                 for (d, e), w in sorted(windows.items())],
+            )  # fmt: skip
+
+    def open_silent(self, device_ids: Sequence[str]) -> set[str]:
+        """Which of `device_ids` have an open silent alert (a message may close it)."""
+        if not device_ids:
+            return set()
+        rows = self._all(
+            "SELECT DISTINCT device_id FROM alerts WHERE kind = 'silent' AND state = 'open' "  # noqa: S608
+            f"AND device_id IN ({_marks(len(device_ids))})",
+            list(device_ids),
+        )
+        return {r["device_id"] for r in rows}
+
+    def queue_receipts(
+        self, receipts: Sequence[QueuedReceipt], *, now: float, claimed_until: float | None
+    ) -> None:
+        """Insert the batch's receipts (claimed by this hub until it has sent them)."""
+        if not receipts:
+            return
+        self._cur.executemany(
+            "INSERT INTO downlinks (device_id, seq, kind, arg, created_at, epoch, digest, "
+            "claimed_until) VALUES (?, ?, 'stored', ?, ?, ?, ?, ?)",
+            [(r.device_id, r.seq, r.arg, now, r.epoch, r.digest, claimed_until)
+             for r in receipts],
+        )  # fmt: skip
+        last: dict[str, int] = {}
+        for r in receipts:
+            last[r.device_id] = max(r.seq, last.get(r.device_id, r.seq))
+        self._cur.executemany(
+            "UPDATE devices SET down_seq = ? WHERE device_id = ?",
+            [(seq, d) for d, seq in sorted(last.items())],
+        )
+
+    def mark_sent(self, receipts: Sequence[QueuedReceipt], *, at: float) -> None:
+        self._by_key("UPDATE downlinks SET sent_at = ? WHERE device_id = ? AND seq = ?",
+                     receipts, at)  # fmt: skip
+
+    def release(self, receipts: Sequence[QueuedReceipt]) -> None:
+        """Give receipts the broker did not take back to the timer's flush."""
+        self._by_key("UPDATE downlinks SET claimed_until = ? WHERE device_id = ? AND seq = ?",
+                     receipts, None)  # fmt: skip
+
+    def _by_key(self, sql: str, receipts: Sequence[QueuedReceipt], value: Any) -> None:
+        if receipts:
+            self._cur.executemany(sql, [(value, r.device_id, r.seq) for r in receipts])
