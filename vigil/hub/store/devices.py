@@ -155,22 +155,30 @@ class Devices(Repository):
         fix: LastFix | None = None,
         gps_fix_at: float | None = None,
     ) -> None:
-        """Remember the latest battery level, position and GPS fix time a device reported."""
-        if gps_fix_at is not None:
-            self._cur.execute(
-                "UPDATE devices SET gps_fix_at = ? WHERE device_id = ?",
-                (gps_fix_at, device_id.hex),
-            )
+        """Remember the latest battery level, position and GPS fix time a device reported.
+
+        One statement (it runs for every heartbeat); a fix older than the stored one is
+        ignored, column by column against the row as it was.
+        """
+        sets: list[str] = []
+        params: list[Any] = []
         if battery is not None:
-            self._cur.execute(
-                "UPDATE devices SET battery = ? WHERE device_id = ?", (battery, device_id.hex)
-            )
+            sets.append("battery = ?")
+            params.append(battery)
+        if gps_fix_at is not None:
+            sets.append("gps_fix_at = ?")
+            params.append(gps_fix_at)
         if fix is not None:
+            newer = "fix_taken_at IS NULL OR fix_taken_at <= ?"
+            for column, value in (("fix_lat", fix.lat), ("fix_lon", fix.lon),
+                                  ("fix_taken_at", fix.taken_at),
+                                  ("fix_received_at", fix.received_at)):  # fmt: skip
+                sets.append(f"{column} = CASE WHEN {newer} THEN ? ELSE {column} END")
+                params += [fix.taken_at, value]
+        if sets:
             self._cur.execute(
-                "UPDATE devices SET fix_lat = ?, fix_lon = ?, fix_taken_at = ?, "
-                "fix_received_at = ? WHERE device_id = ? "
-                "AND (fix_taken_at IS NULL OR fix_taken_at <= ?)",
-                (fix.lat, fix.lon, fix.taken_at, fix.received_at, device_id.hex, fix.taken_at),
+                f"UPDATE devices SET {', '.join(sets)} WHERE device_id = ?",  # noqa: S608 - fixed fragments
+                (*params, device_id.hex),
             )
 
     def note_alive(self, device_id: DeviceId, *, at: float) -> None:

@@ -76,21 +76,20 @@ class Intake(Repository):
 
     def windows(self, keys: Iterable[WindowKey]) -> dict[WindowKey, ReplayWindow]:
         """The replay windows of the lives in `keys` that exist (rows of locked devices)."""
-        wanted = set(keys)
+        wanted = sorted(set(keys))
         if not wanted:
             return {}
-        devices, epochs = sorted({d for d, _ in wanted}), sorted({e for _, e in wanted})
+        pairs = ", ".join(["(?, ?)"] * len(wanted))  # one primary-key lookup per pair
         rows = self._all(
             "SELECT device_id, epoch, window_highest, window_mask FROM device_epochs "  # noqa: S608
-            f"WHERE device_id IN ({_marks(len(devices))}) AND epoch IN ({_marks(len(epochs))})",
-            [*devices, *epochs],
+            f"WHERE (device_id, epoch) IN (VALUES {pairs})",
+            [value for pair in wanted for value in pair],
         )
         return {
             (r["device_id"], r["epoch"]): ReplayWindow(
                 r["window_highest"], int.from_bytes(bytes(r["window_mask"]), "big")
             )
             for r in rows
-            if (r["device_id"], r["epoch"]) in wanted
         }
 
     def newest_keys(self, keys: Iterable[WindowKey]) -> dict[WindowKey, str]:

@@ -22,25 +22,37 @@ PREPARE_AFTER = 1  # executions of one query before the server keeps it prepared
 
 
 class _Cursor:
-    """A psycopg cursor that takes the store's `?` placeholders and reads rows by name."""
+    """Psycopg cursors that take the store's `?` placeholders and read rows by name.
 
-    def __init__(self, cur: psycopg.Cursor[DictRow]) -> None:
-        self._cur = cur
+    Each statement runs on a cursor of its own: in pipeline mode the results of
+    earlier statements may still be arriving when a query is read, and psycopg
+    hands a cursor the results of whatever it executed, so a query sharing a
+    cursor with a queued INSERT can be given the INSERT's status instead of its rows.
+    """
+
+    def __init__(self, conn: psycopg.Connection[DictRow]) -> None:
+        self._conn = conn
+        self._cur: psycopg.Cursor[DictRow] | None = None
+
+    def _fresh(self) -> psycopg.Cursor[DictRow]:
+        self._cur = self._conn.cursor()
+        return self._cur
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._cur.execute(sql.replace("?", "%s"), params)
+        return self._fresh().execute(sql.replace("?", "%s"), params)
 
     def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
-        return self._cur.executemany(sql.replace("?", "%s"), params)
+        return self._fresh().executemany(sql.replace("?", "%s"), params)
 
     def fetchone(self) -> Row | None:
-        return self._cur.fetchone()
+        return None if self._cur is None else self._cur.fetchone()
 
     def fetchall(self) -> list[Row]:
-        return list(self._cur.fetchall())
+        return [] if self._cur is None else list(self._cur.fetchall())
 
     def close(self) -> None:
-        self._cur.close()
+        if self._cur is not None:
+            self._cur.close()
 
 
 class PostgresStore(SqlStore):
@@ -73,7 +85,7 @@ class PostgresStore(SqlStore):
             raise
 
     def _cursor(self) -> Cursor:
-        return _Cursor(self._conn.cursor())
+        return _Cursor(self._conn)
 
     def _begin_sql(self, *, write: bool) -> str:
         return "BEGIN" if write else "BEGIN READ ONLY"
