@@ -1,0 +1,297 @@
+"""Ingest in batches with one commit: the v2 rules hold inside a batch, alarms go first, a
+poisoned uplink loses none of its neighbours; the registry cache, receipt pruning and the
+watchdog lease across hubs. Real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker
+from tests.support.hubrig import FakeClock, write_config
+from tests.support.hubstore import postgres_url, store_url
+from tests.support.parties import EPOCH, parties
+from tests.support.peek import peek, write
+from tests.support.postgres import PostgresServer
+from tests.support.sinks import smtp_sink, webhook_sink
+from vigil.errors import StorageError
+from vigil.hub import pipeline
+from vigil.hub.channels import AppriseNotifier
+from vigil.hub.config import HubConfig, load_config
+from vigil.hub.daemon import HubService
+from vigil.hub.store import AlertKind, DeviceRecord, Store, open_store
+from vigil.wire import (
+    Alarm,
+    DeviceId,
+    DeviceKeys,
+    Heartbeat,
+    Message,
+    Trigger,
+    open_downlink,
+    seal_uplink,
+)
+from vigil.wire.liveness import uplink_digest
+from vigil.wire.messages import Checkin, encode_payload
+from vigil.wire.topics import down_topic, up_topic
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class RecordingTransport:
+    """Stands in for the broker link: keeps what the hub published, in order."""
+
+    connected: bool = True
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        self.published.append((topic, payload))
+
+
+def _config(tmp_path: Path, url: str) -> HubConfig:
+    with smtp_sink() as smtp, webhook_sink() as hook:
+        broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")  # no broker is used
+        return replace(load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook)),
+                       store_url=url)  # fmt: skip
+
+
+def _service(config: HubConfig, store: Store, clock: FakeClock) -> HubService:
+    return HubService(config, store=store, hub_keys=parties().hub, notifier=AppriseNotifier(),
+                      clock=clock)  # fmt: skip
+
+
+def _enroll_both(store: Store, now: float) -> None:
+    p = parties()
+    for device_id, keys, label in ((p.device_id, p.device, "Ana"), (p.other_id, p.other, "Bea")):
+        write(store, functools.partial(_enroll, device_id, keys, label, now=now))
+
+
+def _enroll(device_id: DeviceId, keys: DeviceKeys, label: str, tx: object, *, now: float) -> None:
+    tx.devices.enroll(device_id, label=label, public_keys=keys.public(), now=now)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubService]:
+    with store_url(request, tmp_path) as url:
+        clock = FakeClock()
+        store = open_store(url, create=True)
+        _enroll_both(store, clock.now)
+        service = _service(_config(tmp_path, url), store, clock)
+        service.transport = RecordingTransport()
+        yield service
+        store.close()
+
+
+def up(message: Message, *, other: bool = False) -> tuple[str, bytes]:
+    p = parties()
+    device_id, keys = (p.other_id, p.other) if other else (p.device_id, p.device)
+    envelope = seal_uplink(message, device_id=device_id, device_keys=keys, hub=p.hub.public())
+    return up_topic(device_id), envelope
+
+
+def receipts(service: HubService) -> list[tuple[str, int]]:
+    """(device id, uplink seq) of every receipt published, in order."""
+    assert isinstance(service.transport, RecordingTransport)
+    p = parties()
+    keys = {down_topic(p.device_id): (p.device_id, p.device),
+            down_topic(p.other_id): (p.other_id, p.other)}  # fmt: skip
+    out = []
+    for topic, envelope in service.transport.published:
+        device_id, device_keys = keys[topic]
+        msg = open_downlink(envelope, device_id=device_id, device_keys=device_keys,
+                            hub=p.hub.public())  # fmt: skip
+        out.append((device_id.hex, msg.body.seq))  # type: ignore[union-attr]
+    return out
+
+
+def test_a_batch_keeps_every_v2_rule_and_answers_the_alarm_first(hub: HubService) -> None:
+    p = parties()
+    beat = Message(seq=1, body=Heartbeat(battery=80), epoch=EPOCH)
+    alarm = Message(seq=2, body=Alarm(Trigger.BUTTON, battery=79), epoch=EPOCH)
+    clone = Message(seq=1, body=Checkin(), epoch=EPOCH)  # another message signed as seq 1
+    batch = [up(beat), up(Message(seq=1, body=Heartbeat(battery=60), epoch=EPOCH), other=True),
+             up(beat), up(alarm), up(clone)]  # fmt: skip
+    hub.handle_batch(batch)
+    store = hub.store
+    assert peek(store, lambda tx: tx.uplinks.count()) == 3  # the duplicate is stored once
+    alarm_alert, conflict = peek(store, lambda tx: tx.alerts.all())
+    assert (alarm_alert.kind, alarm_alert.alarm_seq) == (AlertKind.ALARM, 2)
+    assert conflict.kind is AlertKind.CONFLICT  # found inside the batch, never receipted
+    # The alarm is answered first; each stored uplink once (the duplicate came too soon).
+    assert receipts(hub) == [(p.device_id.hex, 2), (p.device_id.hex, 1), (p.other_id.hex, 1)]
+    assert hub.accepted == 3
+    assert peek(store, lambda tx: tx.downlinks.pending()) == []  # all marked sent
+    record = peek(store, lambda tx: tx.devices.get(p.device_id))
+    assert record is not None
+    assert record.battery == 80  # the heartbeat, handled after the alarm, has the last word
+
+
+def test_an_alarm_behind_200_heartbeats_is_handled_and_answered_first(hub: HubService) -> None:
+    p = parties()
+    flood = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(200)]
+    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
+    hub.handle_batch([*flood, alarm])
+    answered = receipts(hub)
+    assert answered[0] == (p.other_id.hex, 0)
+    assert len(answered) == 201
+    (opened,) = [e for e in peek(hub.store, lambda tx: tx.audit.entries())
+                 if e.action == "alert opened"]  # fmt: skip
+    assert opened.id == min(e.id for e in peek(hub.store, lambda tx: tx.audit.entries()))
+
+
+def test_a_poisoned_uplink_in_a_batch_loses_none_of_its_neighbours(
+    hub: HubService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    normal = pipeline.HANDLERS[Heartbeat]
+
+    def poisoned(ctx: pipeline.Context, body: object) -> str:
+        calls.append(ctx.message.seq)
+        if ctx.message.seq == 3:
+            raise RuntimeError("poisoned heartbeat")
+        return normal(ctx, body)
+
+    monkeypatch.setitem(pipeline.HANDLERS, Heartbeat, poisoned)
+    beats = [up(Message(seq=s, body=Heartbeat(battery=50 + s), epoch=EPOCH)) for s in range(6)]
+    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
+    hub.handle_batch([*beats[:3], alarm, *beats[3:]])
+    store = hub.store
+    assert peek(store, lambda tx: tx.uplinks.count()) == 7
+    (failed,) = peek(store, lambda tx: tx.uplinks.failed())
+    assert (failed.seq, failed.error) == (3, "RuntimeError: poisoned heartbeat")
+    assert len(peek(store, lambda tx: tx.alerts.all())) == 1  # the alarm's alert is there
+    assert sorted(seq for _, seq in receipts(hub)) == [0, 0, 1, 2, 3, 4, 5]  # all receipted
+    assert hub.failed == 1
+    record = peek(store, lambda tx: tx.devices.get(parties().device_id))
+    assert record is not None
+    assert record.battery == 55  # the neighbours' handlers ran and stayed
+    hub.handle_batch([beats[3]])  # a resend of the poisoned one: never run again
+    assert calls.count(3) == 2  # the batch's attempt (rolled back) and the contained one
+
+
+# -- several hubs on one PostgreSQL -----------------------------------------------------------
+
+
+@pytest.fixture
+def two_hubs(tmp_path: Path, postgres: PostgresServer) -> Iterator[tuple[HubService, HubService]]:
+    with postgres_url(postgres) as url:
+        clock = FakeClock()
+        first, second = open_store(url, create=True), open_store(url)
+        _enroll_both(first, clock.now)
+        config = _config(tmp_path, url)
+        try:
+            yield _service(config, first, clock), _service(config, second, clock)
+        finally:
+            first.close()
+            second.close()
+
+
+def test_a_device_revoked_on_one_hub_is_refused_by_the_other_within_a_batch(
+    two_hubs: tuple[HubService, HubService],
+) -> None:
+    a, b = two_hubs
+    p = parties()
+    b.handle(*up(Message(seq=1, body=Heartbeat(), epoch=EPOCH)))  # b caches the device
+    assert b.registry.active(p.device_id).label == "Ana"
+    write(a.store, lambda tx: tx.devices.revoke(p.device_id, now=0.0))
+    b.handle_batch([up(Message(seq=2, body=Alarm(Trigger.BUTTON), epoch=EPOCH)),
+                    up(Message(seq=1, body=Heartbeat(), epoch=EPOCH), other=True)])  # fmt: skip
+    assert b.rejected["RevokedDevice"] == 1
+    assert b.accepted == 2  # the first heartbeat and the other device's
+    assert peek(b.store, lambda tx: tx.alerts.all()) == []
+
+
+def test_a_batch_refuses_a_device_revoked_after_its_envelope_was_opened(
+    hub: HubService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache said enrolled; the row the batch locks says revoked: the row wins."""
+    p = parties()
+    stale = hub.registry.active(p.device_id)
+    write(hub.store, lambda tx: tx.devices.revoke(p.device_id, now=0.0))
+    monkeypatch.setattr(hub.registry, "refresh", lambda: None)  # as if it moved in between
+    monkeypatch.setattr(hub.registry, "active", lambda _: stale)
+    hub.handle_batch([up(Message(seq=1, body=Alarm(Trigger.BUTTON), epoch=EPOCH)),
+                      up(Message(seq=1, body=Heartbeat(), epoch=EPOCH))])  # fmt: skip
+    assert hub.rejected["RevokedDevice"] == 2
+    assert peek(hub.store, lambda tx: tx.uplinks.count()) == 0
+
+
+def test_the_watchdog_runs_on_one_hub_and_another_takes_over_when_it_dies(
+    two_hubs: tuple[HubService, HubService],
+) -> None:
+    a, b = two_hubs
+    clock = a.clock
+    assert isinstance(clock, FakeClock)
+    clock.advance(a.config.silent_after + 1)  # both devices never spoke: due
+    assert a.watch(clock.now)
+    assert not b.watch(clock.now)
+    assert len(peek(b.store, lambda tx: tx.alerts.all(active_only=True))) == 2
+    a.store.close()  # the lease holder dies: its session, and the lease, go with it
+    p = parties()
+    minter = a._nonces
+    nonce = minter.mint(p.device_id, at=clock.now)
+    b.handle(*up(Message(seq=1, body=Heartbeat(), epoch=EPOCH, nonce=nonce)))
+    assert len(peek(b.store, lambda tx: tx.alerts.all(active_only=True))) == 1  # closed
+    clock.advance(a.config.silent_after + 1)
+    assert b.watch(clock.now)  # took the lease over
+    silent = [x for x in peek(b.store, lambda tx: tx.alerts.all(active_only=True))
+              if x.device_id == p.device_id]  # fmt: skip
+    assert [x.kind for x in silent] == [AlertKind.SILENT]
+
+
+def test_two_active_silent_alerts_for_one_device_cannot_exist(hub: HubService) -> None:
+    p = parties()
+    record = peek(hub.store, lambda tx: tx.devices.get(p.device_id))
+    assert isinstance(record, DeviceRecord)
+    from vigil.hub import alerts  # noqa: PLC0415 - only this test builds one by hand
+
+    draft = alerts.device_silent(record, now=1.0, reason="silent")
+    first = write(hub.store, lambda tx: tx.alerts.open(draft))
+    assert write(hub.store, lambda tx: tx.alerts.open(draft)).id == first.id
+
+    def raw_second(tx: object) -> None:  # what a racing hub's insert would do
+        tx.alerts._cur.execute(  # type: ignore[attr-defined]
+            "INSERT INTO alerts (device_id, kind, state, opened_at, updated_at) "
+            "VALUES (?, 'silent', 'open', 2.0, 2.0)",
+            (p.device_id.hex,),
+        )
+
+    with pytest.raises(StorageError):
+        write(hub.store, raw_second)
+
+
+# -- receipts are pruned after the retention ----------------------------------------------------
+
+
+def test_sent_receipts_are_pruned_after_the_retention_in_bounded_chunks(hub: HubService) -> None:
+    clock = hub.clock
+    assert isinstance(clock, FakeClock)
+    hub.handle_batch([up(Message(seq=s, body=Heartbeat(), epoch=EPOCH)) for s in range(5)])
+    hub.transport = None  # the next one waits, unsent
+    hub.handle(*up(Message(seq=5, body=Heartbeat(), epoch=EPOCH)))
+
+    def rows() -> tuple[int, int]:
+        def count(tx: object) -> tuple[int, int]:
+            cur = tx.downlinks._cur  # type: ignore[attr-defined]
+            cur.execute("SELECT COUNT(*) AS n FROM downlinks WHERE sent_at IS NOT NULL")
+            sent = int(cur.fetchone()["n"])
+            cur.execute("SELECT COUNT(*) AS n FROM downlinks WHERE sent_at IS NULL")
+            return sent, int(cur.fetchone()["n"])
+
+        return peek(hub.store, count)
+
+    assert rows() == (5, 1)
+    assert hub.prune(clock.now + hub.config.receipt_retention - 1) == 0  # not old enough
+    prune: Callable[[float], int] = lambda before: write(  # noqa: E731
+        hub.store, lambda tx: tx.downlinks.prune_sent(before=before, limit=2)
+    )
+    later = clock.now + 1
+    assert [prune(later), prune(later), prune(later), prune(later)] == [2, 2, 1, 0]
+    assert rows() == (0, 1)  # the unsent receipt stays, whatever its age
+    assert peek(hub.store, lambda tx: tx.uplinks.count()) == 6  # uplinks are not touched
+    digest = uplink_digest(encode_payload(Message(seq=5, body=Heartbeat(), epoch=EPOCH)))
+    assert [d.digest for d in peek(hub.store, lambda tx: tx.downlinks.pending())] == [digest]
