@@ -84,6 +84,22 @@ def test_full_config(tmp_path: Path) -> None:
         (("port = 1883", 'port = "x"'), BadConfigValue, "mqtt.port"),
         (('keys = "keys/hub.key"', ""), MissingConfigValue, "hub.keys"),
         (('url = "sqlite:///state/hub.db"', 'url = "mysql://x"'), BadConfigValue, "store.url"),
+        (
+            (
+                'url = "sqlite:///state/hub.db"',
+                'url = "sqlite:///state/hub.db"\nreceipt_retention = 5',
+            ),
+            BadConfigValue,
+            "store.receipt_retention must be a number >= 60",
+        ),
+        (
+            (
+                'url = "sqlite:///state/hub.db"',
+                'url = "sqlite:///state/hub.db"\nreceipt_retention = "7d"',
+            ),
+            BadConfigValue,
+            "store.receipt_retention",
+        ),
         (('channels = ["nearby"]', 'channels = ["nope"]'), BadConfigValue, "escalation.tiers[1]"),
         (('channels = ["nearby"]', 'channels = ["public"]'), BadConfigValue, "public"),
         (("delay = 300", "delay = -1"), BadConfigValue, "escalation.tiers[1].delay must be"),
@@ -205,3 +221,10 @@ def test_a_good_map_url_formats_like_the_delivery(tmp_path: Path) -> None:
     text = FULL.replace("silent_after = 300", "silent_after = 300\nmap_url = 'geo:{lat},{lon}'")
     cfg = load_config(write(tmp_path, text))
     assert cfg.map_url.format(lat="1.000000", lon="2.000000") == "geo:1.000000,2.000000"
+
+
+def test_receipt_retention_defaults_to_a_week_and_is_read(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, FULL)).receipt_retention == 7 * 86400
+    day = FULL.replace('url = "sqlite:///state/hub.db"',
+                       'url = "sqlite:///state/hub.db"\nreceipt_retention = 86400')  # fmt: skip
+    assert load_config(write(tmp_path, day)).receipt_retention == 86400

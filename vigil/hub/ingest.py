@@ -113,6 +113,7 @@ class _Tally:
     accepted: int = 0
     failed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    heard: set[str] = field(default_factory=set)  # devices with a new uplink (last_seen)
 
 
 class Ingest:
@@ -145,7 +146,7 @@ class Ingest:
             with self.store.batch() as tx:
                 self._edges(tx, edges, now, tally)
                 receipts = self._batch(tx, items, now, tally, contained=False)
-                tx.intake.queue_receipts(receipts, now=now, claimed_until=claim_until)
+                self._finish(tx, receipts, tally, now=now, claim_until=claim_until)
         except Exception as exc:  # contained below, uplink by uplink
             self.registry.forget()  # it may hold records read inside the rolled-back batch
             _LOG.warning("a batch of %s failed (%s: %s); handling its uplinks one by one",
@@ -167,7 +168,7 @@ class Ingest:
             try:
                 with self.store.transaction() as tx:
                     mine = self._batch(tx, [item], now, tally, contained=True)
-                    tx.intake.queue_receipts(mine, now=now, claimed_until=claim_until)
+                    self._finish(tx, mine, tally, now=now, claim_until=claim_until)
             except StorageError:
                 raise
             except Exception as exc:  # a bug outside the handler: record it on its own
@@ -176,6 +177,17 @@ class Ingest:
             self._keep(tally)
             receipts += mine
         return receipts
+
+    def _finish(self, tx: Transaction, receipts: list[QueuedReceipt], tally: _Tally, *,
+                now: float, claim_until: float | None) -> None:  # fmt: skip
+        """Queue the receipts; one UPDATE per device for its last downlink seq and last_seen."""
+        tx.intake.queue_receipts(receipts, now=now, claimed_until=claim_until)
+        last_seq: dict[str, int] = {}
+        for r in receipts:
+            last_seq[r.device_id] = max(r.seq, last_seq.get(r.device_id, r.seq))
+        devices = sorted(tally.heard | last_seq.keys())
+        tx.intake.touch({d: (last_seq.get(d), now if d in tally.heard else None)
+                         for d in devices})  # fmt: skip
 
     def _keep(self, tally: _Tally) -> None:
         self.accepted += tally.accepted
@@ -265,6 +277,7 @@ class Ingest:
                 new.append(NewUplink(item.device, item.epoch, item.seq, kind, item.payload,
                                      item.digest))  # fmt: skip
                 tally.accepted += 1
+                tally.heard.add(item.device)
             seen.setdefault(key, item.digest)
             plans.append((item, status))
         tx.intake.store(new, received_at=now)

@@ -114,7 +114,8 @@ class Intake(Repository):
         )
 
     def store(self, uplinks: Sequence[NewUplink], *, received_at: float) -> None:
-        """Insert the batch's new uplinks, already handled (the handlers run in this batch)."""
+        """Insert the batch's new uplinks, already handled (the handlers run in this batch);
+        `touch` records when their devices were last heard."""
         if uplinks:
             self._cur.executemany(
                 "INSERT INTO uplinks (device_id, epoch, seq, kind, payload, digest, received_at, "
@@ -122,11 +123,6 @@ class Intake(Repository):
                 [(u.device_id, u.epoch, u.seq, u.kind, u.payload, u.digest, received_at,
                   received_at) for u in uplinks],
             )  # fmt: skip
-            seen = sorted({u.device_id for u in uplinks})
-            self._cur.executemany(
-                "UPDATE devices SET last_seen = ? WHERE device_id = ?",
-                [(received_at, d) for d in seen],
-            )
 
     def save_windows(self, windows: dict[WindowKey, ReplayWindow]) -> None:
         if windows:
@@ -160,13 +156,16 @@ class Intake(Repository):
             [(r.device_id, r.seq, r.arg, now, r.epoch, r.digest, claimed_until)
              for r in receipts],
         )  # fmt: skip
-        last: dict[str, int] = {}
-        for r in receipts:
-            last[r.device_id] = max(r.seq, last.get(r.device_id, r.seq))
-        self._cur.executemany(
-            "UPDATE devices SET down_seq = ? WHERE device_id = ?",
-            [(seq, d) for d, seq in sorted(last.items())],
-        )
+
+    def touch(self, devices: dict[str, tuple[int | None, float | None]]) -> None:
+        """Per device (last downlink seq, last_seen), None keeping the stored value: one
+        UPDATE a device for the whole batch (both columns of a row locked by it)."""
+        if devices:
+            self._cur.executemany(
+                "UPDATE devices SET down_seq = COALESCE(?, down_seq), "
+                "last_seen = COALESCE(?, last_seen) WHERE device_id = ?",
+                [(seq, seen, d) for d, (seq, seen) in devices.items()],
+            )
 
     def mark_sent(self, receipts: Sequence[QueuedReceipt], *, at: float) -> None:
         self._by_key("UPDATE downlinks SET sent_at = ? WHERE device_id = ? AND seq = ?",
