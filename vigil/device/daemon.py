@@ -141,7 +141,6 @@ class Daemon:
         self._link_quality, self._notify = link_quality, notify
         self._queue: queue.Queue[Event | _Downlink | None] = queue.Queue()
         self._memory = _load_memory(outbox)
-        self._persisted = self._memory  # the alarm state on disk (put() may have written it)
         self.core = AlarmCore(
             cfg.alarm, first_seq=outbox.next_seq, started_at=clock(), memory=self._memory,
             pending=outbox.pending(), **({} if rand is None else {"rand": rand}),
@@ -219,9 +218,11 @@ class Daemon:
             self._note_fix(event)
         if event is not None:
             self._carry_out(self.core.handle(event))
-            self._save_memory()
         self._poll_battery()
+        # An alarm is on disk with its state (put(): one commit, one fsync); publish it before
+        # any other write, then save the rest of the state.
         self.flush()
+        self._save_memory()
         self._report_link()
         self._ping_watchdog()
 
@@ -301,9 +302,7 @@ class Daemon:
             self._send_heartbeat(send.seq, payload)
             return
         try:  # with the alarm state: a power cut right after leaves no alarm without it
-            memory = self.core.memory()
             dropped = self.outbox.put(send.seq, message.kind, payload, state=self._memory_row())
-            self._persisted = memory  # on disk with it: no second fsync before the publish
         except StorageError as exc:
             # Disk full or broken: never lose it, keep sending it from memory until stored.
             self._unsaved[send.seq] = Entry(send.seq, message.kind, payload)
@@ -451,9 +450,7 @@ class Daemon:
         if memory == self._memory:
             return
         try:
-            if memory != self._persisted:  # an alarm's put() already saved it in its commit
-                self.outbox.save_state(*self._memory_row())
-                self._persisted = memory
+            self.outbox.save_state(*self._memory_row())
             self.outbox.forget_alarms(keep={*memory.raised, *memory.covert})
         except StorageError:
             _LOG.exception("device %s could not persist its state", self.cfg.device_id)
