@@ -25,9 +25,11 @@ from vigil.hub.config import HubConfig, load_config
 from vigil.hub.daemon import HubService
 from vigil.hub.store import AlertKind, DeviceRecord, Store, open_store
 from vigil.wire import (
+    AgedFix,
     Alarm,
     DeviceId,
     DeviceKeys,
+    Fix,
     Heartbeat,
     Message,
     Trigger,
@@ -295,3 +297,16 @@ def test_sent_receipts_are_pruned_after_the_retention_in_bounded_chunks(hub: Hub
     assert peek(hub.store, lambda tx: tx.uplinks.count()) == 6  # uplinks are not touched
     digest = uplink_digest(encode_payload(Message(seq=5, body=Heartbeat(), epoch=EPOCH)))
     assert [d.digest for d in peek(hub.store, lambda tx: tx.downlinks.pending())] == [digest]
+
+
+def test_a_heartbeats_fix_follows_the_alarm_raised_earlier_in_its_batch(hub: HubService) -> None:
+    fix = AgedFix(Fix(lat=17.0, lon=-96.7), age=1.0)
+    beat = Message(seq=2, body=Heartbeat(battery=70, fix=fix), epoch=EPOCH)
+    other = Message(seq=1, body=Heartbeat(battery=70, fix=fix), epoch=EPOCH)
+    alarm = Message(seq=1, body=Alarm(Trigger.BUTTON), epoch=EPOCH)
+    hub.handle_batch([up(beat), up(other, other=True), up(alarm)])  # the alarm arrived last
+    (alert,) = peek(hub.store, lambda tx: tx.alerts.all())
+    assert [(f.lat, f.lon) for f in peek(hub.store, lambda tx: tx.alerts.positions(alert.id))] == [
+        (17.0, -96.7)
+    ]
+    assert alert.device_id == parties().device_id

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from vigil.errors import StorageError
 from vigil.hub import liveness, pipeline
 from vigil.hub.registry import Registry
-from vigil.hub.store import Acceptance, Store, Transaction
+from vigil.hub.store import Acceptance, AlertKind, AlertState, Store, Transaction
 from vigil.hub.store.intake import DeviceLock, NewUplink, QueuedReceipt, WindowKey
 from vigil.wire.keys import HubKeys
 from vigil.wire.liveness import NonceMinter, uplink_digest
@@ -53,6 +53,7 @@ from vigil.wire.replay import ReplayWindow, Verdict
 _LOG = logging.getLogger(__name__)
 MAX_BATCH = 256  # uplinks per commit: bounds how long an alarm waits behind a flood
 Audit = Callable[[Transaction, str, str, str], None]
+_LOOK = pipeline.Known()  # a handler run outside a batch looks everything up itself
 
 
 class Priority(enum.IntEnum):
@@ -103,7 +104,7 @@ class _Step:
     item: _Item
     status: Acceptance
     alive_at: float | None  # the hub time its nonce echo proves (docs/protocol.md §8)
-    silent_open: bool  # whether its device may have an open silent alert to close
+    known: pipeline.Known  # what the batch knows of its device's alerts
 
 
 @dataclass
@@ -232,13 +233,17 @@ class Ingest:
         plans = self._plan(tx, items, locks, now, tally)
         proofs = {id(i): liveness.proven_at(self.nonces, i.up.device_id, i.up.message)
                   for i, _ in plans}  # fmt: skip
-        proven = {i.device for i, _ in plans if proofs[id(i)] is not None}
-        silent = tx.intake.open_silent(sorted(proven))
+        active = tx.intake.active_alerts(sorted({i.device for i, _ in plans}))
+        alarming = {i.device for i, _ in plans if priority(i.up.message) is Priority.ALARM}
         down_seq = {d: lock.down_seq for d, lock in locks.items()}
         receipts: list[QueuedReceipt] = []
         settle = self._contained if contained else self._settle
         for item, status in plans:
-            step = _Step(item, status, proofs[id(item)], item.device in silent)
+            kinds = active.get(item.device, set())
+            known = pipeline.Known(silent_open=(AlertKind.SILENT, AlertState.OPEN) in kinds,
+                                   alarm_active=item.device in alarming
+                                   or any(k is AlertKind.ALARM for k, _ in kinds))  # fmt: skip
+            step = _Step(item, status, proofs[id(item)], known)
             if step.alive_at is not None:
                 tx.devices.note_alive(item.up.device_id, at=step.alive_at)
             receipt = settle(tx, step, now, tally)
@@ -322,11 +327,11 @@ class Ingest:
 
     def _settle(self, tx: Transaction, step: _Step, now: float, tally: _Tally) -> bool:
         """Run what the uplink causes; return whether it gets a receipt."""
-        item, alive_at, silent_open = step.item, step.alive_at, step.silent_open
+        item, alive_at, known = step.item, step.alive_at, step.known
         up, msg = item.up, item.up.message
         if step.status is Acceptance.NEW:
             self.run_handler(tx, up, received_at=now, alive_at=alive_at,
-                             silent_open=silent_open, stored_processed=True)  # fmt: skip
+                             known=known, stored_processed=True)  # fmt: skip
             return True
         if step.status is Acceptance.CONFLICT:  # no receipt: the wearer must not feel "stored"
             liveness.conflict(tx, tx.devices.active(up.device_id), msg, now=now,
@@ -335,7 +340,7 @@ class Ingest:
         stored = tx.uplinks.get(up.device_id, item.epoch, msg.seq)
         if stored is not None and not stored.processed:  # a crash interrupted it
             self.run_handler(tx, up, received_at=stored.received_at, alive_at=alive_at,
-                             silent_open=silent_open)  # fmt: skip
+                             known=known)  # fmt: skip
             return True  # its receipt was never sent: the wearer must not wait for it
         # The first receipt may have been lost; a replaying broker gets few more.
         return tx.uplinks.may_receipt(up.device_id, item.epoch, msg.seq, now=now)
@@ -378,14 +383,14 @@ class Ingest:
         self._keep(tally)
 
     def run_handler(self, tx: Transaction, up: pipeline.Uplink, *, received_at: float,
-                    alive_at: float | None = None, silent_open: bool = True,
+                    alive_at: float | None = None, known: pipeline.Known = _LOOK,
                     stored_processed: bool = False) -> None:  # fmt: skip
         """Run the kind's handler for a stored uplink and mark it processed."""
         device = self.registry.active(up.device_id)
         ctx = pipeline.Context(tx, device, up.message, received_at,
                                functools.partial(self.audit, tx), alive_at,
                                max_active_alerts=self.max_active_alerts,
-                               silent_open=silent_open)  # fmt: skip
+                               known=known)  # fmt: skip
         summary = pipeline.handle(ctx)
         body = up.message.body
         if isinstance(body, Alarm) and body.trigger is Trigger.TAMPER:

@@ -81,6 +81,18 @@ Audit = Callable[[str, str, str], None]  # (action, subject, detail)
 
 
 @dataclass(frozen=True, slots=True)
+class Known:
+    """What an ingest batch looked up for all its devices at once (True: look again).
+
+    A handler skips a query whose answer the batch already knows is empty, so a
+    heartbeat costs no read of the alerts table unless its device has some.
+    """
+
+    silent_open: bool = True  # the device may have an open silent alert to close
+    alarm_active: bool = True  # the device may have an active alarm to add a fix to
+
+
+@dataclass(frozen=True, slots=True)
 class Context:
     """What a handler gets: the open transaction's repositories, the sender, the message.
 
@@ -95,7 +107,7 @@ class Context:
     audit: Audit
     alive_at: float | None = None
     max_active_alerts: int = 5  # [hub] max_active_alerts_per_device
-    silent_open: bool = True  # False: the batch knows the device has no open silent alert
+    known: Known = Known()  # what the batch already looked up (default: nothing)
 
     @property
     def epoch(self) -> str:
@@ -225,6 +237,8 @@ def _heartbeat(ctx: Context, body: Heartbeat) -> str:
 
 def _follow(ctx: Context, fix: LastFix) -> None:
     """Add a heartbeat's fix to the track of the device's active alarms (the newest holds it)."""
+    if not ctx.known.alarm_active:
+        return
     device_id = ctx.device.device_id
     active = ctx.tx.alerts.active_for(device_id, AlertKind.ALARM)
     for n, alert in enumerate(active):
@@ -301,7 +315,9 @@ def _end_silence(ctx: Context) -> None:
     Only a message proven made after the alert opened counts: a heartbeat the
     broker stashed and released later says nothing about now.
     """
-    if ctx.alive_at is None or not ctx.silent_open or ctx.device.sent_by_captor(ctx.received_at):
+    if ctx.alive_at is None or not ctx.known.silent_open:
+        return
+    if ctx.device.sent_by_captor(ctx.received_at):
         return  # a compromised device's word is never an all-clear
     for alert in ctx.tx.alerts.active_for(ctx.device.device_id, AlertKind.SILENT):
         if alert.state is AlertState.OPEN and ctx.alive_at >= alert.opened_at:

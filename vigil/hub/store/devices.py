@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from vigil.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, UnknownDevice
 from vigil.hub.store import schema

@@ -14,6 +14,7 @@ from typing import Any
 
 from vigil.hub.store import schema
 from vigil.hub.store.devices import MASK_BYTES
+from vigil.hub.store.records import AlertKind, AlertState
 from vigil.hub.store.repo import Repository
 from vigil.wire.replay import ReplayWindow
 
@@ -133,16 +134,24 @@ class Intake(Repository):
                  for (d, e), w in sorted(windows.items())],
             )  # fmt: skip
 
-    def open_silent(self, device_ids: Sequence[str]) -> set[str]:
-        """Which of `device_ids` have an open silent alert (a message may close it)."""
+    def active_alerts(
+        self, device_ids: Sequence[str]
+    ) -> dict[str, set[tuple[AlertKind, AlertState]]]:
+        """The (kind, state) of each device's active alerts, for all of `device_ids` at once."""
         if not device_ids:
-            return set()
+            return {}
         rows = self._all(
-            "SELECT DISTINCT device_id FROM alerts WHERE kind = 'silent' AND state = 'open' "  # noqa: S608
-            f"AND device_id IN ({_marks(len(device_ids))})",
+            "SELECT DISTINCT device_id, kind, state FROM alerts "  # noqa: S608
+            f"WHERE device_id IN ({_marks(len(device_ids))}) "
+            "AND state IN ('open', 'acknowledged')",
             list(device_ids),
         )
-        return {r["device_id"] for r in rows}
+        found: dict[str, set[tuple[AlertKind, AlertState]]] = {}
+        for r in rows:
+            found.setdefault(r["device_id"], set()).add(
+                (AlertKind(r["kind"]), AlertState(r["state"]))
+            )
+        return found
 
     def queue_receipts(
         self, receipts: Sequence[QueuedReceipt], *, now: float, claimed_until: float | None
