@@ -27,6 +27,7 @@ from vigil.hub.store import AlertKind, DeviceRecord, Store, open_store
 from vigil.wire import (
     AgedFix,
     Alarm,
+    Cancel,
     DeviceId,
     DeviceKeys,
     Fix,
@@ -310,3 +311,17 @@ def test_a_heartbeats_fix_follows_the_alarm_raised_earlier_in_its_batch(hub: Hub
         (17.0, -96.7)
     ]
     assert alert.device_id == parties().device_id
+
+
+def test_a_cancel_after_a_tamper_alarm_in_its_batch_sees_the_device_compromised(
+    hub: HubService,
+) -> None:
+    tamper = Message(seq=1, body=Alarm(Trigger.TAMPER), epoch=EPOCH)
+    cancel = Message(seq=2, body=Cancel(alarm_seq=1), epoch=EPOCH)
+    hub.registry.active(parties().device_id)  # cached before the batch: not compromised
+    hub.handle_batch([up(cancel), up(tamper)])
+    (alert,) = peek(hub.store, lambda tx: tx.alerts.all())
+    assert alert.active  # the cancel came from a device whose keys a captor may hold
+    actions = [e.action for e in peek(hub.store, lambda tx: tx.audit.entries())]
+    assert "device compromised" in actions
+    assert "cancel ignored" in actions

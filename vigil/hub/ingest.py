@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,16 @@ class _Item:
     @property
     def seq(self) -> int:
         return self.up.message.seq
+
+
+def _after(now: float, item: _Item, tampered: set[str]) -> float:
+    """When `item` is taken to arrive: just after `now` if a tamper alarm of its device came
+    before it in this batch (so it counts as sent after the device was compromised)."""
+    at = math.nextafter(now, math.inf) if item.device in tampered else now
+    body = item.up.message.body
+    if isinstance(body, Alarm) and body.trigger is Trigger.TAMPER:
+        tampered.add(item.device)
+    return at
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +175,12 @@ class Ingest:
                 self._edges(tx, edges, now, tally)
             self._keep(tally)
         receipts: list[QueuedReceipt] = []
+        tampered: set[str] = set()
         for item in items:
-            tally = _Tally()
+            tally, at = _Tally(), _after(now, item, tampered)
             try:
                 with self.store.transaction() as tx:
-                    mine = self._batch(tx, [item], now, tally, contained=True)
+                    mine = self._batch(tx, [item], at, tally, contained=True)
                     self._finish(tx, mine, tally, now=now, claim_until=claim_until)
             except StorageError:
                 raise
@@ -238,6 +250,7 @@ class Ingest:
         down_seq = {d: lock.down_seq for d, lock in locks.items()}
         receipts: list[QueuedReceipt] = []
         settle = self._contained if contained else self._settle
+        tampered: set[str] = set()
         for item, status in plans:
             kinds = active.get(item.device, set())
             known = pipeline.Known(silent_open=(AlertKind.SILENT, AlertState.OPEN) in kinds,
@@ -246,7 +259,7 @@ class Ingest:
             step = _Step(item, status, proofs[id(item)], known)
             if step.alive_at is not None:
                 tx.devices.note_alive(item.up.device_id, at=step.alive_at)
-            receipt = settle(tx, step, now, tally)
+            receipt = settle(tx, step, _after(now, item, tampered), tally)
             msg = item.up.message
             _LOG.info("uplink device=%s seq=%s kind=%s %s%s", item.device, msg.seq, msg.kind,
                       status.value, "" if receipt else " (no receipt)")  # fmt: skip
