@@ -86,7 +86,7 @@ def test_provisioned_device_is_enrolled_configured_and_can_connect(
     assert record.public_keys.downlink_suite is Suite.MLKEM768_X25519_CHACHA20
     assert cfg.hub.to_text() == HubKeys.load(tmp_path / "hub.key").public().to_text()
     assert cfg.mqtt.username == cfg.device_id.hex
-    pinout = tomllib.loads((ROOT / "hardware" / "pinout.toml").read_text())
+    pinout = tomllib.loads((ROOT / "vigil" / "device" / "pinout.toml").read_text())
     assert cfg.battery_path == Path(pinout["i2c"]["capacity_path"])  # the fuel gauge's driver
     # No restart: the reload (SIGHUP) made mosquitto read the new password entry.
     with (

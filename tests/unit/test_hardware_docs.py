@@ -12,7 +12,8 @@ import pytest
 from vigil.device.config import BUILTIN_PINS, BUILTIN_UART, default_pins
 
 HARDWARE = Path(__file__).resolve().parents[2] / "hardware"
-PINOUT = tomllib.loads((HARDWARE / "pinout.toml").read_text())
+PINOUT_FILE = Path(__file__).resolve().parents[2] / "vigil" / "device" / "pinout.toml"
+PINOUT = tomllib.loads(PINOUT_FILE.read_text())
 
 
 @pytest.mark.parametrize("name", sorted(PINOUT["pins"]))
@@ -30,7 +31,7 @@ def test_wiring_table_names_no_pin_that_pinout_lacks() -> None:
 
 
 def test_device_defaults_come_from_the_pinout() -> None:
-    pins, uart = default_pins(HARDWARE / "pinout.toml")
+    pins, uart = default_pins(PINOUT_FILE)
     for name, gpio in pins.items():
         assert PINOUT["pins"][name]["gpio"] == gpio
     assert uart == (PINOUT["uart"]["device"], PINOUT["uart"]["baud"])

@@ -1,8 +1,8 @@
 """Load the wearable's TOML config into one frozen `DeviceConfig`, naming key and file on error.
 
-Pin defaults come from `hardware/pinout.toml`, the single source of truth;
-`BUILTIN_PINS` is its copy for installs that do not ship the `hardware/`
-directory, and a unit test keeps the two equal. Read with vigil.runtime.config:
+Pin defaults come from `vigil/device/pinout.toml`, the single source of truth,
+shipped in the package; `BUILTIN_PINS` is its copy for an install that lost the
+file, and a unit test keeps the two equal. Read with vigil.runtime.config:
 errors name the file and the dotted key, unknown keys are typos, relative paths
 are resolved against the config file's folder. The keys:
 
@@ -31,7 +31,8 @@ from vigil.wire.keys import HubPublicKeys, Suite
 
 _LOG = logging.getLogger(__name__)
 
-PINOUT = Path(__file__).resolve().parents[2] / "hardware" / "pinout.toml"
+# Package data: the wearable runs from an installed wheel, where no repository folder exists.
+PINOUT = Path(__file__).resolve().with_name("pinout.toml")
 BUILTIN_PINS = {"button": 17, "tamper": 27, "vibration": 18, "led": 23}
 BUILTIN_UART = ("/dev/serial0", 9600)
 # Hardware backends (vigil.device.hardware); the environment variable overrides the file.

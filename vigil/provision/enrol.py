@@ -21,6 +21,7 @@ from vigil.errors import (
     ConfigError,
     KeyFileError,
 )
+from vigil.device.config import PINOUT
 from vigil.hub.channels import accepts_url
 from vigil.hub.config import BrokerConfig, HubConfig, load_config
 from vigil.hub.store import DeviceRecord, open_store
@@ -39,7 +40,6 @@ ON_DEVICE = {
     "password_file": "/etc/vigil/mqtt-password",
     "tls_ca": "/etc/vigil/ca.pem",
 }
-PINOUT = Path(__file__).resolve().parents[2] / "hardware" / "pinout.toml"
 
 
 def provision_device(
@@ -108,7 +108,7 @@ def _check_contact(url: str) -> None:
 
 
 def _capacity_path() -> str:
-    """Where the fuel gauge's driver shows the charge on the wearable (hardware/pinout.toml)."""
+    """Where the fuel gauge's driver shows the charge on the wearable (vigil/device/pinout.toml)."""
     try:
         return str(tomllib.loads(PINOUT.read_text())["i2c"]["capacity_path"])
     except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:

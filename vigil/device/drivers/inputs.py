@@ -1,6 +1,6 @@
 """The wearable's GPIO parts on gpiozero: panic button and tamper loop in, vibration and LED out.
 
-Wiring (BCM numbers from hardware/pinout.toml): the button is momentary,
+Wiring (BCM numbers from vigil/device/pinout.toml): the button is momentary,
 normally open, between its GPIO and GND, with the internal pull-up; the tamper
 loop runs through the strap from its GPIO to GND, so it reads "pressed" while
 worn and "released" when cut or torn off. The vibration motor hangs on a
