@@ -4,24 +4,20 @@ wearable's files as they sit on the card connect to that broker, and revocation 
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import signal
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import nmea_log
 from tests.integration.test_sdimage import build_image, wheels
-from tests.support.broker import Broker, free_port, running_mosquitto_conf
+from tests.support.broker import Broker, running_mosquitto_conf
+from tests.support.deployment import BIN, deploy, process, run
 from tests.support.locked_broker import LockedBroker, tls_client
-from tests.support.notify import NotifySocket
 from tests.support.wait import wait_until
 from vigil.provision.broker import BrokerFiles
 from vigil.provision.certs import BrokerCerts
@@ -30,47 +26,13 @@ from vigil.wire import DeviceId
 from vigil.wire.topics import up_topic
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
-
-
-def run(tool: str, *args: str | Path) -> str:
-    """Run an installed console script, as the technician would; its stdout."""
-    result = subprocess.run(
-        [str(BIN / tool), *map(str, args)], capture_output=True, text=True, timeout=60,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"{tool} {args}: {result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[tuple[Path, Broker]]:
     """Sections 1-2 of the guide: broker certificates and config, hub keys and config."""
-    port = free_port()
-    run("vigil-provision", "broker-certs", "--out", tmp_path / "broker", "--host", "localhost")
-    run("vigil-provision", "broker-config", "--out", tmp_path / "mosquitto",
-        "--certs", tmp_path / "broker", "--port", str(port), "--bind", "127.0.0.1",
-        "--run-as", getpass.getuser(), "--pid-file", tmp_path / "mosquitto" / "pid")  # fmt: skip
-    run("vigil-hub", "keygen", "--out", tmp_path / "hub.key")
-    (tmp_path / "hub.toml").write_text(f"""
-[hub]
-keys = "hub.key"
-[store]
-url = "sqlite:///{tmp_path / "hub.db"}"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-tls_ca = "broker/ca.pem"
-username = "vigil-hub"
-password_file = "mosquitto/hub-mqtt-password"
-[broker]
-device_host = "localhost"
-device_port = {port}
-ca_file = "broker/ca.pem"
-password_file = "mosquitto/passwd"
-""")
-    run("vigil-hub", "--config", tmp_path / "hub.toml", "init")  # the guide's section 2
-    with running_mosquitto_conf(tmp_path / "mosquitto" / "mosquitto.conf", port) as broker:
+    deployed = deploy(tmp_path)
+    with running_mosquitto_conf(deployed.mosquitto_conf, deployed.port) as broker:
         yield tmp_path, broker
 
 
@@ -133,36 +95,6 @@ def on_the_card(image: Path, folder: Path) -> Path:
         assert data is not None, name
         (folder / name).write_bytes(data)
     return folder
-
-
-@contextmanager
-def process(argv: list[str | Path], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A long-running daemon with stdin for commands and its log in a file, once it has
-    told its notify socket READY=1, as it tells systemd."""
-    with log.open("ab") as sink, NotifySocket() as notify:
-        proc = subprocess.Popen(
-            [str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=sink, cwd=log.parent, env={**os.environ, **notify.env},
-        )  # fmt: skip
-        try:
-            notify.wait_for("READY=1", 30, process=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(
-                f"{argv[0]}: {exc}\n{log.read_text(errors='replace')[-2000:]}"
-            ) from None
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdin is not None:
-            proc.stdin.close()
 
 
 def on_this_machine(card: Path, state: Path) -> Path:
