@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test lint typecheck demo bench chaos wheels-pi system-deps venv clean
+.PHONY: test lint typecheck demo bench chaos wheels-pi wheels-pi-test pi-proof system-deps venv clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,17 @@ wheels-pi: $(STAMP)
 	$(BIN)/pip download --quiet -d $(PI_WHEELS) $(PI_TARGET) 'lgpio>=0.2' \
 	  || echo "no lgpio wheel for Python $(PI_PYTHON): first boot uses the image's python3-lgpio"
 	@ls $(PI_WHEELS)
+
+# The test tools for the same target, for `make pi-proof`'s emulated unit tests (not for a card).
+wheels-pi-test: $(STAMP)
+	mkdir -p $(PI_WHEELS)
+	$(BIN)/pip download --quiet -d $(PI_WHEELS) $(PI_TARGET) pytest pytest-timeout pytest-mock hypothesis
+
+# First boot on arm64 Debian roots under qemu-user, Bookworm and Trixie (docs/pi-proof.md).
+# Needs root; not part of `make test`. PI_PROOF_ARGS="--release trixie --keep" to narrow it.
+pi-proof: system-deps $(STAMP)
+	bash scripts/ensure-pi-proof-deps.sh
+	$(BIN)/python -m tests.pi_proof $(PI_PROOF_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

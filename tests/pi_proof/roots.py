@@ -1,0 +1,135 @@
+"""Minimal arm64 Debian roots with what Raspberry Pi OS Lite has that first boot relies on,
+built with mmdebstrap, cached under the user's cache dir, and run through qemu-user.
+
+Commands run in the root with `chroot` inside a private mount namespace (`unshare`), which
+mounts /proc, /sys, /dev and an empty /run and /tmp for it: when the command ends, the
+namespace and its mounts are gone, whatever happened. With /proc mounted, systemctl sees it
+runs in a chroot and only edits unit files (enable, disable); `daemon-reload` and `start`
+are ignored with "Running in chroot, ignoring command", which is as far as a chroot can go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Raspberry Pi OS Lite 64-bit is Debian arm64 plus the Pi's archive. From Debian: what first
+# boot uses (python3-venv, systemd, sudo, openssl, useradd from passwd, sshd which an SSH
+# key enables, NetworkManager whose keyfile firstrun.sh writes, rfkill); Trixie also boots
+# through cloud-init.
+BASE_PACKAGES = (
+    "python3", "python3-venv", "systemd", "sudo", "openssl", "passwd", "openssh-server",
+    "network-manager", "rfkill",
+)  # fmt: skip
+# What the Pi's own packages (raspberrypi-sys-mods) add that Debian has not: the gpio and
+# i2c groups the service user joins; and a hosts file naming localhost, as every image has.
+HOOKS = (
+    'chroot "$1" groupadd --system gpio',
+    'chroot "$1" groupadd --system i2c',
+    'printf "127.0.0.1\\tlocalhost\\n::1\\t\\tlocalhost ip6-localhost\\n" > "$1/etc/hosts"',
+)
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_IN_NAMESPACE = """set -e
+root=$1; shift
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+exec chroot "$root" "$@"
+"""
+
+
+@dataclass(frozen=True)
+class Release:
+    """A Raspberry Pi OS release by its Debian base: its Python and its extra packages."""
+
+    name: str
+    python: str
+    extra: tuple[str, ...] = ()
+    cloud_init: bool = False
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (*BASE_PACKAGES, *self.extra)
+
+
+RELEASES = {
+    "bookworm": Release("bookworm", "3.11"),
+    "trixie": Release("trixie", "3.13", ("cloud-init",), cloud_init=True),
+}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vigil" / "pi-proof"
+
+
+def root_tar(release: Release, log: Path) -> tuple[Path, bool]:
+    """The cached root of `release` (built first if missing); whether it was built now."""
+    recipe = json.dumps([release.name, sorted(release.packages), HOOKS]).encode()
+    tar = cache_dir() / f"{release.name}-{hashlib.sha256(recipe).hexdigest()[:12]}.tar"
+    if tar.exists():
+        return tar, False
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    partial = tar.with_suffix(".partial.tar")
+    argv = [
+        "mmdebstrap", "--variant=apt", "--architectures=arm64",
+        f"--include={','.join(release.packages)}",
+        *(f"--customize-hook={hook}" for hook in HOOKS),
+        release.name, str(partial),
+    ]  # fmt: skip
+    with log.open("ab") as sink:
+        subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, check=True, timeout=3600)
+    partial.rename(tar)  # only a complete root is ever taken from the cache
+    return tar, True
+
+
+def unpack(tar: Path, dest: Path) -> Path:
+    """Extract the cached root into `dest` (owners and modes kept); return `dest`."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "-xpf", str(tar), "--numeric-owner", "-C", str(dest)], check=True)
+    return dest
+
+
+@dataclass(frozen=True)
+class Chroot:
+    """An unpacked arm64 root; `argv` runs its commands under qemu-aarch64 (binfmt_misc)."""
+
+    root: Path
+
+    def argv(self, command: Sequence[str], *, env: dict[str, str] | None = None) -> list[str]:
+        clean = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **(env or {})}
+        return [
+            "unshare", "--mount", "--propagation", "private", "--fork", "--kill-child=SIGTERM",
+            "sh", "-c", _IN_NAMESPACE, "sh", str(self.root),
+            "env", "-i", *(f"{k}={v}" for k, v in clean.items()), *command,
+        ]  # fmt: skip
+
+    def run(
+        self, *command: str, env: dict[str, str] | None = None, timeout: float = 600,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run `command` as root in the chroot; its output (stderr folded into stdout)."""
+        result = subprocess.run(
+            self.argv(command, env=env), capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} exited {result.returncode}:\n{output[-3000:]}"
+            )
+        return subprocess.CompletedProcess(result.args, result.returncode, output, "")
+
+    def path(self, inside: str) -> Path:
+        """The host path of `inside` (an absolute path in the root)."""
+        return self.root / inside.lstrip("/")
