@@ -1,11 +1,12 @@
 """Minimal arm64 Debian roots with what Raspberry Pi OS Lite has that first boot relies on,
 built with mmdebstrap, cached under the user's cache dir, and run through qemu-user.
 
-Commands run in the root with `chroot` inside a private mount namespace (`unshare`), which
-mounts /proc, /sys, /dev and an empty /run and /tmp for it: when the command ends, the
-namespace and its mounts are gone, whatever happened. With /proc mounted, systemctl sees it
-runs in a chroot and only edits unit files (enable, disable); `daemon-reload` and `start`
-are ignored with "Running in chroot, ignoring command", which is as far as a chroot can go.
+Commands run in the root with `chroot` inside private mount and PID namespaces (`unshare`),
+which mount /proc, /sys, /dev and an empty /run and /tmp for it: when the command ends, the
+namespaces, their mounts and any process left behind are gone, whatever happened. There
+systemctl sees it runs in a chroot and only edits unit files (enable, disable);
+`daemon-reload` and `start` it ignores ("Running in chroot, ignoring command"), which is as
+far as a chroot can go: nothing in the first-boot scripts is replaced for the proof.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ HOOKS = (
     'printf "127.0.0.1\\tlocalhost\\n::1\\t\\tlocalhost ip6-localhost\\n" > "$1/etc/hosts"',
 )
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# PID 1 of the new PID namespace is this shell, outside the chroot: systemd's tools tell they
+# are in a chroot by comparing / with /proc/1/root (which a sandbox may forbid reading for the
+# host's PID 1). When PID 1 exits, the kernel ends whatever the command left running. It
+# passes SIGTERM on to the command and keeps the command's stdin (fd 3: an asynchronous
+# command's stdin is otherwise /dev/null).
 _IN_NAMESPACE = """set -e
 root=$1; shift
 mount -t proc proc "$root/proc"
@@ -42,7 +48,15 @@ mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
-exec chroot "$root" "$@"
+set +e
+exec 3<&0
+chroot "$root" "$@" <&3 3<&- &
+child=$!
+trap 'kill -TERM "$child"' TERM INT
+wait "$child"
+status=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
+exit "$status"
 """
 
 
@@ -109,7 +123,8 @@ class Chroot:
     def argv(self, command: Sequence[str], *, env: dict[str, str] | None = None) -> list[str]:
         clean = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **(env or {})}
         return [
-            "unshare", "--mount", "--propagation", "private", "--fork", "--kill-child=SIGTERM",
+            "unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+            "--kill-child=SIGTERM",
             "sh", "-c", _IN_NAMESPACE, "sh", str(self.root),
             "env", "-i", *(f"{k}={v}" for k, v in clean.items()), *command,
         ]  # fmt: skip
