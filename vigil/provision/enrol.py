@@ -15,13 +15,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from vigil.device.config import PINOUT
 from vigil.errors import (
     AlreadyEnrolled,
     BadConfigValue,
     ConfigError,
     KeyFileError,
 )
-from vigil.device.config import PINOUT
 from vigil.hub.channels import accepts_url
 from vigil.hub.config import BrokerConfig, HubConfig, load_config
 from vigil.hub.store import DeviceRecord, open_store
@@ -108,7 +108,7 @@ def _check_contact(url: str) -> None:
 
 
 def _capacity_path() -> str:
-    """Where the fuel gauge's driver shows the charge on the wearable (vigil/device/pinout.toml)."""
+    """Where the fuel gauge's driver shows the charge on the wearable (the pinout)."""
     try:
         return str(tomllib.loads(PINOUT.read_text())["i2c"]["capacity_path"])
     except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
