@@ -58,7 +58,8 @@ wheels-pi: $(STAMP)
 # The test tools for the same target, for `make pi-proof`'s emulated unit tests (not for a card).
 wheels-pi-test: $(STAMP)
 	mkdir -p $(PI_WHEELS)
-	$(BIN)/pip download --quiet -d $(PI_WHEELS) $(PI_TARGET) pytest pytest-timeout pytest-mock hypothesis
+	$(BIN)/pip download --quiet -d $(PI_WHEELS) $(PI_TARGET) pytest pytest-timeout pytest-mock hypothesis \
+	  'psycopg[binary]'
 
 # First boot on arm64 Debian roots under qemu-user, Bookworm and Trixie (docs/pi-proof.md).
 # Needs root; not part of `make test`. PI_PROOF_ARGS="--release trixie --keep" to narrow it.

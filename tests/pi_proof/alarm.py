@@ -10,29 +10,29 @@ network, so the device's `localhost` (its broker name) is the host's loopback.
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import NMEA_CORPUS
 from tests.pi_proof.roots import Chroot
 from tests.support.broker import running_mosquitto_conf
 from tests.support.deployment import BIN, Deployment, process, run
 from tests.support.wait import wait_until
 from vigil.device.core import AlarmSettings
 
-NMEA = "/usr/share/vigil-pi-proof/gpsd-mt3339.log"
-# What systemd does for the unit (RuntimeDirectory=, WorkingDirectory=, UMask=, User=).
-_AS_THE_UNIT = f"""set -e
+# What systemd does for the unit (RuntimeDirectory=, WorkingDirectory=, UMask=, User=); the
+# GPS is the capture that ships inside the installed package.
+_AS_THE_UNIT = """set -e
 install -d -o vigil -g vigil -m 0700 /run/vigil-device
 cd /run/vigil-device
 umask 077
 exec setpriv --reuid=vigil --regid=vigil --init-groups \\
     /opt/vigil/venv/bin/vigil-device simulate --config /etc/vigil/device.toml \\
-    --nmea {NMEA} --nmea-rate 50
+    --nmea "$0" --nmea-rate 50
 """
-READY_TIMEOUT = 180.0  # the emulated daemon's start: imports and keys under qemu
+# Until the emulated daemon tells its notify socket READY=1 (an abstract socket: the root
+# shares the host's network namespace, so it reaches it as it would reach systemd's).
+READY_TIMEOUT = 180.0
 
 
 @dataclass(frozen=True)
@@ -48,22 +48,19 @@ class AlarmResult:
 
 def deliver_alarm(work: Path, deployed: Deployment, chroot: Chroot, label: str) -> AlarmResult:
     """Hold the button; wait for the device's receipt; check the hub stored the alert."""
-    nmea = chroot.path(NMEA)
-    nmea.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(NMEA_CORPUS / "gpsd-mt3339.log", nmea)
+    site = "opt/vigil/venv/lib/python3*/site-packages"
+    capture = next(chroot.root.glob(f"{site}/vigil/device/captures/gpsd-mt3339.log"))
     device_log, hub_log = work / "device.log", work / "hub.log"
     device_log.unlink(missing_ok=True)  # this run's lines only
-    device_argv = chroot.argv(["sh", "-c", _AS_THE_UNIT], env={"PYTHONDONTWRITEBYTECODE": "1"})
+    device_argv = chroot.argv(["sh", "-c", _AS_THE_UNIT, f"/{capture.relative_to(chroot.root)}"])
+    device_env = chroot.environment({"PYTHONDONTWRITEBYTECODE": "1"})
     with (
         running_mosquitto_conf(deployed.mosquitto_conf, deployed.port),
         process([BIN / "vigil-hub", "run", "--config", deployed.hub_toml], hub_log),
-        process([*device_argv], device_log, cwd=work) as device,
-    ):
+        process([*device_argv], device_log, env=device_env, cwd=work,
+                ready_timeout=READY_TIMEOUT) as device,
+    ):  # fmt: skip
         text = lambda: device_log.read_text(errors="replace")  # noqa: E731
-        wait_until(lambda: "ready, next seq" in text() or device.poll() is not None,
-                   READY_TIMEOUT, what="the emulated wearable to be ready")  # fmt: skip
-        if device.poll() is not None:
-            raise RuntimeError(f"vigil-device exited {device.returncode}:\n{text()[-2000:]}")
         assert device.stdin is not None
         hold = AlarmSettings().hold_seconds  # provisioning keeps the default
         pressed = time.monotonic()

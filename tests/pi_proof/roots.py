@@ -120,14 +120,17 @@ class Chroot:
 
     root: Path
 
-    def argv(self, command: Sequence[str], *, env: dict[str, str] | None = None) -> list[str]:
-        clean = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **(env or {})}
+    def argv(self, command: Sequence[str]) -> list[str]:
+        """The host command line that runs `command` as root in the chroot."""
         return [
             "unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-            "--kill-child=SIGTERM",
-            "sh", "-c", _IN_NAMESPACE, "sh", str(self.root),
-            "env", "-i", *(f"{k}={v}" for k, v in clean.items()), *command,
+            "--kill-child=SIGTERM", "sh", "-c", _IN_NAMESPACE, "sh", str(self.root), *command,
         ]  # fmt: skip
+
+    @staticmethod
+    def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A clean environment for `argv` (nothing of the host's leaks into the root)."""
+        return {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8", **(extra or {})}
 
     def run(
         self, *command: str, env: dict[str, str] | None = None, timeout: float = 600,
@@ -135,8 +138,8 @@ class Chroot:
     ) -> subprocess.CompletedProcess[str]:  # fmt: skip
         """Run `command` as root in the chroot; its output (stderr folded into stdout)."""
         result = subprocess.run(
-            self.argv(command, env=env), capture_output=True, text=True, timeout=timeout,
-            check=False,
+            self.argv(command), env=self.environment(env), capture_output=True, text=True,
+            timeout=timeout, check=False,
         )  # fmt: skip
         output = result.stdout + result.stderr
         if check and result.returncode != 0:

@@ -8,15 +8,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import HPKE_VECTORS, NMEA_CORPUS
 from tests.pi_proof.roots import Chroot, Release
 
 REPO = Path(__file__).resolve().parents[2]
 TESTS = ("tests/unit/test_device_*.py", "tests/unit/test_wire_*.py")
-# Only the tests and their support: `vigil` itself must come from the installed wheel.
+# Only the tests, their support and data: `vigil` itself must come from the installed wheel.
 SUPPORT = ("pyproject.toml", "tests/__init__.py", "tests/conftest.py", "tests/unit/__init__.py")
+DATA = "tests/data"
 INSIDE = "/root/vigil-tests"
-TOOLS = ("pytest", "pytest-timeout", "pytest-mock", "hypothesis")
+# tests/conftest.py imports psycopg (its PostgreSQL fixture), hence psycopg with its libpq.
+TOOLS = ("pytest", "pytest-timeout", "pytest-mock", "hypothesis", "psycopg[binary]")
 
 
 def download_test_tools(release: Release, dest: Path) -> None:
@@ -37,9 +38,7 @@ def run_unit_tests(chroot: Chroot, wheels: Path) -> str:
             target = home / source.relative_to(REPO)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
-    shutil.copytree(NMEA_CORPUS, home / "shared" / "nmea-corpus")
-    (home / "shared" / "hpke-vectors").mkdir()
-    shutil.copyfile(HPKE_VECTORS, home / "shared" / "hpke-vectors" / HPKE_VECTORS.name)
+    shutil.copytree(REPO / DATA, home / DATA)
     shutil.copytree(wheels, home / "wheels")
     python = "/opt/vigil/venv/bin/python"
     chroot.run(python, "-m", "pip", "install", "--quiet", "--no-index",
@@ -48,7 +47,7 @@ def run_unit_tests(chroot: Chroot, wheels: Path) -> str:
     result = chroot.run(
         "sh", "-c", f'cd {INSIDE} && exec "$0" "$@"', python, "-m", "pytest", "-q",
         "-p", "no:cacheprovider", *tests,
-        env={"VIGIL_SHARED": f"{INSIDE}/shared"}, timeout=1800, check=False,
+        timeout=1800, check=False,
     )  # fmt: skip
     lines = [ln for ln in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
     closing = lines[-1].strip("= ") if lines else "no pytest summary"
