@@ -102,7 +102,7 @@ def prove(release: Release, work: Path) -> list[Row]:
         problems += check_admin(proof.chroot, release)
         if problems:
             raise RuntimeError("; ".join(problems))
-        return "user, aarch64 venv, 0600 secrets, unit verified and enabled"
+        return "user, aarch64 venv, 0600 secrets, units verified and enabled, check OK"
 
     def alarm() -> str:
         assert proof.chroot is not None

@@ -14,22 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.pi_proof.firstboot import AS_THE_UNIT
 from tests.pi_proof.roots import Chroot
 from tests.support.broker import running_mosquitto_conf
 from tests.support.deployment import BIN, Deployment, process, run
 from tests.support.wait import wait_until
 from vigil.device.core import AlarmSettings
 
-# What systemd does for the unit (RuntimeDirectory=, WorkingDirectory=, UMask=, User=); the
-# GPS is the capture that ships inside the installed package.
-_AS_THE_UNIT = """set -e
-install -d -o vigil -g vigil -m 0700 /run/vigil-device
-cd /run/vigil-device
-umask 077
-exec setpriv --reuid=vigil --regid=vigil --init-groups \\
-    /opt/vigil/venv/bin/vigil-device simulate --config /etc/vigil/device.toml \\
-    --nmea "$0" --nmea-rate 50
-"""
 # Until the emulated daemon tells its notify socket READY=1 (an abstract socket: the root
 # shares the host's network namespace, so it reaches it as it would reach systemd's).
 READY_TIMEOUT = 180.0
@@ -48,11 +39,15 @@ class AlarmResult:
 
 def deliver_alarm(work: Path, deployed: Deployment, chroot: Chroot, label: str) -> AlarmResult:
     """Hold the button; wait for the device's receipt; check the hub stored the alert."""
+    # The GPS: the capture that ships inside the installed package.
     site = "opt/vigil/venv/lib/python3*/site-packages"
     capture = next(chroot.root.glob(f"{site}/vigil/device/captures/gpsd-mt3339.log"))
     device_log, hub_log = work / "device.log", work / "hub.log"
     device_log.unlink(missing_ok=True)  # this run's lines only
-    device_argv = chroot.argv(["sh", "-c", _AS_THE_UNIT, f"/{capture.relative_to(chroot.root)}"])
+    device_argv = chroot.argv(
+        [*AS_THE_UNIT, "simulate", "--config", "/etc/vigil/device.toml",
+         "--nmea", f"/{capture.relative_to(chroot.root)}", "--nmea-rate", "50"]
+    )  # fmt: skip
     device_env = chroot.environment({"PYTHONDONTWRITEBYTECODE": "1"})
     with (
         running_mosquitto_conf(deployed.mosquitto_conf, deployed.port),

@@ -28,6 +28,14 @@ BOOT = "/boot/firmware"
 SECRETS = ("vigil/device.key", "vigil/mqtt-password")
 ADMIN = "vigil-admin"
 ELF_AARCH64 = 183  # e_machine of an aarch64 ELF file
+# `vigil-device ARGS` as systemd runs the unit: RuntimeDirectory=, WorkingDirectory=, UMask=,
+# User= and Group= with the supplementary groups (gpio, dialout, i2c).
+AS_THE_UNIT = (
+    "sh", "-c",
+    "install -d -o vigil -g vigil -m 0700 /run/vigil-device && cd /run/vigil-device && "
+    "umask 077 && exec setpriv --reuid=vigil --regid=vigil --init-groups "
+    '/opt/vigil/venv/bin/vigil-device "$@"', "vigil-device",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ def check_boot_partition(chroot: Chroot, release: Release) -> list[str]:
 def check_installed(chroot: Chroot) -> list[str]:
     """Step 3: user, venv on aarch64 wheels, secrets 0600, unit verified and enabled."""
     problems = _check_user(chroot) + _check_venv(chroot) + _check_secrets(chroot)
+    problems += _check_daemon(chroot)
     for unit in ("vigil-device.service", "vigil-fuel-gauge.service"):
         verify = chroot.run("systemd-analyze", "verify", f"/etc/systemd/system/{unit}",
                             check=False)  # fmt: skip
@@ -168,6 +177,22 @@ def _check_secrets(chroot: Chroot) -> list[str]:
         mode = chroot.run("stat", "-c", "%a %U:%G", path, check=False).stdout.strip()
         if mode != "600 vigil:vigil":
             problems.append(f"{path} is {mode!r}, not 600 vigil:vigil")
+    return problems
+
+
+def _check_daemon(chroot: Chroot) -> list[str]:
+    """The guide's on-Pi check passes; `run` without a Pi refuses in one line (exit 78)."""
+    problems = []
+    config = ("--config", "/etc/vigil/device.toml")
+    check = chroot.run(*AS_THE_UNIT, "check", *config, check=False)
+    if check.returncode != 0:
+        problems.append(f"vigil-device check: {check.stdout.strip()[-500:]}")
+    run = chroot.run(*AS_THE_UNIT, "run", *config, env={"GPIOZERO_PIN_FACTORY": "lgpio"},
+                     check=False, timeout=120)  # fmt: skip
+    if run.returncode != 78 or "Traceback" in run.stdout:
+        problems.append(
+            f"vigil-device run without a Pi: exit {run.returncode}, {run.stdout[-500:]}"
+        )
     return problems
 
 
