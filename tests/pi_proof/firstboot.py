@@ -2,15 +2,14 @@
 /boot/firmware of the arm64 root, the real first-boot path run there, and what it left checked.
 
 Bookworm: `firstrun.sh` runs as `systemd.run=` would run it (root, no arguments). Trixie:
-cloud-init's own schema check on `user-data` and `network-config`, then each `runcmd` entry,
-which is what cloud-init's runcmd and scripts_user modules run at first boot. cloud-init's
-other modules (the admin user, SSH keys, netplan) need a booted system and its datasource,
-so the proof does not run them.
+cloud-init's own schema check on `user-data` and `network-config`, then the script that
+cloud-init's runcmd module makes of `runcmd` (with cloud-init's code), as scripts_user runs
+it. cloud-init's other modules (the admin user, SSH keys, netplan) need a booted system and
+its datasource, so the proof does not run them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -90,6 +89,16 @@ def stand_in_lgpio(chroot: Chroot, wheels: Path) -> bool:
     return True
 
 
+# cloud-init's runcmd module, as it writes the script that its scripts_user module then runs:
+# the user-data's runcmd entries made one shell script by cloud-init's own code.
+RUNCMD = "/var/lib/cloud/instance/scripts/runcmd"
+_WRITE_RUNCMD = f"""import sys
+from cloudinit import util
+runcmd = util.load_yaml(util.load_text_file(sys.argv[1]))["runcmd"]
+util.write_file("{RUNCMD}", util.shellify(runcmd), 0o700)
+"""
+
+
 def boot(chroot: Chroot, release: Release) -> str:
     """Run the release's first-boot path in the root; return what it printed."""
     if not release.cloud_init:
@@ -97,10 +106,10 @@ def boot(chroot: Chroot, release: Release) -> str:
     out = chroot.run("cloud-init", "schema", "--config-file", f"{BOOT}/user-data").stdout
     out += chroot.run("cloud-init", "schema", "--schema-type", "network-config",
                       "--config-file", f"{BOOT}/network-config").stdout  # fmt: skip
-    user_data = chroot.path(f"{BOOT}/user-data").read_text()
-    for command in json.loads(user_data.removeprefix("#cloud-config\n"))["runcmd"]:
-        out += chroot.run(*command).stdout
-    return out
+    chroot.run("python3", "-c", _WRITE_RUNCMD, f"{BOOT}/user-data")
+    # Its exit status is the last command's, install.sh's. `systemctl enable --now ssh` before
+    # it is refused in a chroot (systemd 257 will not enable and start with no systemd running).
+    return out + chroot.run(RUNCMD).stdout
 
 
 def check_boot_partition(chroot: Chroot, release: Release) -> list[str]:
@@ -152,6 +161,8 @@ import cryptography, vigil.device.cli, vigil.wire.envelope
 from cryptography.hazmat.primitives import hpke
 from vigil.device.config import PINOUT, default_pins
 assert PINOUT.is_file(), PINOUT
+# --system-site-packages: the image's own python3-cryptography (no HPKE) must not win.
+assert cryptography.__file__.startswith("/opt/vigil/venv/"), cryptography.__file__
 print(platform.machine(), sys.version.split()[0], cryptography.__version__, default_pins()[0])
 """
 

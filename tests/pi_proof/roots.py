@@ -23,7 +23,7 @@ from pathlib import Path
 # Raspberry Pi OS Lite 64-bit is Debian arm64 plus the Pi's archive. From Debian: what first
 # boot uses (python3-venv, systemd, sudo, openssl, useradd from passwd, sshd which an SSH
 # key enables, NetworkManager whose keyfile firstrun.sh writes, rfkill); Trixie also boots
-# through cloud-init.
+# through cloud-init, with netplan for its network-config.
 BASE_PACKAGES = (
     "python3", "python3-venv", "systemd", "sudo", "openssl", "passwd", "openssh-server",
     "network-manager", "rfkill",
@@ -76,7 +76,11 @@ class Release:
 
 RELEASES = {
     "bookworm": Release("bookworm", "3.11"),
-    "trixie": Release("trixie", "3.13", ("cloud-init",), cloud_init=True),
+    # netplan: Imager's network-config (Wi-Fi) is netplan's, which cloud-init hands on to it and
+    # checks with netplan's own parser (its built-in schema knows no `wifis`).
+    "trixie": Release(
+        "trixie", "3.13", ("cloud-init", "netplan.io", "python3-netplan"), cloud_init=True
+    ),
 }
 
 
