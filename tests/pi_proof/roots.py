@@ -106,6 +106,9 @@ def root_tar(release: Release, log: Path) -> tuple[Path, bool]:
     with log.open("ab") as sink:
         subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, check=True, timeout=3600)
     partial.rename(tar)  # only a complete root is ever taken from the cache
+    for stale in tar.parent.glob(f"{release.name}-*.tar"):
+        if stale != tar:  # an older recipe's root: never used again
+            stale.unlink()
     return tar, True
 
 
