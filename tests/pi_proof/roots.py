@@ -106,8 +106,8 @@ def root_tar(release: Release, log: Path) -> tuple[Path, bool]:
     with log.open("ab") as sink:
         subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, check=True, timeout=3600)
     partial.rename(tar)  # only a complete root is ever taken from the cache
-    for stale in tar.parent.glob(f"{release.name}-*.tar"):
-        if stale != tar:  # an older recipe's root: never used again
+    for stale in tar.parent.glob(f"{release.name}-*.tar"):  # older recipes': never used again
+        if stale != tar and not stale.name.endswith(".partial.tar"):
             stale.unlink()
     return tar, True
 
