@@ -19,6 +19,13 @@ SUPPORT = ("pyproject.toml", "tests/__init__.py", "tests/conftest.py", "tests/un
 DATA = "tests/data"
 INSIDE = "/root/vigil-tests"
 # tests/conftest.py imports psycopg (its PostgreSQL fixture), hence psycopg with its libpq.
+# Emulated aarch64 on a loaded machine is many times slower than any real CPU: hypothesis's
+# per-example deadline and its "too slow" health checks measure that, not the code, so they
+# are off for this run (`-p emulated`); every assertion stays.
+EMULATED_PLUGIN = """from hypothesis import HealthCheck, settings
+settings.register_profile("emulated", deadline=None, suppress_health_check=list(HealthCheck))
+settings.load_profile("emulated")
+"""
 TOOLS = ("pytest", "pytest-timeout", "pytest-mock", "hypothesis", "psycopg[binary]")
 
 
@@ -41,6 +48,7 @@ def run_unit_tests(chroot: Chroot, wheels: Path) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
     shutil.copytree(REPO / DATA, home / DATA)
+    (home / "emulated.py").write_text(EMULATED_PLUGIN)
     shutil.copytree(wheels, home / "wheels")
     python = "/opt/vigil/venv/bin/python"
     chroot.run(python, "-m", "pip", "install", "--quiet", "--no-index",
@@ -48,7 +56,7 @@ def run_unit_tests(chroot: Chroot, wheels: Path) -> str:
     tests = sorted(str(p.relative_to(home)) for t in TESTS for p in home.glob(t))
     result = chroot.run(
         "sh", "-c", f'cd {INSIDE} && exec "$0" "$@"', python, "-m", "pytest", "-q",
-        "-p", "no:cacheprovider", *tests,
+        "-p", "no:cacheprovider", "-p", "emulated", *tests,
         timeout=1800, check=False,
     )  # fmt: skip
     lines = [ln for ln in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
