@@ -61,7 +61,9 @@ def deliver_alarm(work: Path, deployed: Deployment, chroot: Chroot, label: str) 
         pressed = time.monotonic()
         device.stdin.write(f"hold {hold + 0.5}\n".encode())
         device.stdin.flush()
-        queued = lambda: re.search(r"seq=(\d+) kind=alarm queued", text())  # noqa: E731
+        # Device logs never name a kind (a seized journal must not say "alarm"); heartbeats
+        # are never queued, so the first queued seq after the hold is the alarm.
+        queued = lambda: re.search(r"seq=(\d+) queued", text())  # noqa: E731
         seq = wait_until(queued, 60, what="the alarm in the outbox").group(1)
         stored = f"seq={seq} stored by the hub"
         wait_until(lambda: stored in text(), 120, what="the hub's receipt for the alarm")
