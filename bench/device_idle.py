@@ -19,9 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.env import progress
+from bench.results import Figure, Goal, Results
 from tests.conftest import nmea_log
 from tests.support.broker import running_mosquitto
 from tests.support.device_setup import make_device
+from tests.support.hubproc import rss_mib
 from vigil.device.outbox import Outbox
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -33,16 +36,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def measure(proc: subprocess.Popen[bytes], seconds: float) -> tuple[float, float, float]:
+def measure(
+    proc: subprocess.Popen[bytes], seconds: float, *, warmup: float = WARMUP
+) -> tuple[float, float, float]:
     """Return (CPU % of one core, RSS MiB at the end, peak RSS MiB sampled each second)."""
-    time.sleep(WARMUP)  # let imports, connection and the first fixes settle
+    time.sleep(warmup)  # let imports, connection and the first fixes settle
     start_cpu, start = cpu_seconds(proc.pid), time.monotonic()
     peak = 0.0
     while time.monotonic() - start < seconds:
@@ -52,16 +50,18 @@ def measure(proc: subprocess.Popen[bytes], seconds: float) -> tuple[float, float
     return 100 * used / (time.monotonic() - start), rss_mib(proc.pid), peak
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--no-gps", action="store_true", help="no NMEA replay (no receiver)")
-    args = parser.parse_args(argv)
-    gps = "no GPS" if args.no_gps else "GPS replay at 5 lines/s"
-    print(f"== device: idle daemon over {args.seconds:.0f} s, {gps} ==")  # noqa: T201
-    with tempfile.TemporaryDirectory() as tmp, running_mosquitto(Path(tmp) / "broker") as broker:
-        dev = make_device(Path(tmp) / "dev", port=broker.port)
-        log = (Path(tmp) / "daemon.log").open("wb")
+BARE_IMPORTS = (
+    "import vigil.device.cli, vigil.device.daemon, vigil.device.hardware, vigil.device.outbox, "
+    "vigil.device.drivers.gps, gpiozero.pins.mock, serial, paho.mqtt.client, time; "
+    "time.sleep(3600)"
+)  # the same libraries the daemon imports, and nothing running
+
+
+def idle(work: Path, seconds: float, *, gps: bool = True) -> dict[str, float]:
+    """Run the simulated daemon idle against a local mosquitto; measure it and a bare twin."""
+    with running_mosquitto(work / "broker") as broker:
+        dev = make_device(work / "dev", port=broker.port)
+        log = (work / "daemon.log").open("wb")
         cmd = [
             sys.executable,
             "-m",
@@ -70,15 +70,18 @@ def main(argv: list[str] | None = None) -> None:
             "--config",
             str(dev.config_path),
         ]
-        if not args.no_gps:
+        if gps:
             cmd += ["--nmea", str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "5"]
-        bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        bare = subprocess.Popen([sys.executable, "-c", BARE_IMPORTS])  # noqa: S603
         daemon = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, cwd=tmp
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, cwd=work
         )
         try:
-            results = measure(daemon, args.seconds)
-            base = (100 * cpu_seconds(bare.pid) / (args.seconds + WARMUP), rss_mib(bare.pid))
+            time.sleep(WARMUP)  # let imports, connection and the first fixes settle
+            bare_start = cpu_seconds(bare.pid)
+            cpu, rss, peak = measure(daemon, seconds, warmup=0.0)
+            base_cpu = 100 * (cpu_seconds(bare.pid) - bare_start) / seconds
+            base_rss = rss_mib(bare.pid)
         finally:
             for proc in (daemon, bare):
                 proc.terminate()
@@ -88,12 +91,59 @@ def main(argv: list[str] | None = None) -> None:
         outbox = Outbox.open(dev.state_dir / "outbox.sqlite3")
         made, queued = outbox.next_seq, len(outbox)
         outbox.close()
-    cpu, rss, peak = results
-    print(f"{'daemon CPU (one core)':<40} {cpu:8.2f} %    baseline {base[0]:6.2f} %")  # noqa: T201
-    print(f"{'daemon RSS at the end':<40} {rss:8.1f} MiB  baseline {base[1]:6.1f} MiB")  # noqa: T201
-    print(f"{'daemon RSS peak':<40} {peak:8.1f} MiB")  # noqa: T201
-    print(f"{'uplinks made (idle: heartbeats)':<40} {made:8d}")  # noqa: T201
-    print(f"{'left in the outbox':<40} {queued:8d}")  # noqa: T201
+    return {
+        "cpu": cpu,
+        "rss": rss,
+        "peak": peak,
+        "base_cpu": base_cpu,
+        "base_rss": base_rss,
+        "made": made,
+        "queued": queued,
+    }
+
+
+def run(results: Results, work: Path, seconds: float = 30.0) -> None:
+    """The `make bench` figures: idle CPU and RSS against a bare twin."""
+    work.mkdir(parents=True, exist_ok=True)
+    progress(f"device: the simulated daemon idle for {seconds:.0f} s, GPS replay at 5 lines/s")
+    m = idle(work, seconds)
+    results.add(
+        Figure(
+            "device idle CPU (one core)",
+            m["cpu"],
+            "%",
+            m["base_cpu"],
+            "bare interpreter with the same imports",
+            (Goal("value", "<=", 0.5),),
+        )
+    )
+    results.add(
+        Figure(
+            "device idle RSS (peak)",
+            m["peak"],
+            "MiB",
+            m["base_rss"],
+            "bare interpreter with the same imports",
+            (Goal("value", "<=", 40.0),),
+            note=f"{m['made']:.0f} uplinks made, {m['queued']:.0f} left queued",
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--no-gps", action="store_true", help="no NMEA replay (no receiver)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        m = idle(Path(tmp), args.seconds, gps=not args.no_gps)
+    for name, key, base, unit in (
+        ("daemon CPU (one core)", "cpu", "base_cpu", "%"),
+        ("daemon RSS at the end", "rss", "base_rss", "MiB"),
+    ):
+        print(f"{name:<40} {m[key]:8.2f} {unit:<4} baseline {m[base]:6.2f} {unit}")  # noqa: T201
+    print(f"{'daemon RSS peak':<40} {m['peak']:8.1f} MiB")  # noqa: T201
+    print(f"{'uplinks made (idle: heartbeats)':<40} {m['made']:8.0f}")  # noqa: T201
 
 
 if __name__ == "__main__":

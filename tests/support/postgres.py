@@ -62,6 +62,25 @@ class PostgresServer:
         path = self.folder / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def url_for(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database on this server; return its URL."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+    def restart(self, *, timeout: float = 60.0) -> None:
+        """Crash the server (`pg_ctl stop -m immediate`: no checkpoint) and start it again."""
+        data = self.folder / "data"
+        _run([str(server_bin_dir() / "pg_ctl"), "stop", "--wait", "-m", "immediate",
+              "-D", str(data)], self.folder)  # fmt: skip
+        _run([str(server_bin_dir() / "pg_ctl"), "start", "--no-wait", "-D", str(data),
+              "-l", str(self.folder / "server.log")], self.folder)  # fmt: skip
+        wait_until(lambda: accepts_connections(self.url), timeout,
+                   what=f"PostgreSQL to accept connections again on port {self.port}")  # fmt: skip
+
 
 def _as_server_user(argv: list[str]) -> list[str]:
     if os.geteuid() != 0:
@@ -89,18 +108,22 @@ def accepts_connections(url: str) -> bool:
     return True
 
 
-def _configure(data: Path, port: int) -> None:
-    """Loopback TCP only (no Unix socket to place), and no fsync: the data is thrown away."""
+def _configure(data: Path, port: int, *, durable: bool) -> None:
+    """Loopback TCP only (no Unix socket to place); no fsync unless `durable` (the tests
+    throw the data away; a benchmark of durable commits needs them as shipped)."""
     with (data / "postgresql.conf").open("a") as conf:
         conf.write(
             f"\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = ''\n"
-            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
         )
+        if not durable:
+            conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
 
 @contextmanager
-def running_postgres(*, timeout: float = 60.0) -> Iterator[PostgresServer]:
-    """Create a cluster in a fresh temporary folder, start it, yield it; stop and remove it."""
+def running_postgres(*, timeout: float = 60.0, durable: bool = False) -> Iterator[PostgresServer]:
+    """Create a cluster in a fresh temporary folder, start it, yield it; stop and remove it.
+
+    `durable`: fsync and synchronous commits on, as a production server has them."""
     bin_dir = server_bin_dir()
     # Not under pytest's tmp folder: that is private to the test user, and the server
     # user (nobody, when we are root) must be able to enter its own data folder.
@@ -114,7 +137,7 @@ def running_postgres(*, timeout: float = 60.0) -> Iterator[PostgresServer]:
             os.chown(folder, user.pw_uid, user.pw_gid)
         _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
               "--no-locale", "-E", "UTF8", "--no-sync"], folder)  # fmt: skip
-        _configure(data, port)
+        _configure(data, port, durable=durable)
         _run([str(bin_dir / "pg_ctl"), "start", "--no-wait", "-D", str(data),
               "-l", str(folder / "server.log")], folder)  # fmt: skip
         started = True

@@ -13,6 +13,7 @@ import email
 import email.policy
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class Post:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it arrived (for latencies)
 
     def json(self) -> Any:
         return json.loads(self.body)
