@@ -6,6 +6,7 @@ Queries are prepared on the server after their first use (`prepare_threshold`);
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from vigil.hub.store.repo import Cursor, Row
 from vigil.hub.store.sql import SqlStore, first_line
 
 PREPARE_AFTER = 1  # executions of one query before the server keeps it prepared
+_LOG = logging.getLogger(__name__)
 
 
 class _Cursor:
@@ -68,23 +70,33 @@ class PostgresStore(SqlStore):
         super().__init__()
         self.where = "PostgreSQL store"
         self._pipe: psycopg.Pipeline | None = None
-        try:
-            # Autocommit: transactions are the explicit BEGIN ... COMMIT of `SqlStore`.
-            # The ingest path runs the same few statements all day: prepare them on the
-            # server from their second use (one parse and plan per connection).
-            self._conn = psycopg.connect(url, autocommit=True, row_factory=dict_row,
-                                         prepare_threshold=PREPARE_AFTER)  # fmt: skip
-        except psycopg.Error as exc:
-            raise StorageError(
-                f"cannot connect to the PostgreSQL store: {first_line(exc)}"
-            ) from exc
+        self._url = url
+        self._conn = self._connect()
         try:
             self._open(create=create)
         except BaseException:
             self._conn.close()
             raise
 
+    def _connect(self) -> psycopg.Connection[DictRow]:
+        try:
+            # Autocommit: transactions are the explicit BEGIN ... COMMIT of `SqlStore`.
+            # The ingest path runs the same few statements all day: prepare them on the
+            # server from their second use (one parse and plan per connection).
+            return psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
+                                   prepare_threshold=PREPARE_AFTER)  # fmt: skip
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot connect to the PostgreSQL store: {first_line(exc)}"
+            ) from exc
+
     def _cursor(self) -> Cursor:
+        if self._conn.broken and self._depth == 0:
+            # The server restarted or the link broke: the transaction that met it failed
+            # (StorageError, nothing receipted); the next one starts on a new connection.
+            _LOG.warning("%s: the connection was lost; connecting again", self.where)
+            self._conn.close()
+            self._conn = self._connect()
         return _Cursor(self._conn)
 
     def _begin_sql(self, *, write: bool) -> str:
