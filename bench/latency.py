@@ -38,7 +38,8 @@ from vigil.runtime.mqtt import MqttClient
 from vigil.wire.topics import down_topic
 
 ALARMS = 20  # per flood condition
-ALARM_TIMEOUT = 15.0  # s an alarm's receipt may take before it counts as that long
+ALARM_TIMEOUT = 10.0  # s an alarm's receipt may take before it counts as that long
+ALARMS_BUDGET = 30.0  # s for one condition's alarms
 HOLDS = 200  # hold -> stored rounds (the issue asks for at least 200)
 HOLD_BUDGET = 90.0  # s at most for them
 POSTS = 20  # hold -> webhook rounds (each waits for its POST: escalation may run on a timer)
@@ -58,8 +59,11 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def _alarm_latencies(fleet: Fleet, alarmers: list[SimDevice], env: BenchEnv) -> list[float]:
-    out = []
+    out: list[float] = []
+    deadline = time.monotonic() + ALARMS_BUDGET
     for device in alarmers:
+        if out and time.monotonic() > deadline:  # a hub far behind: enough to judge it
+            break
         up = alarm(device, env.hub_keys.public())
         fleet.forget(device)
         start = time.monotonic()
