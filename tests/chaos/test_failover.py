@@ -12,8 +12,12 @@ gone, and is restarted. Every round waits until every alarm is receipted.
 
 At the end: every alarm stored once (one alert each), each escalation step of each
 alert POSTed once to the sink, and the table `sent / stored / notified / duplicates
-/ lost` with lost = 0 and duplicates = 0. VIGIL_CHAOS_SECONDS bounds the rounds (the
-per-test timeout follows it); VIGIL_CHAOS_SEED replays a run's choice of victims.
+/ lost` with lost = 0 and duplicates = 0. One repeat is told apart and reported,
+not counted as a duplicate: a step whose first POST left a hub just before it was
+SIGKILLed, sent again once that hub's claim lapsed. The dead hub could not record
+it, so nobody can know it went out; delivery is at least once, never lost.
+VIGIL_CHAOS_SECONDS bounds the rounds (the per-test timeout follows it);
+VIGIL_CHAOS_SEED replays a run's choice of victims.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -41,13 +45,14 @@ from tests.support.postgres import PostgresServer, running_postgres
 from tests.support.sinks import WebhookSink, webhook_sink
 from tests.support.wait import wait_until
 from vigil.errors import TransportError
+from vigil.hub.delivery import CLAIM_LEASE, SENDERS
 from vigil.hub.store import open_store
 from vigil.wire import HubKeys
 
 pytestmark = pytest.mark.chaos
 
 SECONDS = float(os.environ.get("VIGIL_CHAOS_SECONDS", "90"))
-ALLOWANCE = 420.0  # the last round may start at the deadline; then the final checks
+ALLOWANCE = 600.0  # the last round may start at the deadline; then the final checks
 DEVICES, HUBS, STORM = 1000, 3, 60  # wearables, hub processes, alarms per round
 HEARTBEATS_PER_S = 50.0  # the whole fleet's (about one a device every 20 s)
 SECOND_TIER = 8.0  # s until the partners' step; a dead hub stays dead longer than this
@@ -113,6 +118,7 @@ class Rig:
     hubs: list[HubProcess]
     wearers: Wearers
     devices: list[SimDevice]
+    kills: list[float] = field(default_factory=list)  # monotonic times of the SIGKILLs
 
 
 @contextmanager
@@ -151,6 +157,7 @@ def play_round(r: Rig, n: int, rng: random.Random) -> None:
     r.wearers.raise_alarms(storm[: STORM // 2])
     victim.kill()
     died = time.monotonic()
+    r.kills.append(died)
     r.wearers.raise_alarms(storm[STORM // 2 :])
     r.broker.restart()
     r.postgres.restart()
@@ -161,16 +168,24 @@ def play_round(r: Rig, n: int, rng: random.Random) -> None:
     wait_until(lambda: not r.wearers.unstored(), 180, what=f"round {n}'s alarms to be stored")
 
 
-def _posts(hook: WebhookSink) -> Counter[tuple[str, int]]:
-    """POSTs per (step path, alert id)."""
-    counts: Counter[tuple[str, int]] = Counter()
+def _posts(hook: WebhookSink) -> dict[tuple[str, int], list[float]]:
+    """When each POST arrived, per (step path, alert id)."""
+    times: dict[tuple[str, int], list[float]] = defaultdict(list)
     with hook.lock:
         posts = list(hook.posts)
     for post in posts:
         match = _ALERT.search(json.loads(post.body).get("message", ""))
         if match:
-            counts[post.path, int(match.group(1))] += 1
-    return counts
+            times[post.path, int(match.group(1))].append(post.at)
+    return times
+
+
+def _resent_after_a_kill(times: list[float], kills: list[float]) -> bool:
+    """Two POSTs of one step: the first just before a SIGKILL, the second once its claim
+    lapsed. The killed hub sent it and died before recording it: nobody can know it
+    went out, so it goes again (at least once, never lost; see the report)."""
+    first, second = sorted(times)[:2]
+    return len(times) == 2 and any(first <= k <= first + 2 and second >= k for k in kills)
 
 
 def _alerts(url: str) -> list[tuple[int, str, int]]:
@@ -191,12 +206,17 @@ def tally(r: Rig) -> dict[str, int]:
     stored, alerts, posts = _stored(r.store_url), _alerts(r.store_url), _posts(r.hook)
     per_alarm = Counter((d, s) for _, d, s in alerts)
     expected = {(path, a) for a, _, _ in alerts for path in ("/operators", "/partners")}
+    repeated = [t for t in posts.values() if len(t) > 1]
+    resent = sum(_resent_after_a_kill(t, r.kills) for t in repeated)
     return {
         "sent": len(sent),
         "stored": len(sent & stored),
         "alerts": len(alerts),
-        "notified": sum(posts.values()),
-        "duplicates": sum(c - 1 for c in per_alarm.values()) + sum(c - 1 for c in posts.values()),
+        "notified": sum(len(t) for t in posts.values()),
+        "duplicates": sum(c - 1 for c in per_alarm.values())
+        + sum(len(t) - 1 for t in repeated)
+        - resent,
+        "resent after a kill": resent,
         "lost": len(sent - stored) + len(sent - set(per_alarm)) + len(expected - set(posts)),
     }
 
@@ -219,8 +239,9 @@ def test_three_hubs_lose_nothing_and_notify_once(tmp_path: Path) -> None:
             while n == 0 or time.monotonic() < deadline:
                 play_round(r, n, rng)
                 n += 1
-            # Every alert's partners step comes due SECOND_TIER after it opened.
-            wait_until(lambda: tally(r)["notified"] >= 2 * tally(r)["alerts"], SECOND_TIER + 90,
+            # Every alert's partners step comes due SECOND_TIER after it opened; a step the
+            # killed hub had claimed goes again once its claim lapses (CLAIM_LEASE).
+            wait_until(lambda: tally(r)["lost"] == 0, CLAIM_LEASE + SECOND_TIER + 60,
                        what="every escalation step to be notified")  # fmt: skip
         finally:
             stop.set()
@@ -233,3 +254,4 @@ def test_three_hubs_lose_nothing_and_notify_once(tmp_path: Path) -> None:
         assert counts["lost"] == 0
         assert counts["duplicates"] == 0
         assert counts["stored"] == counts["sent"] == counts["alerts"]
+        assert counts["resent after a kill"] <= len(r.kills) * SENDERS  # only what was in flight
