@@ -73,11 +73,18 @@ class PostgresServer:
 
     def restart(self, *, timeout: float = 60.0) -> None:
         """Crash the server (`pg_ctl stop -m immediate`: no checkpoint) and start it again."""
-        data = self.folder / "data"
+        self.crash()
+        self.start(timeout=timeout)
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would (committed work survives only when durable)."""
         _run([str(server_bin_dir() / "pg_ctl"), "stop", "--wait", "-m", "immediate",
-              "-D", str(data)], self.folder)  # fmt: skip
+              "-D", str(self.folder / "data")], self.folder)  # fmt: skip
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        data, log = self.folder / "data", self.folder / "server.log"
         _run([str(server_bin_dir() / "pg_ctl"), "start", "--no-wait", "-D", str(data),
-              "-l", str(self.folder / "server.log")], self.folder)  # fmt: skip
+              "-l", str(log)], self.folder)  # fmt: skip
         wait_until(lambda: accepts_connections(self.url), timeout,
                    what=f"PostgreSQL to accept connections again on port {self.port}")  # fmt: skip
 

@@ -31,6 +31,8 @@ from vigil.wire.ids import DeviceId
 _LOG = logging.getLogger(__name__)
 CLAIM_LEASE = 120.0  # s a hub holds a delivery it is sending; then another may retry it
 SENDERS = 8  # notices sent at once
+RECORD_PATIENCE = 60.0  # s a sender keeps trying to record a sent notice (< CLAIM_LEASE)
+RECORD_RETRY = 0.5  # s between those tries
 RATE_WINDOW = 60.0  # s over which a device's notice rate is counted
 
 
@@ -143,17 +145,36 @@ class Dispatcher:
             except Exception as exc:  # a compose or channel plugin bug must not stop the others
                 _LOG.exception("delivery %s of alert %s to %s crashed", d.id, d.alert_id, d.label)
                 ok, detail = False, f"crashed: {type(exc).__name__}: {exc}"[:500]
-            try:
-                next_at = _retry_at(d, ok=ok, policy=self.policy, now=c.now, rand=self._rand)
-                with self.store.transaction() as tx:
-                    _record(tx, d, ok=ok, detail=detail, next_at=next_at, now=c.now,
-                            actor=self.actor)  # fmt: skip
-            except StorageError:  # its claim lapses and it is tried again
-                _LOG.exception("delivery %s: could not record attempt (%s)", d.id, detail)
+            next_at = _retry_at(d, ok=ok, policy=self.policy, now=c.now, rand=self._rand)
+            self._record_patiently(d, ok=ok, detail=detail, next_at=next_at, now=c.now)
         finally:
             with self._lock:
                 self._in_flight.pop(d.id, None)
             self.wake.set()
+
+    def _record_patiently(
+        self, d: Delivery, *, ok: bool, detail: str, next_at: float | None, now: float
+    ) -> None:
+        """Record an attempt; while the store is away, try again for RECORD_PATIENCE.
+
+        A notice that went out but whose record is lost is sent again once its claim
+        lapses: a store that restarts right after a send must not make responders
+        hear it twice.
+        """
+        give_up = time.monotonic() + RECORD_PATIENCE  # real time: it sleeps for real
+        while True:
+            try:
+                with self.store.transaction() as tx:
+                    _record(tx, d, ok=ok, detail=detail, next_at=next_at, now=now,
+                            actor=self.actor)  # fmt: skip
+            except StorageError as exc:
+                if time.monotonic() >= give_up:  # its claim lapses and it is tried again
+                    _LOG.exception("delivery %s: could not record attempt (%s)", d.id, detail)
+                    return
+                _LOG.warning("delivery %s: cannot record attempt yet (%s); retrying", d.id, exc)
+                time.sleep(RECORD_RETRY)  # the store is away; nothing else to do meanwhile
+                continue
+            return
 
 
 def _retry_at(
