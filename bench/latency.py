@@ -171,7 +171,6 @@ def _wearer(env: BenchEnv, url: str, label: str) -> Iterator[tuple[Daemon, _Felt
         "long_press_seconds": 0.2,
         "gap_seconds": 0.05,
         "heartbeat_interval": 3600,
-        "position_interval": 3600,
     }
     work = env.work / env.name("wearer")
     dev = make_device(
