@@ -100,7 +100,9 @@ class PostgresStore(SqlStore):
         return _Cursor(self._conn)
 
     def _begin_sql(self, *, write: bool) -> str:
-        return "BEGIN" if write else "BEGIN READ ONLY"
+        # A read is one consistent view (PostgreSQL's default gives each statement its own
+        # snapshot): the audit head and its entries, read together, must agree.
+        return "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
     @contextmanager
     def _pipelined(self) -> Iterator[object]:
