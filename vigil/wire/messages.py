@@ -183,13 +183,12 @@ class Stored:
 
 
 @dataclass(frozen=True, slots=True)
-class Acknowledged:
-    """A human responder took alarm `alarm_seq`: help is on the way."""
+class _AlarmAnswer:
+    """News about alarm `alarm_seq`, naming it by the digest of the uplink that raised it."""
 
-    KIND: ClassVar[Kind] = Kind.ACKNOWLEDGED
     DIRECTION: ClassVar[Direction] = Direction.DOWN
     alarm_seq: int
-    digest: str  # of the uplink this answers (vigil.wire.liveness.uplink_digest)
+    digest: str  # of the alarm uplink (vigil.wire.liveness.uplink_digest)
 
     def __post_init__(self) -> None:
         check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
@@ -197,17 +196,17 @@ class Acknowledged:
 
 
 @dataclass(frozen=True, slots=True)
-class Resolved:
+class Acknowledged(_AlarmAnswer):
+    """A human responder took alarm `alarm_seq`: help is on the way."""
+
+    KIND: ClassVar[Kind] = Kind.ACKNOWLEDGED
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved(_AlarmAnswer):
     """Alarm `alarm_seq` is closed: stop sending follow-up positions."""
 
     KIND: ClassVar[Kind] = Kind.RESOLVED
-    DIRECTION: ClassVar[Direction] = Direction.DOWN
-    alarm_seq: int
-    digest: str  # of the uplink this answers (vigil.wire.liveness.uplink_digest)
-
-    def __post_init__(self) -> None:
-        check_int("alarm_seq", self.alarm_seq, 0, MAX_SEQ)
-        check_digest(self.digest)
 
 
 Setting: TypeAlias = bool | int | float | str
