@@ -45,7 +45,8 @@ def main() -> int:
             f":{smtp.port}, webhook on :{hook.port}")  # fmt: skip
         files = prepare(work, broker=broker, smtp=smtp, hook=hook)
         say(f"hub keys made, device {files.device_id} enrolled as {files.label!r}")
-        hub = Watched("hub", [str(BIN / "vigil-hub"), "--config", str(files.hub_config), "run"],
+        hub = Watched("hub", [str(BIN / "vigil-hub"), "--config", str(files.hub_config), "run",
+                             "--log-level", "DEBUG"],  # DEBUG: the story shows each heartbeat
                       log=work / "hub.log")  # fmt: skip
         stack.callback(hub.stop)
         device = Watched(

@@ -104,6 +104,21 @@ def test_a_stalled_smtp_server_does_not_hold_up_the_webhook(rig: Rig) -> None:
     assert rig.posts() == ["ALARM: Ana needs help"]
 
 
+def test_a_new_alarm_is_escalated_by_its_batch_not_the_timer(rig: Rig) -> None:
+    """The responders' first notices are planned as soon as the alarm is stored, and the
+    sending worker is woken: no wait for the next round of the 1 s timer."""
+    dispatcher = rig.service.dispatcher
+    dispatcher.wake.clear()
+    rig.alarm(1)
+    assert dispatcher.wake.is_set()
+    assert peek(rig.service.store, lambda tx: tx.deliveries.fired_steps(1)) == {"operators"}
+    assert dispatcher.run_due(rig.clock()) == 2  # email and webhook, no tick() in between
+    assert rig.posts() == ["ALARM: Ana needs help"]
+    dispatcher.wake.clear()
+    rig.send(parties().device_id, parties().device, Message(seq=2, body=Checkin(), epoch=EPOCH))
+    assert not dispatcher.wake.is_set()  # a routine batch plans nothing
+
+
 def test_first_notices_go_ahead_of_retries(rig: Rig) -> None:
     rig.hook.fail_next = 1
     rig.alarm(1)
@@ -180,9 +195,9 @@ def test_a_flooding_device_never_buries_another_devices_alarm(tmp_path: Path) ->
 def test_escalation_and_silence_are_selected_by_index(rig: Rig) -> None:
     store, clock = rig.service.store, rig.clock
     start = clock()
-    rig.alarm(1)
-    assert [a.id for a in write(store, lambda tx: tx.alerts.due_escalation(start))] == [1]
-    rig.service.tick()  # operators now; partners are due at +120 s
+    rig.alarm(1)  # its batch fires what is due at once (operators); partners at +120 s
+    assert peek(store, lambda tx: tx.deliveries.fired_steps(1)) == {"operators"}
+    rig.service.tick()
     assert write(store, lambda tx: tx.alerts.due_escalation(start + 119)) == []
     assert [a.id for a in write(store, lambda tx: tx.alerts.due_escalation(start + 120))] == [1]
     clock.now = start + 120
@@ -225,16 +240,19 @@ def test_the_due_queries_use_their_indexes(tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     open_store(f"sqlite:///{db}", create=True).close()
     conn = sqlite3.connect(db)
-    plans = {
-        "alerts_escalation_due": "SELECT id FROM alerts WHERE next_escalation_at <= 1 "
-        "ORDER BY next_escalation_at LIMIT 100",
-        "devices_watch": "SELECT device_id FROM devices WHERE watch_from IS NOT NULL "
-        "AND watch_from < 1 ORDER BY watch_from LIMIT 100",
-        "deliveries_due": "SELECT id FROM deliveries WHERE status = 'pending' AND next_at <= 1",
-        "uplinks_failed": "SELECT seq FROM uplinks WHERE error IS NOT NULL "
-        "ORDER BY received_at DESC LIMIT 5",
-    }
-    for index, query in plans.items():
+    plans = [
+        ("alerts_escalation_due", "SELECT id FROM alerts WHERE next_escalation_at <= 1 "
+         "ORDER BY next_escalation_at LIMIT 100"),
+        # the probe at the end of every ingest batch
+        ("alerts_escalation_due", "SELECT 1 AS due FROM alerts WHERE next_escalation_at <= 1 "
+         "LIMIT 1"),
+        ("devices_watch", "SELECT device_id FROM devices WHERE watch_from IS NOT NULL "
+         "AND watch_from < 1 ORDER BY watch_from LIMIT 100"),
+        ("deliveries_due", "SELECT id FROM deliveries WHERE status = 'pending' AND next_at <= 1"),
+        ("uplinks_failed", "SELECT seq FROM uplinks WHERE error IS NOT NULL "
+         "ORDER BY received_at DESC LIMIT 5"),
+    ]  # fmt: skip
+    for index, query in plans:
         plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
         assert index in plan, (index, plan)
     conn.close()

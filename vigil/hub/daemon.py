@@ -120,11 +120,13 @@ class HubService:
         """
         now = self.clock()
         online = self.transport is not None and self.transport.connected
-        receipts = self.ingest.run(
+        outcome = self.ingest.run(
             messages, now=now, claim_until=now + DOWNLINK_LEASE if online else None
         )
         if online:
-            self._send_receipts(receipts, now)
+            self._send_receipts(outcome.receipts, now)
+        if outcome.escalate:  # responders hear of a new alarm now, not on the next timer round
+            self.escalate(now)
 
     def recover(self) -> int:
         """Run the handlers of uplinks stored before a crash but not processed."""

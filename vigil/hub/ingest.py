@@ -72,6 +72,15 @@ def priority(message: Message) -> Priority:
     return Priority.ROUTINE
 
 
+def _level(message: Message, status: Acceptance) -> int:
+    """A fleet's routine traffic (a new heartbeat or check-in) is logged at DEBUG: at INFO a
+    hub serving thousands of wearables would write several lines a second that tell an
+    operator nothing, at a cost on every message. Alarms, their follow-ups, repeats and
+    conflicts stay at INFO."""
+    routine = status is Acceptance.NEW and priority(message) is Priority.ROUTINE
+    return logging.DEBUG if routine else logging.INFO
+
+
 @dataclass(frozen=True, slots=True)
 class _Item:
     """One verified uplink on its way through a batch."""
@@ -126,6 +135,16 @@ class _Tally:
     failed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     heard: set[str] = field(default_factory=set)  # devices with a new uplink (last_seen)
+    escalate: bool = False  # an escalation timer has come (e.g. this batch opened an alert)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a batch left to do once committed: its receipts (alarms' first) and whether an
+    alert's escalation is due now (run it at once rather than on the next timer round)."""
+
+    receipts: list[QueuedReceipt]
+    escalate: bool
 
 
 class Ingest:
@@ -140,7 +159,7 @@ class Ingest:
         self.rejected: Counter[str] = Counter()
 
     def run(self, messages: Sequence[tuple[str, bytes]], *, now: float,
-            claim_until: float | None) -> list[QueuedReceipt]:  # fmt: skip
+            claim_until: float | None) -> Outcome:  # fmt: skip
         """Handle `messages` as one batch; return its receipts (claimed until `claim_until`).
 
         Nothing but a failing store (`StorageError`: no receipt, the devices resend) is
@@ -165,11 +184,11 @@ class Ingest:
                          len(messages), type(exc).__name__, exc)  # fmt: skip
             return self._one_by_one(edges, items, now, claim_until)
         self._keep(tally)
-        return receipts
+        return Outcome(receipts, tally.escalate)
 
     def _one_by_one(self, edges: Sequence[pipeline.Decoded], items: list[_Item], now: float,
-                    claim_until: float | None) -> list[QueuedReceipt]:  # fmt: skip
-        tally = _Tally()
+                    claim_until: float | None) -> Outcome:  # fmt: skip
+        tally, escalate = _Tally(), False
         if edges:
             with self.store.transaction() as tx:
                 self._edges(tx, edges, now, tally)
@@ -189,7 +208,8 @@ class Ingest:
                 continue
             self._keep(tally)
             receipts += mine
-        return receipts
+            escalate = escalate or tally.escalate
+        return Outcome(receipts, escalate)
 
     def _finish(self, tx: Transaction, receipts: list[QueuedReceipt], tally: _Tally, *,
                 now: float, claim_until: float | None) -> None:  # fmt: skip
@@ -201,6 +221,7 @@ class Ingest:
         devices = sorted(tally.heard | last_seq.keys())
         tx.intake.touch({d: (last_seq.get(d), now if d in tally.heard else None)
                          for d in devices})  # fmt: skip
+        tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
 
     def _keep(self, tally: _Tally) -> None:
         self.accepted += tally.accepted
@@ -261,8 +282,9 @@ class Ingest:
                 tx.devices.note_alive(item.up.device_id, at=step.alive_at)
             receipt = settle(tx, step, _after(now, item, tampered), tally)
             msg = item.up.message
-            _LOG.info("uplink device=%s seq=%s kind=%s %s%s", item.device, msg.seq, msg.kind,
-                      status.value, "" if receipt else " (no receipt)")  # fmt: skip
+            _LOG.log(_level(msg, status), "uplink device=%s seq=%s kind=%s %s%s",
+                     item.device, msg.seq, msg.kind, status.value,
+                     "" if receipt else " (no receipt)")  # fmt: skip
             if receipt:
                 down_seq[item.device] += 1
                 receipts.append(QueuedReceipt(item.device, down_seq[item.device], msg.seq,
@@ -410,5 +432,5 @@ class Ingest:
             self.registry.forget(up.device_id)  # now compromised: later uplinks must see it
         if not stored_processed:
             tx.uplinks.mark_processed(up.device_id, up.message.epoch.hex, up.message.seq)
-        _LOG.info("device=%s seq=%s kind=%s: %s", up.device_id, up.message.seq,
-                  up.message.kind, summary)  # fmt: skip
+        _LOG.log(_level(up.message, Acceptance.NEW), "device=%s seq=%s kind=%s: %s",
+                 up.device_id, up.message.seq, up.message.kind, summary)  # fmt: skip

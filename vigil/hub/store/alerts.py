@@ -131,6 +131,13 @@ class Alerts(Repository):
         )
         return [_alert(r) for r in rows]
 
+    def escalation_due(self, now: float) -> bool:
+        """Whether any alert's escalation timer has come (one indexed probe)."""
+        return (
+            self._one("SELECT 1 AS due FROM alerts WHERE next_escalation_at <= ? LIMIT 1", (now,))
+            is not None
+        )
+
     def schedule_escalation(self, alert_id: int, at: float | None) -> None:
         """When the escalation timer looks at the alert next (None: never)."""
         self._cur.execute("UPDATE alerts SET next_escalation_at = ? WHERE id = ?", (at, alert_id))
