@@ -1,10 +1,16 @@
 """Hub ingest with 10,000 enrolled wearables: real `vigil-hub run` processes, real broker.
 
 A simulated fleet publishes real v2 heartbeats (sealed before the clock starts)
-with at most WINDOW unanswered, and counts the hub's `stored` receipts: the rate
-is receipts per second, so every message was opened, verified, durably stored and
-answered with a sealed receipt. The bare baseline is the crypto alone, in this
-process: open + verify the uplink, mint a nonce and seal its receipt, no database.
+with at most WINDOW unanswered, and counts the hub's `stored` receipts, so every
+message was opened, verified, durably stored and answered with a sealed receipt.
+The bare baseline is the crypto alone, in this process: open + verify the uplink,
+mint a nonce and seal its receipt, no database.
+
+The goal is per core ("≈ 2,000 msg/s per core"), so the figure is receipts per
+CPU-second of the hub process and, on PostgreSQL, of the database server serving it
+(its backends, WAL writer, checkpointer): what a core given to the hub handles.
+The broker and the load generator share this machine's two cores with the hub, so
+the wall-clock rate (also printed) measures the machine as much as the hub.
 
 Figures: SQLite and PostgreSQL (fsync on) fresh; the same stores after 1 M stored
 uplinks and 1 M sent receipts (bulk SQL, `bench.prefill`) against the fresh figure;
@@ -17,12 +23,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from bench.env import BenchEnv, progress
 from bench.prefill import prefill
 from bench.results import Figure, Goal, Results
 from tests.support.fleet import Fleet, Pumped, Uplink, heartbeats, make_fleet
-from tests.support.hubproc import rss_mib
+from tests.support.hubproc import cpu_seconds, rss_mib
 from tests.support.wait import wait_until
 from vigil.wire import Message
 from vigil.wire.envelope import open_uplink, seal_downlink
@@ -37,13 +44,13 @@ FLOOR_N = 1500
 
 
 def crypto_floor(env: BenchEnv) -> float:
-    """Messages per second of open + verify + nonce + seal receipt, no database, no broker."""
+    """Messages per CPU-second of open + verify + nonce + seal receipt, no database, no broker."""
     devices = make_fleet(50)
     ups = heartbeats(devices, env.hub_keys.public(), count=FLOOR_N)
     signing = {d.device_id: d.keys.public().signing for d in devices}
     public = {d.device_id: d.keys.public() for d in devices}
     nonces = NonceMinter(env.hub_keys.nonce_secret())
-    start = time.perf_counter()
+    start = time.process_time()
     for up in ups:
         device_id = up.device.device_id
         msg = open_uplink(
@@ -61,7 +68,20 @@ def crypto_floor(env: BenchEnv) -> float:
         seal_downlink(
             receipt, device_id=device_id, hub_keys=env.hub_keys, device=public[device_id]
         )
-    return FLOOR_N / (time.perf_counter() - start)
+    return FLOOR_N / (time.process_time() - start)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One run: what the fleet saw, and the CPU the hub (and its database server) used."""
+
+    pumped: Pumped
+    cpu: float  # CPU-seconds of the hub processes (+ the PostgreSQL server) during the run
+
+    @property
+    def per_core(self) -> float:
+        """Receipts per CPU-second: what one core given to the hub handles."""
+        return self.pumped.receipted / self.cpu if self.cpu > 0 else 0.0
 
 
 def measure(
@@ -72,25 +92,35 @@ def measure(
     *,
     hubs: int = 1,
     rss: list[float] | None = None,
-) -> Pumped:
+) -> Measured:
     group = "bench" if hubs > 1 else None
     procs = [env.hub(store_url, group=group) for _ in range(hubs)]
     fleet = Fleet(env.broker.port, env.fleet, env.hub_keys.public(), client_id=env.name("fleet"))
+    database = env.postgres.pid() if store_url.startswith("postgresql") else None
+
+    def used() -> float:
+        hub = sum(cpu_seconds(p.pid) for p in procs)
+        return hub + (0.0 if database is None else cpu_seconds(database, tree=True))
+
     try:
         fleet.start()
         progress(f"{what}: pumping heartbeats for up to {RUN_SECONDS:.0f} s")
+        before = used()
         done = fleet.pump(pool, window=WINDOW, seconds=RUN_SECONDS)
+        cpu = used() - before
         if rss is not None:
             rss.extend(rss_mib(p.pid) for p in procs)
     finally:
         fleet.stop()
         for p in procs:
             env.stop(p)
+    run = Measured(done, cpu)
     progress(
         f"{what}: {done.receipted:,} of {done.published:,} receipted in "
-        f"{done.seconds:.1f} s = {done.rate:,.0f} msg/s"
+        f"{done.seconds:.1f} s = {done.rate:,.0f} msg/s wall, {run.per_core:,.0f} msg/s "
+        f"per CPU-second of the hub{'' if database is None else ' and PostgreSQL'}"
     )
-    return done
+    return run
 
 
 def bare_rss() -> float:
@@ -126,14 +156,17 @@ def _backend(
     progress(f"{name}: enrolling {len(env.fleet):,} devices")
     url = env.new_store(backend)
     fresh = measure(env, url, pools[0], f"{name} fresh", rss=rss if backend == "sqlite" else None)
+    server = "" if backend == "sqlite" else " and PostgreSQL"
     results.add(
         Figure(
-            f"hub ingest, {len(env.fleet):,} devices, {name}, durable + receipt",
-            fresh.rate,
+            f"hub ingest, {len(env.fleet):,} devices, {name}, durable + receipt, per core",
+            fresh.per_core,
             "msg/s",
             floor,
-            "open+verify+seal only, no database",
+            "open+verify+seal only, no database (per core)",
             (Goal("ratio", ">=", 0.7),),
+            note=f"receipts per CPU-second of the hub{server}; wall {fresh.pumped.rate:,.0f} "
+            "msg/s with the broker and the load generator on the same 2 cores",
         )
     )
     progress(f"{name}: storing {HISTORY:,} more uplinks and receipts with bulk SQL")
@@ -142,15 +175,15 @@ def _backend(
     results.add(
         Figure(
             f"  the same after {HISTORY:,} stored messages ({name})",
-            after.rate,
+            after.per_core,
             "msg/s",
-            fresh.rate,
+            fresh.per_core,
             "the same run's fresh-database figure",
             (Goal("ratio", ">=", 0.9),),
-            note=f"store held {counts}",
+            note=f"store held {counts}; wall {after.pumped.rate:,.0f} msg/s",
         )
     )
-    return fresh.rate
+    return fresh.pumped.rate
 
 
 def main(env: BenchEnv, results: Results) -> dict[str, float]:
@@ -180,8 +213,8 @@ def main(env: BenchEnv, results: Results) -> dict[str, float]:
     two = measure(env, url, pools[0], "two hubs, PostgreSQL", hubs=2)
     results.add(
         Figure(
-            "two hubs on one PostgreSQL (ingest)",
-            two.rate,
+            "two hubs on one PostgreSQL (ingest, wall clock)",
+            two.pumped.rate,
             "msg/s",
             rates["postgresql"],
             "one hub, the same run",

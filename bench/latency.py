@@ -365,7 +365,7 @@ def main(env: BenchEnv, results: Results, *, capacity: float | None) -> None:
     progress("latency: a SQLite hub with the fleet enrolled, responders on a webhook")
     if capacity is None:  # --only latency: a short ingest run says what the hub takes
         pool = heartbeats(env.fleet, env.hub_keys.public(), count=3000)
-        capacity = ingest.measure(env, env.new_store("sqlite"), pool, "capacity").rate
+        capacity = ingest.measure(env, env.new_store("sqlite"), pool, "capacity").pumped.rate
     url = env.new_store("sqlite", [*env.fleet, *alarmers])
     hub = env.hub(url, hook=True)
     try:

@@ -325,3 +325,33 @@ def test_a_cancel_after_a_tamper_alarm_in_its_batch_sees_the_device_compromised(
     actions = [e.action for e in peek(hub.store, lambda tx: tx.audit.entries())]
     assert "device compromised" in actions
     assert "cancel ignored" in actions
+
+
+def test_no_statement_of_a_batch_scans_a_table(tmp_path: Path) -> None:
+    """Every statement an ingest batch runs finds its rows by index: a scan costs every
+    batch time in proportion to the fleet or to history (caught: the replay windows and
+    newest downlink keys were looked up with `(a, b) IN (VALUES ...)`, which SQLite
+    answers by scanning the table)."""
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    store = open_store(url, create=True)
+    _enroll_both(store, clock.now)
+    service = _service(_config(tmp_path, url), store, clock)
+    service.transport = RecordingTransport()
+    beats = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(3)]
+    service.handle_batch([*beats, up(Message(seq=0, body=Checkin(), epoch=EPOCH), other=True)])
+    statements: list[str] = []
+    conn = store._conn  # type: ignore[attr-defined]
+    conn.set_trace_callback(statements.append)
+    beats = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(3, 6)]
+    alarm = up(Message(seq=1, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
+    service.handle_batch([*beats, alarm])
+    conn.set_trace_callback(None)
+    queries = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE"))]
+    assert len(queries) > 5
+    scans = {}
+    for sql in queries:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        scans.update({sql: p for p in plan if p.startswith("SCAN") and "CONSTANT ROW" not in p})
+    store.close()
+    assert scans == {}

@@ -141,3 +141,25 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    """CPU time (user + system) process `pid` used so far, from /proc; with `tree`, that of
+    every process below it too, and of its children that ended (e.g. a database server)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir() if tree else [Path(f"/proc/{pid}")]:
+        try:
+            stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (ValueError, OSError):  # not a process, or it ended meanwhile
+            continue
+    wanted, found = {pid}, True
+    while tree and found:  # fields[1] is the parent's pid
+        below = {p for p, f in stats.items() if int(f[1]) in wanted}
+        found = not below <= wanted
+        wanted |= below
+    used = 0
+    for p in wanted & stats.keys():
+        f = stats[p]
+        used += int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if tree else 0)
+    return used / ticks

@@ -71,6 +71,10 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url_for(name)
 
+    def pid(self) -> int:
+        """The server's main process (its backends and workers run below it)."""
+        return int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+
     def restart(self, *, timeout: float = 60.0) -> None:
         """Crash the server (`pg_ctl stop -m immediate`: no checkpoint) and start it again."""
         self.crash()

@@ -15,7 +15,7 @@ from typing import Any
 from vigil.hub.store import schema
 from vigil.hub.store.devices import MASK_BYTES
 from vigil.hub.store.records import AlertKind, AlertState
-from vigil.hub.store.repo import Repository
+from vigil.hub.store.repo import Repository, Row
 from vigil.wire.replay import ReplayWindow
 
 WindowKey = tuple[str, str]  # (device id hex, epoch)
@@ -77,35 +77,49 @@ class Intake(Repository):
 
     def windows(self, keys: Iterable[WindowKey]) -> dict[WindowKey, ReplayWindow]:
         """The replay windows of the lives in `keys` that exist (rows of locked devices)."""
-        wanted = sorted(set(keys))
+        wanted = set(keys)
         if not wanted:
             return {}
-        pairs = ", ".join(["(?, ?)"] * len(wanted))  # one primary-key lookup per pair
-        rows = self._all(
-            "SELECT device_id, epoch, window_highest, window_mask FROM device_epochs "  # noqa: S608
-            f"WHERE (device_id, epoch) IN (VALUES {pairs})",
-            [value for pair in wanted for value in pair],
+        rows = self._lives(
+            "SELECT device_id, epoch, window_highest, window_mask FROM device_epochs", wanted
         )
         return {
             (r["device_id"], r["epoch"]): ReplayWindow(
                 r["window_highest"], int.from_bytes(bytes(r["window_mask"]), "big")
             )
             for r in rows
+            if (r["device_id"], r["epoch"]) in wanted
         }
+
+    def _lives(self, select: str, wanted: set[WindowKey], order: str = "") -> list[Row]:
+        """Rows of the lives in `wanted`, found by their (device_id, epoch) primary-key prefix;
+        the caller drops the few pairs the two lists cross into that it did not ask for.
+
+        Not `(device_id, epoch) IN (VALUES ...)`: SQLite scans the whole table for that,
+        a cost on every batch that grows with the fleet."""
+        devices, epochs = sorted({d for d, _ in wanted}), sorted({e for _, e in wanted})
+        return self._all(
+            f"{select} WHERE device_id IN ({_marks(len(devices))}) "
+            f"AND epoch IN ({_marks(len(epochs))}){order}",
+            [*devices, *epochs],
+        )
 
     def newest_keys(self, keys: Iterable[WindowKey]) -> dict[WindowKey, str]:
         """The newest downlink key verified in each of these lives, where there is one
         (one query for a batch's receipts; `tx.kems.newest` for one)."""
-        wanted = sorted(set(keys))
+        wanted = set(keys)
         if not wanted:
             return {}
-        pairs = ", ".join(["(?, ?)"] * len(wanted))
-        rows = self._all(
-            "SELECT device_id, epoch, key_id, public_key, verified_at FROM device_kems "  # noqa: S608
-            f"WHERE (device_id, epoch) IN (VALUES {pairs}) ORDER BY verified_at, key_id DESC",
-            [value for pair in wanted for value in pair],
+        rows = self._lives(
+            "SELECT device_id, epoch, key_id, public_key, verified_at FROM device_kems",
+            wanted,
+            " ORDER BY verified_at, key_id DESC",
         )
-        return {(r["device_id"], r["epoch"]): str(r["public_key"]) for r in rows}  # last wins
+        return {
+            (r["device_id"], r["epoch"]): str(r["public_key"])
+            for r in rows
+            if (r["device_id"], r["epoch"]) in wanted
+        }  # the newest wins
 
     def new_window(self, device_id: str, epoch: str, *, now: float) -> None:
         self._cur.execute(
