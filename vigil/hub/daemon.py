@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,10 +26,10 @@ from vigil.hub.channels import Notifier
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.delivery import Dispatcher
-from vigil.hub.ingest import Ingest
+from vigil.hub.ingest import Ingest, Outcome
 from vigil.hub.registry import Registry
 from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
-from vigil.hub.store.intake import QueuedReceipt
+from vigil.hub.store.intake import QueuedReceipt, ReceiptMarks
 from vigil.runtime.mqtt import Transport
 from vigil.wire.envelope import seal_downlink
 from vigil.wire.ids import DeviceId
@@ -72,6 +73,7 @@ class HubService:
         self._nonces = NonceMinter(hub_keys.nonce_secret())
         self.registry = Registry(store)
         self._watching = False  # whether this hub held the watchdog lease at its last look
+        self._marks, self._marks_lock = ReceiptMarks(), threading.Lock()
         self.ingest = Ingest(store, hub_keys=hub_keys, registry=self.registry,
                              nonces=self._nonces, audit=self.audit,
                              max_active_alerts=config.limits.max_active_alerts)  # fmt: skip
@@ -120,11 +122,15 @@ class HubService:
         """
         now = self.clock()
         online = self.transport is not None and self.transport.connected
-        outcome = self.ingest.run(
-            messages, now=now, claim_until=now + DOWNLINK_LEASE if online else None
-        )
+        marks = self._take_marks()
+        try:
+            claim_until = now + DOWNLINK_LEASE if online else None
+            outcome = self.ingest.run(messages, now=now, claim_until=claim_until, marks=marks)
+        except StorageError:
+            self._give_back(marks)
+            raise
         if online:
-            self._send_receipts(outcome.receipts, now)
+            self._send_receipts(outcome, now)
         if outcome.escalate:  # responders hear of a new alarm now, not on the next timer round
             self.escalate(now)
 
@@ -157,11 +163,11 @@ class HubService:
 
     # -- downlinks -----------------------------------------------------------------------------
 
-    def _send_receipts(self, receipts: list[QueuedReceipt], now: float) -> None:
-        """Publish a batch's receipts (alarms' first); mark them sent, or give them back."""
+    def _send_receipts(self, outcome: Outcome, now: float) -> None:
+        """Publish a batch's receipts (alarms' first); note them sent, or given back, for the
+        next batch (or the timer) to write (`flush_marks`)."""
         assert self.transport is not None  # noqa: S101 - checked by the caller
-        with self.store.read() as tx:  # each life's newest downlink key (§11.2)
-            rotated = tx.intake.newest_keys((r.device_id, r.epoch) for r in receipts)
+        receipts = outcome.receipts
         sent: list[QueuedReceipt] = []
         for r in receipts:
             try:
@@ -169,7 +175,7 @@ class HubService:
             except (UnknownDevice, RevokedDevice):
                 sent.append(r)  # revoked since: nobody to tell any more
                 continue
-            newer = rotated.get((r.device_id, r.epoch))
+            newer = outcome.rotated.get((r.device_id, r.epoch))  # §11.2
             keys = device.public_keys if newer is None else device.public_keys.rotated(newer)
             envelope = self._seal(device.device_id, keys, r.seq, Kind.STORED, arg=r.arg,
                                   epoch=r.epoch, digest=r.digest, now=now)  # fmt: skip
@@ -179,11 +185,30 @@ class HubService:
                 _LOG.warning("receipts wait for the broker: %s", exc)
                 break
             sent.append(r)
-        if receipts:
-            # Losing this mark in a crash only sends a receipt again, which the device drops.
+        self._give_back(ReceiptMarks([(r, now) for r in sent], receipts[len(sent) :]))
+
+    def _take_marks(self) -> ReceiptMarks:
+        with self._marks_lock:
+            marks, self._marks = self._marks, ReceiptMarks()
+        return marks
+
+    def _give_back(self, marks: ReceiptMarks) -> None:
+        with self._marks_lock:
+            self._marks.sent += marks.sent
+            self._marks.unsent += marks.unsent
+
+    def flush_marks(self) -> None:
+        """Write the receipts sent or given back since the last batch (the timer's part when
+        no batch comes); a crash before it only sends them again, which the devices drop."""
+        marks = self._take_marks()
+        if not marks:
+            return
+        try:
             with self.store.transaction(durable=False) as tx:
-                tx.intake.mark_sent(sent, at=now)
-                tx.intake.release(receipts[len(sent) :])
+                tx.intake.settle(marks)
+        except StorageError:
+            self._give_back(marks)
+            raise
 
     def flush_downlinks(self) -> int:
         """Seal and publish queued downlinks; keep them queued while the broker is away."""
@@ -245,6 +270,7 @@ class HubService:
         """Silence watchdog, escalation, queued downlinks (e.g. an operator's ACK), checkpoints,
         and a chunk of old receipts pruned."""
         now = self.clock()
+        self.flush_marks()
         self.watch(now)
         self.escalate(now)
         self.flush_downlinks()

@@ -45,7 +45,7 @@ from vigil.errors import StorageError
 from vigil.hub import liveness, pipeline
 from vigil.hub.registry import Registry
 from vigil.hub.store import Acceptance, AlertKind, AlertState, Store, Transaction
-from vigil.hub.store.intake import DeviceLock, NewUplink, QueuedReceipt, WindowKey
+from vigil.hub.store.intake import DeviceLock, NewUplink, QueuedReceipt, ReceiptMarks, WindowKey
 from vigil.wire.keys import HubKeys
 from vigil.wire.liveness import NonceMinter, uplink_digest
 from vigil.wire.messages import Alarm, Cancel, Message, Position, Trigger, encode_payload
@@ -136,6 +136,7 @@ class _Tally:
     rejected: Counter[str] = field(default_factory=Counter)
     heard: set[str] = field(default_factory=set)  # devices with a new uplink (last_seen)
     escalate: bool = False  # an escalation timer has come (e.g. this batch opened an alert)
+    rotated: dict[WindowKey, str] = field(default_factory=dict)  # newest downlink keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class Outcome:
 
     receipts: list[QueuedReceipt]
     escalate: bool
+    rotated: dict[WindowKey, str]  # each receipt's life's newest downlink key, if it rotated
 
 
 class Ingest:
@@ -159,22 +161,26 @@ class Ingest:
         self.rejected: Counter[str] = Counter()
 
     def run(self, messages: Sequence[tuple[str, bytes]], *, now: float,
-            claim_until: float | None) -> Outcome:  # fmt: skip
+            claim_until: float | None, marks: ReceiptMarks | None = None) -> Outcome:  # fmt: skip
         """Handle `messages` as one batch; return its receipts (claimed until `claim_until`).
 
-        Nothing but a failing store (`StorageError`: no receipt, the devices resend) is
-        raised; see the module docstring for what happens to a failing uplink.
+        `marks` (earlier receipts sent or given back) are written in the batch's
+        transaction. Nothing but a failing store (`StorageError`: no receipt, the devices
+        resend; `marks` not written) is raised; see the module docstring for what happens
+        to a failing uplink.
         """
+        marks = marks or ReceiptMarks()
         self.registry.refresh()
         decoded = [self._decode(topic, payload) for topic, payload in messages]
         items = sorted((_Item.of(d) for d in decoded if isinstance(d, pipeline.Uplink)),
                        key=lambda i: priority(i.up.message))  # fmt: skip
         edges = [d for d in decoded if not isinstance(d, pipeline.Uplink)]
         if len(items) <= 1:  # nothing to share a commit with: contained at once
-            return self._one_by_one(edges, items, now, claim_until)
+            return self._one_by_one(edges, items, now, claim_until, marks)
         tally = _Tally()
         try:
             with self.store.batch() as tx:
+                tx.intake.settle(marks)
                 self._edges(tx, edges, now, tally)
                 receipts = self._batch(tx, items, now, tally, contained=False)
                 self._finish(tx, receipts, tally, now=now, claim_until=claim_until)
@@ -182,15 +188,16 @@ class Ingest:
             self.registry.forget()  # it may hold records read inside the rolled-back batch
             _LOG.warning("a batch of %s failed (%s: %s); handling its uplinks one by one",
                          len(messages), type(exc).__name__, exc)  # fmt: skip
-            return self._one_by_one(edges, items, now, claim_until)
+            return self._one_by_one(edges, items, now, claim_until, marks)
         self._keep(tally)
-        return Outcome(receipts, tally.escalate)
+        return Outcome(receipts, tally.escalate, tally.rotated)
 
     def _one_by_one(self, edges: Sequence[pipeline.Decoded], items: list[_Item], now: float,
-                    claim_until: float | None) -> Outcome:  # fmt: skip
-        tally, escalate = _Tally(), False
-        if edges:
+                    claim_until: float | None, marks: ReceiptMarks) -> Outcome:  # fmt: skip
+        tally, escalate, rotated = _Tally(), False, {}
+        if edges or marks:
             with self.store.transaction() as tx:
+                tx.intake.settle(marks)
                 self._edges(tx, edges, now, tally)
             self._keep(tally)
         receipts: list[QueuedReceipt] = []
@@ -209,7 +216,8 @@ class Ingest:
             self._keep(tally)
             receipts += mine
             escalate = escalate or tally.escalate
-        return Outcome(receipts, escalate)
+            rotated.update(tally.rotated)
+        return Outcome(receipts, escalate, rotated)
 
     def _finish(self, tx: Transaction, receipts: list[QueuedReceipt], tally: _Tally, *,
                 now: float, claim_until: float | None) -> None:  # fmt: skip
@@ -222,6 +230,7 @@ class Ingest:
         tx.intake.touch({d: (last_seq.get(d), now if d in tally.heard else None)
                          for d in devices})  # fmt: skip
         tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
+        tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch) for r in receipts))
 
     def _keep(self, tally: _Tally) -> None:
         self.accepted += tally.accepted

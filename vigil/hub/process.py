@@ -84,6 +84,10 @@ def serve(service: HubService, client: Broker, inbox: Inbox, stop: threading.Eve
         for w in workers:
             w.join(timeout=10)
         service.dispatcher.close()
+        try:
+            service.flush_marks()  # else the next start sends these receipts again
+        except StorageError as exc:
+            _LOG.warning("receipts sent last are not marked sent: %s", exc)
         supervisor.report("stopped")
         service.checkpoints.flush(service.clock())  # sign what this run logged last
 

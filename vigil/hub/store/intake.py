@@ -9,7 +9,7 @@ rows, so nobody else allocates one for these devices until the batch commits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vigil.hub.store import schema
@@ -50,6 +50,19 @@ class QueuedReceipt:
     arg: int
     epoch: str
     digest: str
+
+
+@dataclass(slots=True)
+class ReceiptMarks:
+    """Receipts published (with when) or given back since the last batch: written in the
+    next batch's transaction (or the timer's), not in one of their own. Lost in a crash,
+    they only make the timer send those receipts again, which the devices drop."""
+
+    sent: list[tuple[QueuedReceipt, float]] = field(default_factory=list)
+    unsent: list[QueuedReceipt] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.sent or self.unsent)
 
 
 def _marks(n: int) -> str:
@@ -193,6 +206,15 @@ class Intake(Repository):
     def mark_sent(self, receipts: Sequence[QueuedReceipt], *, at: float) -> None:
         self._by_key("UPDATE downlinks SET sent_at = ? WHERE device_id = ? AND seq = ?",
                      receipts, at)  # fmt: skip
+
+    def settle(self, marks: ReceiptMarks) -> None:
+        """Write what became of receipts published after their batch committed."""
+        if marks.sent:
+            self._cur.executemany(
+                "UPDATE downlinks SET sent_at = ? WHERE device_id = ? AND seq = ?",
+                [(at, r.device_id, r.seq) for r, at in marks.sent],
+            )
+        self.release(marks.unsent)
 
     def release(self, receipts: Sequence[QueuedReceipt]) -> None:
         """Give receipts the broker did not take back to the timer's flush."""
