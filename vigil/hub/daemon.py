@@ -27,6 +27,7 @@ from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.delivery import Dispatcher
 from vigil.hub.ingest import Ingest, Outcome
+from vigil.hub.pipeline import Decoded
 from vigil.hub.registry import Registry
 from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
 from vigil.hub.store.intake import QueuedReceipt, ReceiptMarks
@@ -120,12 +121,18 @@ class HubService:
         `stored` (and stop resending); the operator sees the failure in `stats`, the
         log and the audit trail. See `vigil.hub.ingest` for the batch and its order.
         """
+        self.handle_opened(self.ingest.open(messages))
+
+    def handle_opened(self, decoded: Sequence[Decoded]) -> None:
+        """`handle_batch` for messages the opener worker already opened (`vigil.hub.triage`)."""
         now = self.clock()
         online = self.transport is not None and self.transport.connected
         marks = self._take_marks()
         try:
             claim_until = now + DOWNLINK_LEASE if online else None
-            outcome = self.ingest.run(messages, now=now, claim_until=claim_until, marks=marks)
+            outcome = self.ingest.store_opened(
+                decoded, now=now, claim_until=claim_until, marks=marks
+            )
         except StorageError:
             self._give_back(marks)
             raise

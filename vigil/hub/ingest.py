@@ -2,7 +2,7 @@
 
 The ingest worker hands over whatever arrived while the previous batch was being
 committed (at most `MAX_BATCH` messages, so at low load a batch of one), and
-`Ingest.run`:
+`Ingest.open` and `Ingest.store_opened`:
 
 1. opens and verifies every envelope (HPKE, Ed25519: the CPU part), with the
    senders' keys from the registry cache (`vigil.hub.registry`);
@@ -17,12 +17,12 @@ committed (at most `MAX_BATCH` messages, so at low load a batch of one), and
    queues the receipts, and commits once: `stored` still means on disk;
 4. returns the receipts, alarms' first, for the caller to seal and publish.
 
-Why alarms are not put first in the inbox itself: every envelope has the same
-size and is sealed, so the hub knows an alarm only once it has opened it.
-Opening costs far less than the commit's fsync, so the whole batch is opened
-first and then handled, stored and answered in priority order. The batch is
-bounded, so an alarm waits at most for the batch being committed when it came
-plus its own: one commit at low load, two batches under a flood.
+Every envelope has the same size and is sealed, so the hub knows an alarm only
+once it has opened it. The running hub opens each message as it arrives, on a
+worker of its own, and takes its batches alarms first (`vigil.hub.triage`): an
+alarm waits at most for the batch being stored when it was opened (at most
+`MAX_BATCH` heartbeats), then goes in a batch of its own. Within a batch,
+alarms are handled, stored and answered first.
 
 Containment: if anything in a batch fails (a handler raises, a write is
 refused), the transaction rolls back as a whole and the batch runs again one
@@ -52,7 +52,7 @@ from vigil.wire.messages import Alarm, Cancel, Message, Position, Trigger, encod
 from vigil.wire.replay import ReplayWindow, Verdict
 
 _LOG = logging.getLogger(__name__)
-MAX_BATCH = 256  # uplinks per commit: bounds how long an alarm waits behind a flood
+MAX_BATCH = 64  # uplinks per commit: bounds how long an alarm waits for a routine batch
 Audit = Callable[[Transaction, str, str, str], None]
 _LOOK = pipeline.Known()  # a handler run outside a batch looks everything up itself
 
@@ -160,9 +160,16 @@ class Ingest:
         self.failed = 0  # uplinks whose handling raised
         self.rejected: Counter[str] = Counter()
 
-    def run(self, messages: Sequence[tuple[str, bytes]], *, now: float,
-            claim_until: float | None, marks: ReceiptMarks | None = None) -> Outcome:  # fmt: skip
-        """Handle `messages` as one batch; return its receipts (claimed until `claim_until`).
+    def open(self, messages: Sequence[tuple[str, bytes]]) -> list[pipeline.Decoded]:
+        """Open and verify `messages` (the CPU part), with the registry as it is now."""
+        self.registry.refresh()
+        return [self.decode(topic, payload) for topic, payload in messages]
+
+    def store_opened(self, decoded: Sequence[pipeline.Decoded], *, now: float,
+                     claim_until: float | None, marks: ReceiptMarks | None = None,
+                     ) -> Outcome:  # fmt: skip
+        """Store and handle opened messages (`open`) as one batch; return its receipts
+        (claimed until `claim_until`).
 
         `marks` (earlier receipts sent or given back) are written in the batch's
         transaction. Nothing but a failing store (`StorageError`: no receipt, the devices
@@ -170,8 +177,6 @@ class Ingest:
         to a failing uplink.
         """
         marks = marks or ReceiptMarks()
-        self.registry.refresh()
-        decoded = [self._decode(topic, payload) for topic, payload in messages]
         items = sorted((_Item.of(d) for d in decoded if isinstance(d, pipeline.Uplink)),
                        key=lambda i: priority(i.up.message))  # fmt: skip
         edges = [d for d in decoded if not isinstance(d, pipeline.Uplink)]
@@ -187,7 +192,7 @@ class Ingest:
         except Exception as exc:  # contained below, uplink by uplink
             self.registry.forget()  # it may hold records read inside the rolled-back batch
             _LOG.warning("a batch of %s failed (%s: %s); handling its uplinks one by one",
-                         len(messages), type(exc).__name__, exc)  # fmt: skip
+                         len(decoded), type(exc).__name__, exc)  # fmt: skip
             return self._one_by_one(edges, items, now, claim_until, marks)
         self._keep(tally)
         return Outcome(receipts, tally.escalate, tally.rotated)
@@ -239,7 +244,8 @@ class Ingest:
 
     # -- decoding and the edges (refused input, lost connections) ---------------------------
 
-    def _decode(self, topic: str, payload: bytes) -> pipeline.Decoded:
+    def decode(self, topic: str, payload: bytes) -> pipeline.Decoded:
+        """Open one message with the registry's cached keys (`open` refreshes it first)."""
         try:
             return pipeline.decode(
                 topic, payload, hub_keys=self.keys, registry=self.registry.active
