@@ -1,7 +1,9 @@
 """What the hub benchmarks share: a real mosquitto, a durable PostgreSQL, a webhook sink,
 the hub's keys, 10,000 simulated wearables, and hubs started as real processes.
 
-The broker runs the shipped config's limits (queue, TCP_NODELAY, packet size) on a
+The responders' webhook sink runs in a process of its own (a responder's server is not
+the wearer's device, whose daemon runs in the benchmark's own process). The broker runs
+the shipped config's limits (queue, TCP_NODELAY, packet size) on a
 plain loopback listener; PostgreSQL runs with fsync on, as in production.
 """
 
@@ -18,7 +20,7 @@ from tests.support.broker import Broker, running_mosquitto
 from tests.support.fleet import SimDevice, Uplink, enrol, make_fleet
 from tests.support.hubproc import HubProcess, HubSetup, write_hub_config
 from tests.support.postgres import PostgresServer, running_postgres
-from tests.support.sinks import WebhookSink, webhook_sink
+from tests.support.sinks import WebhookSink, webhook_sink_process
 from vigil.hub.store import open_store
 from vigil.runtime.mqtt import MqttClient, MqttSettings
 from vigil.wire import HubKeys
@@ -116,7 +118,7 @@ def bench_env(work: Path, *, devices: int) -> Iterator[BenchEnv]:
         progress("starting mosquitto, a durable PostgreSQL and a webhook sink")
         broker = stack.enter_context(running_mosquitto(work / "broker", BROKER_CONF))
         postgres = stack.enter_context(running_postgres(durable=True))
-        hook = stack.enter_context(webhook_sink())
+        hook = stack.enter_context(webhook_sink_process())  # responders elsewhere
         hub_keys, keys_path = HubKeys.generate(), work / "hub.key"
         hub_keys.save(keys_path)
         progress(f"making {devices:,} simulated wearables (keys for each)")

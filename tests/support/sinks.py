@@ -12,9 +12,11 @@ import asyncio
 import email
 import email.policy
 import json
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -55,6 +57,7 @@ class SmtpSink:
     messages: list[Mail] = field(default_factory=list)
     fail_next: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    on_post: Callable[[Post], None] | None = None  # told of each POST answered 200
     gate: threading.Event = field(default_factory=threading.Event)
     stalled: threading.Event = field(default_factory=threading.Event)
 
@@ -115,33 +118,40 @@ class WebhookSink:
     posts: list[Post] = field(default_factory=list)
     fail_next: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    on_post: Callable[[Post], None] | None = None  # told of each POST answered 200
 
     def url(self, path: str = "/hook") -> str:
         """An Apprise json:// URL posting to this sink."""
         return f"json://{self.host}:{self.port}{path}"
 
 
-@contextmanager
-def webhook_sink() -> Iterator[WebhookSink]:
-    sink = WebhookSink()
-
+def _webhook_server(sink: WebhookSink) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            post = Post(self.path, dict(self.headers), body)
             with sink.lock:
                 failing = sink.fail_next > 0
                 if failing:
                     sink.fail_next -= 1
                 else:
-                    sink.posts.append(Post(self.path, dict(self.headers), body))
+                    sink.posts.append(post)
             self.send_response(500 if failing else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()
+            if not failing and sink.on_post is not None:
+                sink.on_post(post)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+
+@contextmanager
+def webhook_sink() -> Iterator[WebhookSink]:
+    sink = WebhookSink()
+    server = _webhook_server(sink)
     sink.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -151,3 +161,54 @@ def webhook_sink() -> Iterator[WebhookSink]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@contextmanager
+def webhook_sink_process() -> Iterator[WebhookSink]:
+    """A webhook sink in a process of its own: a responder's server is not the wearer's
+    device, so a benchmark that runs the device in its own process must not make the
+    device's interpreter serve the POSTs too. Each POST comes back over a pipe, with
+    its arrival time on the machine's monotonic clock (the same in every process)."""
+    sink = WebhookSink()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.sinks"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    sink.port = int(proc.stdout.readline())
+
+    def collect() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            post = json.loads(line)
+            with sink.lock:
+                sink.posts.append(Post(post["path"], post["headers"],
+                                       post["body"].encode("latin-1"), post["at"]))  # fmt: skip
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        yield sink
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        reader.join(timeout=5)
+
+
+def _serve_webhook_on_stdout() -> None:
+    """`python -m tests.support.sinks`: the port, then one JSON line per POST."""
+
+    def report(post: Post) -> None:
+        line = {"path": post.path, "headers": post.headers, "at": post.at,
+                "body": post.body.decode("latin-1")}  # fmt: skip
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+    sink = WebhookSink(on_post=report)
+    server = _webhook_server(sink)
+    sys.stdout.write(f"{server.server_address[1]}\n")
+    sys.stdout.flush()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    _serve_webhook_on_stdout()
