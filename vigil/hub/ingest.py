@@ -33,7 +33,6 @@ the wearer must feel `stored`); its neighbours are handled as usual.
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import math
@@ -46,30 +45,16 @@ from vigil.hub import liveness, pipeline
 from vigil.hub.registry import Registry
 from vigil.hub.store import Acceptance, AlertKind, AlertState, Store, Transaction
 from vigil.hub.store.intake import DeviceLock, NewUplink, QueuedReceipt, ReceiptMarks, WindowKey
+from vigil.hub.triage import Priority, priority
 from vigil.wire.keys import HubKeys
 from vigil.wire.liveness import NonceMinter, uplink_digest
-from vigil.wire.messages import Alarm, Cancel, Message, Position, Trigger, encode_payload
+from vigil.wire.messages import Alarm, Message, Trigger, encode_payload
 from vigil.wire.replay import ReplayWindow, Verdict
 
 _LOG = logging.getLogger(__name__)
 MAX_BATCH = 64  # uplinks per commit: bounds how long an alarm waits for a routine batch
 Audit = Callable[[Transaction, str, str, str], None]
 _LOOK = pipeline.Known()  # a handler run outside a batch looks everything up itself
-
-
-class Priority(enum.IntEnum):
-    ALARM = 0  # an alarm, or a duress cancel (which is one)
-    FOLLOW_UP = 1  # a cancel or position that refers to an alarm
-    ROUTINE = 2  # heartbeats and check-ins
-
-
-def priority(message: Message) -> Priority:
-    body = message.body
-    if isinstance(body, Alarm) or (isinstance(body, Cancel) and body.duress):
-        return Priority.ALARM
-    if isinstance(body, Cancel | Position):
-        return Priority.FOLLOW_UP
-    return Priority.ROUTINE
 
 
 def _level(message: Message, status: Acceptance) -> int:

@@ -15,13 +15,30 @@ resends it), as one that finds the raw inbox full is.
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections import deque
 
 from vigil.hub import pipeline
-from vigil.hub.ingest import Priority, priority
+from vigil.wire.messages import Alarm, Cancel, Message, Position
 
 LANE_LIMIT = 10_000  # opened messages waiting per lane
+
+
+class Priority(enum.IntEnum):
+    ALARM = 0  # an alarm, or a duress cancel (which is one)
+    FOLLOW_UP = 1  # a cancel or position that refers to an alarm
+    ROUTINE = 2  # heartbeats and check-ins
+
+
+def priority(message: Message) -> Priority:
+    """How soon an uplink is stored and answered (the order within a batch too)."""
+    body = message.body
+    if isinstance(body, Alarm) or (isinstance(body, Cancel) and body.duress):
+        return Priority.ALARM
+    if isinstance(body, Cancel | Position):
+        return Priority.FOLLOW_UP
+    return Priority.ROUTINE
 
 
 def urgent(decoded: pipeline.Decoded) -> bool:
