@@ -120,6 +120,7 @@ class _Tally:
     failed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     heard: set[str] = field(default_factory=set)  # devices with a new uplink (last_seen)
+    alive: dict[str, float] = field(default_factory=dict)  # the newest proof a device lives
     escalate: bool = False  # an escalation timer has come (e.g. this batch opened an alert)
     rotated: dict[WindowKey, str] = field(default_factory=dict)  # newest downlink keys
 
@@ -219,6 +220,7 @@ class Ingest:
         devices = sorted(tally.heard | last_seq.keys())
         tx.intake.touch({d: (last_seq.get(d), now if d in tally.heard else None)
                          for d in devices})  # fmt: skip
+        tx.devices.note_alive(tally.alive)
         tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
         tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch) for r in receipts))
 
@@ -278,8 +280,8 @@ class Ingest:
                                    alarm_active=item.device in alarming
                                    or any(k is AlertKind.ALARM for k, _ in kinds))  # fmt: skip
             step = _Step(item, status, proofs[id(item)], known)
-            if step.alive_at is not None:
-                tx.devices.note_alive(item.up.device_id, at=step.alive_at)
+            if step.alive_at is not None:  # written with the batch's other device columns
+                tally.alive[item.device] = max(step.alive_at, tally.alive.get(item.device, 0.0))
             receipt = settle(tx, step, _after(now, item, tampered), tally)
             msg = item.up.message
             _LOG.log(_level(msg, status), "uplink device=%s seq=%s kind=%s %s%s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vigil.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, UnknownDevice
@@ -182,19 +182,21 @@ class Devices(Repository):
                 (*params, device_id.hex),
             )
 
-    def note_alive(self, device_id: DeviceId, *, at: float) -> None:
-        """The device's own word proves it was alive at hub time `at` (never moves back).
+    def note_alive(self, proofs: Mapping[str, float]) -> None:
+        """Each device's own word proves it was alive at that hub time (never moves back);
+        one statement for a batch's devices (id hex -> time).
 
         Silence is watched from there again, even after a silent alert: only a proof
         newer than every earlier one re-arms it, so a stashed heartbeat cannot. A
         compromised device's word proves nothing: a captor may hold its key.
         """
-        self._cur.execute(
-            "UPDATE devices SET alive_at = ?, watch_from = ?, offline_at = NULL "
-            "WHERE device_id = ? AND revoked_at IS NULL AND compromised_at IS NULL "
-            "AND (alive_at IS NULL OR alive_at < ?)",
-            (at, at, device_id.hex, at),
-        )
+        if proofs:
+            self._cur.executemany(
+                "UPDATE devices SET alive_at = ?, watch_from = ?, offline_at = NULL "
+                "WHERE device_id = ? AND revoked_at IS NULL AND compromised_at IS NULL "
+                "AND (alive_at IS NULL OR alive_at < ?)",
+                [(at, at, device, at) for device, at in sorted(proofs.items())],
+            )
 
     def mark_compromised(self, device_id: DeviceId, *, at: float, reason: str) -> bool:
         """Its keys may be in a captor's hands from hub time `at` on; False if already so."""
