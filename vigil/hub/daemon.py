@@ -327,8 +327,8 @@ class HubService:
         """Fire the steps of the alerts whose escalation timer has come; set the next timer.
 
         Not durable: lost in a crash, the plan is made again, since the timer it moves
-        was committed (with the alert) before. A notice is recorded durably once sent,
-        which also writes this plan, in order, before it.
+        was committed (with the alert) before. A notice is claimed durably before it is
+        sent, which also writes this plan, in order, before it.
         """
         with self.store.transaction(durable=False) as tx:
             planned = sum(self._escalate_one(tx, a, now) for a in tx.alerts.due_escalation(now))

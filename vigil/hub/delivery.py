@@ -127,10 +127,10 @@ class Dispatcher:
             return recent is not None and len(recent) >= self.limits.notices_per_minute
 
     def _claim(self, d: Delivery, now: float) -> _Claimed | None:
-        # Not durable: a claim only keeps live hubs from sending one notice at once. Lost in
-        # a crash, it changes nothing (the notice is unsent, or sent and not yet recorded:
-        # then it is sent again once the claim would have lapsed, as with a durable claim).
-        with self.store.transaction(durable=False) as tx:
+        # Durable, as the last commit before the notice leaves: a crash between the send and
+        # its record must find it claimed (and its plan, committed before, on disk), so
+        # that the record is written when the store is back, not the notice sent again.
+        with self.store.transaction() as tx:
             if not tx.deliveries.claim(d.id, now=now, lease=CLAIM_LEASE):
                 return None  # another hub instance took it
             alert = tx.alerts.get(d.alert_id)
