@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +80,20 @@ def test_button_uses_pull_up(factory: MockFactory) -> None:
     try:
         assert factory.pin(PINS.button).pull == "up"
         assert factory.pin(PINS.tamper).pull == "up"
-        assert not inputs.button.is_pressed
+        assert not inputs.button.is_active
+    finally:
+        inputs.close()
+
+
+def test_inputs_run_no_thread_between_edges(factory: MockFactory) -> None:
+    """Idle costs battery: no poller may wake the wearable while nobody touches it."""
+    q: queue.Queue[Event] = queue.Queue()
+    before = set(threading.enumerate())
+    inputs = Inputs(PINS, on_event=q.put)
+    try:
+        assert set(threading.enumerate()) == before
+        factory.pin(PINS.button).drive_low()  # and the edges still arrive at once
+        assert isinstance(q.get(timeout=5), ButtonPressed)
     finally:
         inputs.close()
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gpiozero import LED, Button, OutputDevice, PWMOutputDevice
+from gpiozero import LED, DigitalInputDevice, OutputDevice, PWMOutputDevice
 
 from vigil.device.config import PinConfig
 from vigil.device.core import (
@@ -68,22 +68,26 @@ class Inputs:
         pin_factory: Any = None,
     ) -> None:
         self._emit, self._clock = on_event, clock
-        self.button = Button(
+        # Not gpiozero's Button: its hold thread polls every 0.1 s for `when_held`, which
+        # we never use (the core times the hold), and would wake the wearable 20 times a
+        # second for two inputs. A plain input device reports the same edges, and nothing
+        # runs between them.
+        self.button = DigitalInputDevice(
             pins.button, pull_up=True, bounce_time=BUTTON_BOUNCE, pin_factory=pin_factory
         )
-        self.tamper = Button(
+        self.tamper = DigitalInputDevice(
             pins.tamper, pull_up=True, bounce_time=TAMPER_BOUNCE, pin_factory=pin_factory
         )
-        self.button.when_pressed = lambda: self._emit(ButtonPressed(self._clock()))
-        self.button.when_released = lambda: self._emit(ButtonReleased(self._clock()))
-        self.tamper.when_pressed = lambda: self._emit(TamperClosed(self._clock()))
-        self.tamper.when_released = lambda: self._emit(TamperOpened(self._clock()))
+        self.button.when_activated = lambda: self._emit(ButtonPressed(self._clock()))
+        self.button.when_deactivated = lambda: self._emit(ButtonReleased(self._clock()))
+        self.tamper.when_activated = lambda: self._emit(TamperClosed(self._clock()))
+        self.tamper.when_deactivated = lambda: self._emit(TamperOpened(self._clock()))
 
     def initial_events(self) -> list[Event]:
         """Events describing the state at start (the loop may already be closed or open)."""
         now = self._clock()
-        events: list[Event] = [TamperClosed(now) if self.tamper.is_pressed else TamperOpened(now)]
-        if self.button.is_pressed:
+        events: list[Event] = [TamperClosed(now) if self.tamper.is_active else TamperOpened(now)]
+        if self.button.is_active:
             events.append(ButtonPressed(now))
         return events
 
