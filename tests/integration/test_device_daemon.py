@@ -310,6 +310,19 @@ def test_a_signal_stops_the_daemon_promptly(
     assert f"signal {int(signum)}: stopping" in daemon.log()
 
 
+def test_a_stop_with_the_gps_replay_running_logs_no_error(
+    tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    """The replayed receiver is hung up only after the reader has let go of it."""
+    dev = make(tmp_path, mosquitto.port, hub_keys)
+    daemon = DaemonProcess(dev, tmp_path / "daemon.log")
+    daemons.append(daemon)
+    wait_until(lambda: "gps fix acquired" in daemon.log(), 20, what="a fix from the replay")
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=STOP_BOUND) == 0
+    assert " ERROR " not in daemon.log()
+
+
 def test_run_with_the_simulate_backend_is_the_same_daemon(
     tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from tests.conftest import nmea_log
 from tests.support.device_setup import make_device
+from tests.support.wait import wait_until
 from vigil.device.config import DeviceConfig, load_config
 from vigil.device.simulate import NmeaReplay, command_loop, run_command
 from vigil.errors import NmeaFileError
@@ -78,6 +80,22 @@ def test_replay_writes_nmea_without_comments() -> None:
         assert data.startswith(b"$")
     finally:
         replay.stop()
+        replay.port.close()
+        replay.close()
+
+
+def test_replay_never_waits_for_a_reader_that_stopped_reading() -> None:
+    replay = NmeaReplay(nmea_log("gpsd-mt3339.log"), rate=5000)
+    replay.start()
+    try:  # nobody reads: the terminal's buffer fills, then lines are dropped as on a UART
+        wait_until(lambda: replay.dropped > 0, 20, what="a full terminal buffer")
+    finally:
+        started = time.monotonic()
+        replay.stop()
+    assert time.monotonic() - started < 2
+    replay.port.close()
+    replay.close()
+    replay.close()  # twice is harmless
 
 
 def test_replay_refuses_a_file_without_nmea(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ a backend with `[hardware] backend` in its config, overridden by the
   fuel gauge in sysfs (`[battery] capacity_path`), Wi-Fi link quality from
   /proc/net/wireless, the system clocks, and systemd's notify socket.
 - `simulate`: the same daemon with nothing attached. gpiozero's `MockFactory`
-  pins driven by commands on stdin, an NMEA capture replayed through
-  pyserial's `loop://` as the GPS, a fixed battery level and link quality,
+  pins driven by commands on stdin, an NMEA capture replayed into a
+  pseudo-terminal opened as the GPS's serial port, a fixed battery level and link quality,
   feedback shown on stdout; clocks and systemd notify as on the Pi.
 
 `vigil-device run` and `vigil-device simulate` differ only in which factory
@@ -184,6 +184,11 @@ class SimulatedHardware(Hardware):
     def stop(self) -> None:
         if self._replay is not None:
             self._replay.stop()
+
+    def close(self) -> None:
+        if self._replay is not None:
+            self._replay.close()
+        super().close()
 
 
 def backend_name(cfg: DeviceConfig, environ: dict[str, str] | None = None) -> str:

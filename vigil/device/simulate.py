@@ -9,6 +9,7 @@ real button and strap would, so the daemon under test is the real one.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,13 @@ SHORT, LONG, GAP = 0.15, 1.0, 0.3
 
 
 class NmeaReplay:
-    """Write a capture's lines, in a loop, into a pyserial `loop://` port the reader reads."""
+    """Write a capture's lines, in a loop, into a pseudo-terminal the reader opens as its port.
+
+    A pty, not pyserial's `loop://`: the reader then runs exactly as on the Pi's UART
+    (a real tty in raw mode, select() and read()), and a line costs one write. `loop://`
+    hands bytes over one at a time through a Python queue, so the replay itself cost
+    more CPU than everything the idle daemon does, and hid what the reader costs.
+    """
 
     def __init__(self, path: Path, *, rate: float = 10.0) -> None:
         try:
@@ -37,7 +44,17 @@ class NmeaReplay:
         self.lines = [ln for ln in data.splitlines() if ln and not ln.startswith(b"#")]
         if not self.lines:
             raise NmeaFileError(f"{path} holds no NMEA lines; give a capture of NMEA sentences")
-        self.port: Any = serial.serial_for_url("loop://", timeout=0.5)
+        self._master, slave = os.openpty()
+        try:
+            self.port: Any = serial.Serial(os.ttyname(slave), 9600, timeout=0.5)
+        except BaseException:
+            os.close(self._master)
+            raise
+        finally:
+            os.close(slave)  # pyserial holds its own descriptor of the terminal
+        # Never block on a reader that stopped reading: drop the line, as a UART overruns.
+        os.set_blocking(self._master, False)
+        self.dropped = 0  # lines the reader was too far behind to take
         self._interval = 1.0 / rate
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nmea-replay", daemon=True)
@@ -50,14 +67,24 @@ class NmeaReplay:
         if self._thread.ident is not None:  # started
             self._thread.join(5)
 
+    def close(self) -> None:
+        """Hang up the terminal, after `stop()` and after the reader closed its port (a
+        hang-up before that would read as a receiver that vanished)."""
+        self.stop()
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
     def _run(self) -> None:
         while not self._stop.is_set():
             for line in self.lines:
                 if self._stop.wait(self._interval):
                     return
                 try:
-                    self.port.write(line + b"\r\n")
-                except serial.SerialException:  # the reader closed the port: we are stopping
+                    os.write(self._master, line + b"\r\n")
+                except BlockingIOError:  # the reader is behind: this line is lost
+                    self.dropped += 1
+                except OSError:  # the reader closed the port: we are stopping
                     return
 
 
