@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from tests.support.device_setup import ProvisionedDevice, make_device
 from tests.support.parties import DIGEST, EPOCH, NONCE
 from tests.support.wait import wait_until
 from vigil.device.config import DeviceConfig, load_config
-from vigil.device.core import ButtonPressed, ButtonReleased, GpsFix, Mode, Pattern
+from vigil.device.core import ButtonPressed, ButtonReleased, GpsFix, Mode, Pattern, Tick
 from vigil.device.daemon import MEMORY_KEY, Daemon, mqtt_settings
 from vigil.device.drivers.link import read_link_quality
 from vigil.device.outbox import Outbox
@@ -188,6 +189,70 @@ def test_gps_time_then_ntp_time(
     assert (body.pending, body.oldest_pending) == (len(daemon.outbox.pending()), message.seq)
     assert body.pending == 1
     assert beat[0].seq not in daemon.outbox.pending()  # heartbeats are never queued
+
+
+def fix_at(at: float, lat: float) -> GpsFix:
+    return GpsFix(at=at, fix=Fix(lat=lat, lon=2.0, fix_time=None))
+
+
+def test_fixes_wait_for_the_next_input_without_waking_the_loop(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
+) -> None:
+    """Nothing falls due because of a fix: only a first fix (and one after a gap) wakes the
+    loop; the others reach the core just before the next input, the newest last."""
+    daemon, clock, _ = parts
+    daemon.on_fix(fix_at(clock.now, 1.0))
+    assert daemon._queue.qsize() == 1  # the first: the loop logs it as acquired at once
+    daemon.step()
+    for lat in (2.0, 3.0, 4.0):
+        clock.now += 1.0
+        daemon.on_fix(fix_at(clock.now, lat))
+        daemon.on_fix(fix_at(clock.now + 0.2, -lat))  # within the second: not passed on
+    assert daemon._queue.empty()  # a receiver printing fixes does not wake the wearable
+    clock.now += 0.5
+    hold(daemon, clock)
+    (message,) = opened(dev, daemon)
+    assert isinstance(message.body, Alarm)
+    assert message.body.fix is not None
+    assert message.body.fix.fix.lat == 4.0
+    assert message.body.fix.age == 1.5  # seen at 103.0, the alarm raised at 104.5
+    clock.now += 15.0  # the receiver lost the sky for a while
+    daemon.on_fix(fix_at(clock.now, 5.0))
+    assert daemon._queue.qsize() == 1  # back after a gap: logged at once again
+
+
+def test_a_steady_receiver_is_logged_once_however_long_the_loop_sleeps(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon, clock, _ = parts
+    with caplog.at_level(logging.INFO, logger="vigil.device.daemon"):
+        for _ in range(40):  # a fix a second while the loop sleeps up to its 30 s wait
+            daemon.on_fix(fix_at(clock.now, 1.0))
+            clock.now += 1.0
+            if not daemon._queue.empty():
+                daemon.step()
+        daemon.post(Tick(clock.now))  # the loop wakes at last and takes the newest fix
+        daemon.step()
+    assert [r.message.count("gps fix acquired") for r in caplog.records] == [1]
+
+
+def test_a_fix_seen_after_an_input_is_not_handled_before_it(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder]
+) -> None:
+    """A fix waiting beside the queue must not move the core's time past an input that
+    came before it: here it would turn a 0.9 s bump into a 1 s hold, an alarm."""
+    daemon, clock, player = parts
+    daemon.on_fix(fix_at(clock.now, 1.0))
+    daemon.step()
+    daemon.post(ButtonPressed(clock.now))
+    daemon.step()
+    clock.now += 0.9
+    daemon.post(ButtonReleased(clock.now))
+    clock.now += 0.2
+    daemon.on_fix(fix_at(clock.now, 2.0))  # seen after the release, before the loop took it
+    daemon.step()
+    assert daemon.outbox.pending() == []
+    assert Pattern.RAISED not in player.played
 
 
 def test_downlinks_on_other_topics_or_forged_change_nothing(

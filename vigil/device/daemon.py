@@ -1,7 +1,9 @@
 """Run the wearable: drivers and MQTT feed one queue, the core decides, the outbox delivers.
 
 One main loop owns the core and the outbox writes. gpiozero, the GPS reader
-and paho call in from their own threads only to put items on the queue. Each
+and paho call in from their own threads only to put items on the queue (fixes,
+which nothing waits for, go beside it and are handed over before the next
+input, so a receiver does not wake the wearable every second). Each
 `Send` is signed and committed to the outbox before it is published, sealed
 afresh for every attempt; entries are resent with backoff until a verified
 `stored` for that seq and digest arrives. Heartbeats are sent once, carrying
@@ -28,6 +30,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -157,11 +160,13 @@ class Daemon:
         self._unsaved: dict[int, Entry] = {}  # sealed but not on disk (disk full)
         self._unsaved_retry = 0.0
         self._last_fix: GpsFix | None = None
-        self._last_gps_post = -GPS_EVERY
+        self._last_gps_post: float | None = None  # when the GPS thread last passed one on
+        self._fixes: deque[GpsFix] = deque()  # passed on by the GPS thread, not yet handled
         self._next_battery = 0.0
         self._watchdog = _watchdog_interval()
         self._last_ping = 0.0
         self._link_status = ""  # the status line systemd last got
+        self._link_state: object = None  # the transport's state that line describes
         self.stop_event = threading.Event()
         self.ready = threading.Event()
 
@@ -171,11 +176,23 @@ class Daemon:
         self._queue.put(event)
 
     def on_fix(self, fix: GpsFix) -> None:
-        """GPS thread: pass on a fix, at most one per second."""
-        if fix.at - self._last_gps_post < GPS_EVERY:
+        """GPS thread: pass on a fix, at most one per second, without waking the loop.
+
+        Nothing falls due because of a fix: the core only keeps the newest, for the next
+        alarm or heartbeat. So fixes wait beside the queue and each step hands the core
+        those seen before its own input first (`_take_fixes`): the core sees the same
+        fixes in the same order as if each had been queued, and the wearable does not
+        wake once a second for them. A fix after none, or after a gap, does wake the
+        loop, which logs it as acquired.
+        """
+        last = self._last_gps_post
+        if last is not None and fix.at - last < GPS_EVERY:
             return
         self._last_gps_post = fix.at
-        self._queue.put(fix)
+        if last is None or fix.at - last > FIX_GAP:
+            self._queue.put(fix)
+        else:
+            self._fixes.append(fix)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         self._queue.put(_Downlink(topic, payload))
@@ -211,6 +228,7 @@ class Daemon:
             item = Tick(self._clock())
         if item is None:  # stop() woke us: leave without acting on anything more
             return
+        self._take_fixes(until=self._clock() if isinstance(item, _Downlink) else item.at)
         event = self._downlink(item) if isinstance(item, _Downlink) else item
         if isinstance(event, LinkChanged) and event.up:
             self.outbox.retry_all_now()
@@ -225,6 +243,16 @@ class Daemon:
         self._save_memory()
         self._report_link()
         self._ping_watchdog()
+
+    def _take_fixes(self, until: float) -> None:
+        """Hand the core the newest fix the GPS thread saw at or before `until` (the time
+        of the input at hand), so no input meets an older fix than it would have."""
+        fixes, newest = self._fixes, None
+        while fixes and fixes[0].at <= until:
+            newest = fixes.popleft()
+        if newest is not None:  # never one after a gap: those come through the queue, logged
+            self._last_fix = newest
+            self._carry_out(self.core.handle(newest))
 
     def run_due(self, *, limit: int = 1000) -> None:
         """Handle every queued input and every deadline already due, never waiting.
@@ -472,7 +500,11 @@ class Daemon:
         transport = self._transport
         if not isinstance(transport, _Described):
             return
-        line = f"broker: {transport.state.describe()}"
+        state = transport.state
+        if state is self._link_state:  # replaced whole on every change: nothing to say
+            return
+        self._link_state = state
+        line = f"broker: {state.describe()}"
         if line != self._link_status:
             self._link_status = line
             self._notify(status_assignment(line))
