@@ -12,12 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.device_idle import BARE_MODULES
 from tests.conftest import nmea_log
 from tests.support.broker import Broker, free_port, running_mosquitto
 from tests.support.device_setup import ProvisionedDevice, make_device
@@ -53,12 +54,13 @@ class DaemonProcess:
     def __init__(
         self, dev: ProvisionedDevice, log: Path, *, env: dict[str, str] | None = None,
         notify: NotifySocket | None = None, command: str = "simulate", nmea: bool = True,
+        launcher: Sequence[str] = ("-m", "vigil.device.cli"),
     ) -> None:  # fmt: skip
         self.log_path = log
         self._log = log.open("ab")
         self._own_notify = notify is None
         self.notify = notify or NotifySocket()
-        cmd = [sys.executable, "-m", "vigil.device.cli", command, "--config", str(dev.config_path)]
+        cmd = [sys.executable, *launcher, command, "--config", str(dev.config_path)]
         if nmea:
             cmd += ["--nmea", str(nmea_log("gpsd-mt3339.log")), "--nmea-rate", "50"]
         self.proc = subprocess.Popen(
@@ -321,6 +323,47 @@ def test_a_stop_with_the_gps_replay_running_logs_no_error(
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(timeout=STOP_BOUND) == 0
     assert " ERROR " not in daemon.log()
+
+
+# The daemon itself, with a handler that writes the modules it has loaded on SIGUSR1.
+_MODULES_ON_SIGNAL = """
+import os, signal, sys
+def dump(signum, frame):
+    with open(os.environ["MODULES_TO"], "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+signal.signal(signal.SIGUSR1, dump)
+from vigil.device.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_idle_daemon_loads_nothing_beyond_the_bench_baseline(
+    tmp_path: Path, mosquitto: Broker, hub_keys: HubKeys, daemons: list[DaemonProcess]
+) -> None:
+    """bench.device_idle compares the daemon with a bare interpreter importing BARE_MODULES;
+    a module loaded only in the daemon would make it look heavier than it is, one loaded
+    only in the bare twin lighter. After its heartbeats, receipts and fixes, the daemon has
+    exactly the twin's modules, and never a hub or provisioning one."""
+    dev = make(tmp_path, mosquitto.port, hub_keys)
+    dump = tmp_path / "modules.txt"
+    daemon = DaemonProcess(dev, tmp_path / "daemon.log", env={"MODULES_TO": str(dump)},
+                           launcher=("-c", _MODULES_ON_SIGNAL))  # fmt: skip
+    daemons.append(daemon)
+    hub = endpoint(mosquitto, dev, auto_store=frozenset({"heartbeat"})).start()
+    try:
+        wait_until(lambda: len(hub.unique("heartbeat")) >= 2, 20, what="heartbeats stored")
+        wait_until(lambda: "gps fix acquired" in daemon.log(), 20, what="a fix")
+        daemon.proc.send_signal(signal.SIGUSR1)
+        loaded = set(wait_until(lambda: dump.exists() and dump.read_text().split(), 10,
+                                what="the daemon's modules"))  # fmt: skip
+    finally:
+        hub.stop()
+    code = f"import sys, {', '.join(BARE_MODULES)}; print('\\n'.join(sys.modules))"
+    twin = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.split()  # fmt: skip
+    assert sorted(loaded - set(twin)) == []
+    assert sorted(set(twin) - loaded) == []
+    assert not [m for m in loaded if m.startswith(("vigil.hub", "vigil.provision"))]
 
 
 def test_run_with_the_simulate_backend_is_the_same_daemon(

@@ -17,7 +17,6 @@ reads the same files as a technician in the config's folder.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import re
@@ -267,6 +266,8 @@ class Table:
 
 
 def _close(name: str, candidates: Iterable[str]) -> str | None:
+    import difflib  # noqa: PLC0415 - only for a config with a typo; not in every daemon's memory
+
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
