@@ -2,8 +2,10 @@
 
 The daemon runs as `vigil-device simulate` (mock pins, the real outbox, the
 real MQTT client) against a local mosquitto, with an NMEA capture replayed at
-5 sentences per second, about what a 1 Hz receiver prints. Nobody presses the
-button: this is the state the wearable is in almost all of its life. Figures
+5 sentences per second in one burst a second, as a 1 Hz receiver prints them
+(the replay thread runs in the daemon's process and is counted with it, though
+no wearable has it). Nobody presses the button: this is the state the wearable
+is in almost all of its life. Figures
 come from /proc (utime+stime and VmRSS), sampled after a warm-up.
 
     .venv/bin/python -m bench.device_idle [--seconds 60]

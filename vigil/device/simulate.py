@@ -8,6 +8,7 @@ real button and strap would, so the daemon under test is the real one.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -31,9 +32,10 @@ class NmeaReplay:
     """Write a capture's lines, in a loop, into a pseudo-terminal the reader opens as its port.
 
     A pty, not pyserial's `loop://`: the reader then runs exactly as on the Pi's UART
-    (a real tty in raw mode, select() and read()), and a line costs one write. `loop://`
-    hands bytes over one at a time through a Python queue, so the replay itself cost
-    more CPU than everything the idle daemon does, and hid what the reader costs.
+    (a real tty in raw mode), and a line costs one write. `loop://` hands bytes over one
+    at a time through a Python queue, so the replay itself cost more CPU than everything
+    the idle daemon does, and hid what the reader costs. `rate` lines a second go out as
+    a receiver prints them: in one burst a second (one every 1/rate s below one a second).
     """
 
     def __init__(self, path: Path, *, rate: float = 10.0) -> None:
@@ -55,7 +57,8 @@ class NmeaReplay:
         # Never block on a reader that stopped reading: drop the line, as a UART overruns.
         os.set_blocking(self._master, False)
         self.dropped = 0  # lines the reader was too far behind to take
-        self._interval = 1.0 / rate
+        self._burst = max(1, round(rate))
+        self._interval = self._burst / rate
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nmea-replay", daemon=True)
 
@@ -76,16 +79,16 @@ class NmeaReplay:
             self._master = -1
 
     def _run(self) -> None:
+        lines = itertools.cycle(self.lines)
         while not self._stop.is_set():
-            for line in self.lines:
-                if self._stop.wait(self._interval):
-                    return
+            for line in itertools.islice(lines, self._burst):
                 try:
                     os.write(self._master, line + b"\r\n")
                 except BlockingIOError:  # the reader is behind: this line is lost
                     self.dropped += 1
                 except OSError:  # the reader closed the port: we are stopping
                     return
+            self._stop.wait(self._interval)
 
 
 class ShownFeedback:
