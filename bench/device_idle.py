@@ -53,8 +53,9 @@ def measure(
 
 
 # Every module the idle daemon has loaded, and nothing running: its own, the libraries they
-# import, and two the libraries load on first use (paho's connect encodes the broker's host
-# name with the idna codec; cryptography loads its backend for the first public key read).
+# import, and three the libraries load on first use (paho's connect encodes the broker's host
+# name with the idna codec; cryptography loads its backend for the first public key read;
+# pynmea2 parses the receiver's time with strptime).
 # tests/integration/test_device_daemon.py checks that the daemon has no module beyond these.
 BARE_MODULES = (
     "vigil.device.cli",
@@ -67,6 +68,7 @@ BARE_MODULES = (
     "paho.mqtt.client",
     "encodings.idna",
     "cryptography.hazmat.backends.openssl.backend",
+    "_strptime",
 )
 BARE_IMPORTS = f"import {', '.join(BARE_MODULES)}, time; time.sleep(3600)"
 
