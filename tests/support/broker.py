@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -90,8 +91,12 @@ def running_mosquitto(
     persistence = workdir / "data"
     persistence.mkdir(exist_ok=True)
     base = extra_conf or "allow_anonymous true\n"
+    # Started as root, mosquitto drops to its own user, which cannot reach a test's private
+    # folder: it would save nothing ("mosquitto.db.new: Permission denied") and every
+    # restart would lose every session, which a real broker keeps. It stays root here.
+    stay = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"per_listener_settings false\n"
+        f"per_listener_settings false\n{stay}"
         f"persistence true\npersistence_location {persistence}/\n"
         f"listener {port} 127.0.0.1\n{base}"
     )
