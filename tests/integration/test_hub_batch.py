@@ -130,7 +130,8 @@ def test_a_batch_keeps_every_v2_rule_and_answers_the_alarm_first(hub: HubService
     # Claimed by this hub at once; marked sent with the next batch (or by the timer), not
     # in a transaction of their own.
     assert peek(store, lambda tx: tx.downlinks.pending(now=hub.clock())) == []
-    assert len(peek(store, lambda tx: tx.downlinks.pending())) == 3
+    # The alarm's was marked by the heartbeats' transaction, which followed its own.
+    assert len(peek(store, lambda tx: tx.downlinks.pending())) == 2
     hub.handle_batch([up(Message(seq=3, body=Checkin(), epoch=EPOCH), other=True)])
     assert len(receipts(hub)) == 4
     (waiting,) = peek(store, lambda tx: tx.downlinks.pending())  # only the check-in's own,
@@ -153,6 +154,30 @@ def test_an_alarm_behind_200_heartbeats_is_handled_and_answered_first(hub: HubSe
     (opened,) = [e for e in peek(hub.store, lambda tx: tx.audit.entries())
                  if e.action == "alert opened"]  # fmt: skip
     assert opened.id == min(e.id for e in peek(hub.store, lambda tx: tx.audit.entries()))
+
+
+def test_an_alarm_is_answered_before_the_heartbeats_beside_it_are_stored(
+    hub: HubService,
+) -> None:
+    """Urgent uplinks get a commit of their own, ahead of the batch: the alarm's receipt
+    leaves before any heartbeat of its batch is handled, stored or answered."""
+    p = parties()
+    stored_when: list[int] = []
+    transport = hub.transport
+    assert isinstance(transport, RecordingTransport)
+    publish = transport.publish
+
+    def counting(topic: str, payload: bytes, *, qos: int = 1) -> None:
+        stored_when.append(peek(hub.store, lambda tx: tx.uplinks.count()))
+        publish(topic, payload, qos=qos)
+
+    transport.publish = counting  # type: ignore[method-assign]
+    flood = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(30)]
+    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
+    hub.handle_batch([*flood[:20], alarm, *flood[20:]])
+    assert receipts(hub)[0] == (p.other_id.hex, 0)
+    assert stored_when[0] == 1  # only the alarm was stored when its receipt left
+    assert stored_when[1:] == [31] * 30
 
 
 def test_a_poisoned_uplink_in_a_batch_loses_none_of_its_neighbours(

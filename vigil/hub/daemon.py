@@ -31,6 +31,7 @@ from vigil.hub.pipeline import Decoded
 from vigil.hub.registry import Registry
 from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
 from vigil.hub.store.intake import QueuedReceipt, ReceiptMarks
+from vigil.hub.triage import urgent
 from vigil.runtime.mqtt import Transport
 from vigil.wire.envelope import seal_downlink
 from vigil.wire.ids import DeviceId
@@ -120,11 +121,19 @@ class HubService:
         is receipted all the same: the alarm IS on disk, so the wearer must feel
         `stored` (and stop resending); the operator sees the failure in `stats`, the
         log and the audit trail. See `vigil.hub.ingest` for the batch and its order.
-        """
-        self.handle_opened(self.ingest.open(messages))
 
-    def handle_opened(self, decoded: Sequence[Decoded]) -> None:
-        """`handle_batch` for messages the opener worker already opened (`vigil.hub.triage`)."""
+        Urgent uplinks (`vigil.hub.triage`: alarms and what follows them) are stored,
+        answered and escalated first, with a commit of their own: an alarm waits for no
+        heartbeat's handling, commit or receipt.
+        """
+        decoded = self.ingest.open(messages)
+        first = [d for d in decoded if urgent(d)]
+        if first and len(first) < len(decoded):
+            self._store_and_answer(first)
+            decoded = [d for d in decoded if not urgent(d)]
+        self._store_and_answer(decoded)
+
+    def _store_and_answer(self, decoded: Sequence[Decoded]) -> None:
         now = self.clock()
         online = self.transport is not None and self.transport.connected
         marks = self._take_marks()

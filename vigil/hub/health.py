@@ -1,6 +1,6 @@
 """Heartbeats of the hub's workers, for systemd's watchdog.
 
-Each worker (opener, ingest loop, delivery dispatcher, periodic timer) beats after every
+Each worker (ingest loop, delivery dispatcher, periodic timer) beats after every
 round it finished without an error, idle rounds included. The supervisor pings
 the watchdog (WATCHDOG=1) only while every worker beat within its bound: a worker
 that hangs, keeps failing or died withholds the ping, and systemd restarts the hub.
@@ -27,19 +27,17 @@ class WorkerBounds:
     long after a bound is passed.
     """
 
-    open: float = 30.0
     ingest: float = 30.0
     delivery: float = 30.0
     timer: float = 60.0
     send: float = 300.0
 
     def __post_init__(self) -> None:
-        if min(self.open, self.ingest, self.delivery, self.timer, self.send) <= 0:
+        if min(self.ingest, self.delivery, self.timer, self.send) <= 0:
             raise ValueError("worker bounds must be > 0 seconds")
 
     def per_worker(self) -> dict[str, float]:
-        return {"open": self.open, "ingest": self.ingest, "delivery": self.delivery,
-                "timer": self.timer}  # fmt: skip
+        return {"ingest": self.ingest, "delivery": self.delivery, "timer": self.timer}
 
 
 class Heartbeats:

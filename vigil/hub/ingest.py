@@ -18,11 +18,11 @@ committed (at most `MAX_BATCH` messages, so at low load a batch of one), and
 4. returns the receipts, alarms' first, for the caller to seal and publish.
 
 Every envelope has the same size and is sealed, so the hub knows an alarm only
-once it has opened it. The running hub opens each message as it arrives, on a
-worker of its own, and takes its batches alarms first (`vigil.hub.triage`): an
-alarm waits at most for the batch being stored when it was opened (at most
-`MAX_BATCH` heartbeats), then goes in a batch of its own. Within a batch,
-alarms are handled, stored and answered first.
+once it has opened it. `HubService.handle_batch` opens the batch, then stores
+and answers its urgent uplinks (`vigil.hub.triage`) with a commit of their own
+before the rest: an alarm waits at most for the batch in progress and the
+opening of its own (at most `MAX_BATCH` messages each). Within a batch, alarms
+are handled, stored and answered first.
 
 Containment: if anything in a batch fails (a handler raises, a write is
 refused), the transaction rolls back as a whole and the batch runs again one
@@ -52,7 +52,7 @@ from vigil.wire.messages import Alarm, Message, Trigger, encode_payload
 from vigil.wire.replay import ReplayWindow, Verdict
 
 _LOG = logging.getLogger(__name__)
-MAX_BATCH = 64  # uplinks per commit: bounds how long an alarm waits for a routine batch
+MAX_BATCH = 64  # uplinks per round: bounds how long an alarm waits behind a flood
 Audit = Callable[[Transaction, str, str, str], None]
 _LOOK = pipeline.Known()  # a handler run outside a batch looks everything up itself
 

@@ -1,12 +1,13 @@
 """The hub process: three workers on their own threads, and a supervisor that tells systemd.
 
-- open: paho's thread only queues (topic, payload); this worker opens and verifies
-  each message as it comes (the CPU part) and sorts it into the urgent or the
-  routine lane (`vigil.hub.triage`);
-- ingest: takes whatever was opened while its previous batch was committed (at most
-  `MAX_BATCH`, alarms ahead of heartbeats) and handles it as one batch
-  (`vigil.hub.ingest`: one durable commit before any receipt, alarms first), then
-  publishes the receipts;
+- ingest: paho's thread only queues (topic, payload); this worker takes whatever
+  arrived while its previous batch was committed (at most `MAX_BATCH`), opens it,
+  and stores and answers its urgent uplinks (alarms and what follows them) first,
+  with a commit of their own, then the rest as one batch (`vigil.hub.ingest`: one
+  durable commit before any receipt), publishing the receipts of each. Opening is
+  CPU work under the interpreter lock: on a thread of its own it would take the
+  lock every time the store's driver lets go of it for I/O, and the store would
+  wait at each statement (measured: half the throughput);
 - delivery: dispatches due notices onto the sending pool, woken early when escalation
   plans some or a send ends, so a slow SMTP server never delays an ACK or a webhook;
 - timer: the periodic work (`HubService.tick`) every `tick` seconds, not after each uplink.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +36,6 @@ from vigil.hub.daemon import HubService
 from vigil.hub.health import Heartbeats, WorkerBounds, describe_stuck
 from vigil.hub.ingest import MAX_BATCH
 from vigil.hub.store import open_store
-from vigil.hub.triage import Triage
 from vigil.runtime.mqtt import ConnectionState, MqttClient, Transport
 from vigil.runtime.systemd import sd_notify, sd_status
 from vigil.wire.keys import HubKeys
@@ -46,7 +45,6 @@ _LOG = logging.getLogger(__name__)
 TICK = 1.0  # s between rounds of the periodic work
 WATCHDOG_PING = 1.0  # s between WATCHDOG=1 pings (WatchdogSec is several times longer)
 REPORT_EVERY = 30.0  # s between status reports to the store when nothing changed
-SWITCH_INTERVAL = 0.0005  # s a busy thread holds the GIL before another may run
 
 Inbox = queue.Queue[tuple[str, bytes]]
 
@@ -69,10 +67,8 @@ def serve(service: HubService, client: Broker, inbox: Inbox, stop: threading.Eve
     beats = beats or Heartbeats(bounds.per_worker())
     service.transport = client
     service.recover()
-    triage = Triage()
     rounds: dict[str, Callable[[], bool]] = {
-        "open": lambda: _open_round(service, inbox, triage, interval),
-        "ingest": lambda: _ingest_round(service, triage, interval),
+        "ingest": lambda: _ingest_round(service, inbox, interval),
         "delivery": lambda: _delivery_round(service, interval, bounds.send),
         "timer": lambda: _timer_round(service, stop, tick),
     }
@@ -117,32 +113,18 @@ def _work(name: str, round_: Callable[[], bool], beats: Heartbeats, stop: thread
     _LOG.debug("the %s worker stopped", name)
 
 
-def _open_round(service: HubService, inbox: Inbox, triage: Triage, interval: float) -> bool:
-    """Open what arrived, one message at a time (an alarm waits for no later message)."""
+def _ingest_round(service: HubService, inbox: Inbox, interval: float) -> bool:
+    """Handle whatever arrived while the previous batch was committed, as one batch."""
     try:
-        first = inbox.get(timeout=interval)
+        batch = [inbox.get(timeout=interval)]
     except queue.Empty:
         return True
-    service.registry.refresh()  # enrolments and revocations since the last round
-    message: tuple[str, bytes] | None = first
-    for _ in range(MAX_BATCH):
-        if message is None:
-            break
-        if not triage.put(service.ingest.decode(*message)):
-            _LOG.warning("too many opened messages wait; dropped one on %s (it is resent)",
-                         message[0])  # fmt: skip
+    while len(batch) < MAX_BATCH:
         try:
-            message = inbox.get_nowait()
+            batch.append(inbox.get_nowait())
         except queue.Empty:
-            message = None
-    return True
-
-
-def _ingest_round(service: HubService, triage: Triage, interval: float) -> bool:
-    """Store and answer whatever was opened while the previous batch was committed."""
-    batch = triage.take(MAX_BATCH, interval)
-    if batch:
-        service.handle_opened(batch)  # only StorageError gets out: the devices resend
+            break
+    service.handle_batch(batch)  # only StorageError gets out: no receipt, the devices resend
     return True
 
 
@@ -227,10 +209,6 @@ def _enqueue(inbox: Inbox, topic: str, payload: bytes) -> None:
 def run(config: HubConfig, *, stop: threading.Event, clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None, create: bool = False) -> None:  # fmt: skip
     """Start the hub from `config` and serve until `stop` is set (`create`: a missing store)."""
-    # An alarm crosses three threads (paho's, ingest, paho's again to publish the receipt).
-    # While one is busy (a flood of heartbeats), the next waits for the GIL up to the
-    # switch interval at each crossing: 5 ms by default, 0.5 ms here.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     store = open_store(config.store_url, create=create)
     try:
         keys = HubKeys.load(config.keys_path)
