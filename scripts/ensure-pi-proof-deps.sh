@@ -14,6 +14,9 @@ need=()
 [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
 command -v update-binfmts >/dev/null 2>&1 || need+=(binfmt-support)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+# mmdebstrap only recommends arch-test, which it needs for a foreign architecture; the
+# install below skips recommends, so name it.
+command -v arch-test >/dev/null 2>&1 || need+=(arch-test)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # The trixie root is signed with keys that Debian 12's keyring package carries.
 [ -e /usr/share/keyrings/debian-archive-trixie-stable.gpg ] || need+=(debian-archive-keyring)

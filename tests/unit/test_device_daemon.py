@@ -110,7 +110,8 @@ def receipt(
     nonce: str = NONCE, hub: HubKeys | None = None,
 ) -> bytes:  # fmt: skip
     """A downlink from the hub (or, with `hub`, from an impostor) for this device's life."""
-    daemon_epoch = Outbox.open(dev.state_dir / "outbox.sqlite3").epoch
+    with Outbox.open(dev.state_dir / "outbox.sqlite3") as outbox:
+        daemon_epoch = outbox.epoch
     return seal_downlink(
         Message(seq=seq, body=body, epoch=epoch or daemon_epoch, nonce=nonce),  # type: ignore[arg-type]
         device_id=dev.device_id,
@@ -460,7 +461,8 @@ def test_disk_full_keeps_the_alarm_in_memory_and_sends_it(dev: ProvisionedDevice
     daemon.step()
     assert len(alarms_sent()) == 3
     outbox.close()
-    assert Outbox.open(path).next_seq > first  # the seq sent from memory is never reused
+    with Outbox.open(path) as again:
+        assert again.next_seq > first  # the seq sent from memory is never reused
 
 
 def test_stop_wakes_the_loop_from_its_wait(

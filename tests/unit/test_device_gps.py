@@ -40,9 +40,15 @@ def feed_through_loop(data: bytes) -> tuple[GpsReader, list[GpsFix]]:
     reader.start()
     writer = threading.Thread(target=port.write, args=(data + b"\r\n",))
     writer.start()
-    writer.join(30)
-    wait_until(lambda: reader.bytes_read >= len(data) + 2, 30, what="the reader to drain")
+    # One budget for the whole transfer: loop:// moves one byte per queue operation, which a
+    # real CPU does for the largest capture in a second and emulated aarch64 on a loaded
+    # machine in about a minute (make pi-proof).
+    wait_until(lambda: reader.bytes_read >= len(data) + 2, 100, what="the reader to drain")
+    writer.join(5)
+    decoded = len(fixes)
     reader.stop()
+    assert not reader.alive
+    assert len(fixes) == decoded  # bytes_read counts bytes already decoded
     return reader, fixes
 
 

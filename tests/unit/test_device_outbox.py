@@ -6,7 +6,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,20 +21,46 @@ from vigil.wire.liveness import uplink_digest
 from vigil.wire.messages import Kind
 from vigil.wire.replay import ReplayWindow, Verdict
 
+OpenBox = Callable[..., Outbox]
+
+
+@pytest.fixture
+def open_box() -> Iterator[OpenBox]:
+    """`Outbox.open`, and every outbox it opened closed after the test: from Python 3.13 an
+    unclosed SQLite connection is a ResourceWarning wherever the GC finds it (another test)."""
+    opened: list[Outbox] = []
+
+    def open_box(path: Path, **options: Any) -> Outbox:
+        box = Outbox.open(path, **options)
+        opened.append(box)
+        return box
+
+    yield open_box
+    for box in opened:
+        box.close()
+
+
+def open_files(path: Path) -> list[str]:
+    """This process's descriptors open on `path` (a refused outbox must keep none)."""
+    fds = Path("/proc/self/fd")
+    return [fd.name for fd in fds.iterdir() if os.path.realpath(fd) == str(path.resolve())]
+
 
 def env(seq: int) -> bytes:
     """A stand-in for a signed payload: the outbox stores it and hashes it, never reads it."""
     return seq.to_bytes(4, "big") * 16
 
 
-def test_put_then_reopen_keeps_entries_counter_and_epoch(tmp_path: Path) -> None:
+def test_put_then_reopen_keeps_entries_counter_and_epoch(
+    tmp_path: Path, open_box: OpenBox
+) -> None:
     path = tmp_path / "o.sqlite3"
-    box = Outbox.open(path)
+    box = open_box(path)
     epoch = box.epoch
     box.put(0, Kind.POSITION, env(0))
     box.put(1, Kind.ALARM, env(1))
     box.close()
-    box = Outbox.open(path)
+    box = open_box(path)
     assert box.next_seq == 2
     assert box.epoch == epoch
     assert [(e.seq, e.kind, e.payload) for e in box.due(0.0)] == [
@@ -41,17 +69,19 @@ def test_put_then_reopen_keeps_entries_counter_and_epoch(tmp_path: Path) -> None
     ]
 
 
-def test_a_new_outbox_is_a_new_life_with_its_own_epoch(tmp_path: Path) -> None:
+def test_a_new_outbox_is_a_new_life_with_its_own_epoch(tmp_path: Path, open_box: OpenBox) -> None:
     """Seqs restart with a new database: the epoch keeps the hub from taking it as a replay."""
-    first = Outbox.open(tmp_path / "a.sqlite3")
-    second = Outbox.open(tmp_path / "b.sqlite3")
+    first = open_box(tmp_path / "a.sqlite3")
+    second = open_box(tmp_path / "b.sqlite3")
     assert first.epoch != second.epoch
     assert first.next_seq == second.next_seq == 0
 
 
-def test_heartbeats_are_never_queued_but_spend_their_seq(tmp_path: Path) -> None:
+def test_heartbeats_are_never_queued_but_spend_their_seq(
+    tmp_path: Path, open_box: OpenBox
+) -> None:
     path = tmp_path / "o.sqlite3"
-    box = Outbox.open(path)
+    box = open_box(path)
     with pytest.raises(ValueError, match="heartbeat"):
         box.put(0, Kind.HEARTBEAT, env(0))
     assert box.next_seq == 0  # a refused put spends nothing
@@ -63,11 +93,11 @@ def test_heartbeats_are_never_queued_but_spend_their_seq(tmp_path: Path) -> None
     with pytest.raises(StorageError, match="already used"):
         box.put(3, Kind.ALARM, env(3))
     box.close()
-    assert Outbox.open(path).next_seq == 6
+    assert open_box(path).next_seq == 6
 
 
-def test_digests_name_what_a_receipt_must_answer(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.sqlite3")
+def test_digests_name_what_a_receipt_must_answer(tmp_path: Path, open_box: OpenBox) -> None:
+    box = open_box(tmp_path / "o.sqlite3")
     box.put(0, Kind.ALARM, env(0))
     box.put(1, Kind.CANCEL, env(1))
     box.put(2, Kind.ALARM, env(2))
@@ -91,7 +121,9 @@ def test_digests_name_what_a_receipt_must_answer(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("with_key", [True, False])
-def test_a_version_1_outbox_starts_a_new_life(tmp_path: Path, with_key: bool) -> None:
+def test_a_version_1_outbox_starts_a_new_life(
+    tmp_path: Path, with_key: bool, open_box: OpenBox
+) -> None:
     """Its sealed version-1 envelopes are unanswerable now: dropped, with a fresh epoch."""
     path = tmp_path / "o.sqlite3"
     if with_key:
@@ -105,16 +137,18 @@ def test_a_version_1_outbox_starts_a_new_life(tmp_path: Path, with_key: bool) ->
         "INSERT INTO outbox VALUES (8, 'alarm', 3, x'00');"
     )
     old.close()
-    box = Outbox.open(path)
+    box = open_box(path)
     assert (box.pending(), box.next_seq) == ([], 0)
     box.put(0, Kind.ALARM, env(0))
     epoch = box.epoch
     box.close()
-    again = Outbox.open(path)  # upgraded once, not again
+    again = open_box(path)  # upgraded once, not again
     assert (again.pending(), again.epoch) == ([0], epoch)
 
 
-def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> None:
+def test_killed_process_loses_nothing_and_seq_never_repeats(
+    tmp_path: Path, open_box: OpenBox
+) -> None:
     """A child commits an alarm and is SIGKILLed without closing: the entry and counter stay."""
     path = tmp_path / "o.sqlite3"
     code = (
@@ -131,7 +165,7 @@ def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> N
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", code, str(path)], check=False)
         assert proc.returncode == -9
-    box = Outbox.open(path)
+    box = open_box(path)
     assert box.next_seq == 6  # the acked seqs 2 and 5 are never handed out again
     assert box.pending() == [0, 1, 3, 4]
     with pytest.raises(StorageError, match="already used"):
@@ -140,18 +174,18 @@ def test_killed_process_loses_nothing_and_seq_never_repeats(tmp_path: Path) -> N
         box.put(2, Kind.ALARM, b"y")
 
 
-def test_counter_survives_an_empty_outbox(tmp_path: Path) -> None:
+def test_counter_survives_an_empty_outbox(tmp_path: Path, open_box: OpenBox) -> None:
     path = tmp_path / "o.sqlite3"
-    box = Outbox.open(path)
+    box = open_box(path)
     box.put(10, Kind.CHECKIN, env(10))
     assert box.ack(10)
     assert not box.ack(10)
     box.close()
-    assert Outbox.open(path).next_seq == 11
+    assert open_box(path).next_seq == 11
 
 
-def test_durability_pragmas(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.sqlite3")
+def test_durability_pragmas(tmp_path: Path, open_box: OpenBox) -> None:
+    box = open_box(tmp_path / "o.sqlite3")
     box.put(0, Kind.ALARM, b"e")
     conn = sqlite3.connect(tmp_path / "o.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -159,8 +193,8 @@ def test_durability_pragmas(tmp_path: Path) -> None:
     conn.close()
 
 
-def test_priority_alarms_then_cancels_then_positions(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.sqlite3")
+def test_priority_alarms_then_cancels_then_positions(tmp_path: Path, open_box: OpenBox) -> None:
+    box = open_box(tmp_path / "o.sqlite3")
     kinds = [
         Kind.POSITION,
         Kind.POSITION,
@@ -175,8 +209,10 @@ def test_priority_alarms_then_cancels_then_positions(tmp_path: Path) -> None:
     assert box.pending() == [2, 5, 4, 6, 0, 1, 3]
 
 
-def test_full_outbox_drops_oldest_positions_never_alarms(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.sqlite3", capacity=16)
+def test_full_outbox_drops_oldest_positions_never_alarms(
+    tmp_path: Path, open_box: OpenBox
+) -> None:
+    box = open_box(tmp_path / "o.sqlite3", capacity=16)
     for seq in range(8):
         box.put(seq, Kind.POSITION, env(seq))
     for seq in range(8, 16):
@@ -198,12 +234,15 @@ def test_full_outbox_drops_oldest_positions_never_alarms(tmp_path: Path) -> None
 
 def test_alarms_have_a_hard_limit_inside_the_replay_window(tmp_path: Path) -> None:
     assert HARD_LIMIT < 4096
-    with pytest.raises(ValueError, match="capacity"):
-        Outbox.open(tmp_path / "o.sqlite3", capacity=4096, retry_initial=1, retry_max=2)
+    path = tmp_path / "o.sqlite3"
+    with pytest.raises(ValueError, match="capacity") as refused:
+        Outbox.open(path, capacity=4096, retry_initial=1, retry_max=2)
+    assert refused.traceback  # its frames, which hold the connection, are still alive
+    assert open_files(path) == []
 
 
-def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.sqlite3", retry_initial=10, retry_max=40, rand=lambda: 1.0)
+def test_retry_backoff_and_link_up(tmp_path: Path, open_box: OpenBox) -> None:
+    box = open_box(tmp_path / "o.sqlite3", retry_initial=10, retry_max=40, rand=lambda: 1.0)
     box.put(0, Kind.ALARM, env(0))
     box.put(1, Kind.POSITION, env(1))
     box.mark_sent(0, now=100.0)
@@ -221,9 +260,9 @@ def test_retry_backoff_and_link_up(tmp_path: Path) -> None:
     assert box.next_retry() is None
 
 
-def test_retries_are_jittered(tmp_path: Path) -> None:
+def test_retries_are_jittered(tmp_path: Path, open_box: OpenBox) -> None:
     draws = iter([0.25, 0.0, 0.5])
-    box = Outbox.open(
+    box = open_box(
         tmp_path / "o.sqlite3", retry_initial=10, retry_max=40, rand=lambda: next(draws)
     )
     box.put(0, Kind.ALARM, env(0))
@@ -234,33 +273,35 @@ def test_retries_are_jittered(tmp_path: Path) -> None:
     assert delays == [2.5, 0.0, 20.0]  # a quarter of 10, nothing of 20, half of 40
 
 
-def test_downlink_window_persists(tmp_path: Path) -> None:
+def test_downlink_window_persists(tmp_path: Path, open_box: OpenBox) -> None:
     path = tmp_path / "o.sqlite3"
-    box = Outbox.open(path)
+    box = open_box(path)
     assert box.downlink_window() == ReplayWindow()
     window = ReplayWindow().accept(7).accept(4090).accept(3)
     box.save_downlink_window(window)
     box.close()
-    again = Outbox.open(path).downlink_window()
+    again = open_box(path).downlink_window()
     assert again == window
     assert again.check(7) is Verdict.DUPLICATE
 
 
-def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
-    box = Outbox.open(tmp_path / "o.sqlite3")
+def test_unknown_kind_and_broken_file(tmp_path: Path, open_box: OpenBox) -> None:
+    box = open_box(tmp_path / "o.sqlite3")
     with pytest.raises(ValueError, match="selfie"):
         box.put(0, "selfie", b"")  # type: ignore[arg-type]
     bad = tmp_path / "bad" / "bad.sqlite3"
     bad.parent.mkdir()
     StateKey.create(bad.parent / "state.key")
     bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StorageError, match="cannot open"):
+    with pytest.raises(StorageError, match="cannot open") as refused:
         Outbox.open(bad)
+    assert refused.traceback
+    assert open_files(bad) == []
     tmp_path.chmod(0o500)
     try:
         if os.geteuid() != 0:
             with pytest.raises(StorageError):
-                Outbox.open(tmp_path / "new" / "o.sqlite3")
+                open_box(tmp_path / "new" / "o.sqlite3")
     finally:
         tmp_path.chmod(0o700)
 
@@ -270,28 +311,30 @@ def test_unknown_kind_and_broken_file(tmp_path: Path) -> None:
 def test_alarms_are_never_dropped(
     tmp_path_factory: pytest.TempPathFactory, kinds: list[Kind]
 ) -> None:
-    box = Outbox.open(tmp_path_factory.mktemp("o") / "o.sqlite3", capacity=16)
-    stored_alarms = []
-    for seq, kind in enumerate(kinds):
-        try:
-            box.put(seq, kind, env(seq))
-        except StorageError:
-            assert kind is not Kind.ALARM
-            continue
-        if kind is Kind.ALARM:
-            stored_alarms.append(seq)
-    pending = box.pending()
+    with Outbox.open(tmp_path_factory.mktemp("o") / "o.sqlite3", capacity=16) as box:
+        stored_alarms = []
+        for seq, kind in enumerate(kinds):
+            try:
+                box.put(seq, kind, env(seq))
+            except StorageError:
+                assert kind is not Kind.ALARM
+                continue
+            if kind is Kind.ALARM:
+                stored_alarms.append(seq)
+        pending = box.pending()
     assert [s for s in pending if s in stored_alarms] == stored_alarms
     assert pending[: len(stored_alarms)] == stored_alarms
 
 
-def test_state_given_with_an_entry_is_committed_with_it_or_not_at_all(tmp_path: Path) -> None:
+def test_state_given_with_an_entry_is_committed_with_it_or_not_at_all(
+    tmp_path: Path, open_box: OpenBox
+) -> None:
     path = tmp_path / "o.sqlite3"
-    box = Outbox.open(path)
+    box = open_box(path)
     box.put(0, Kind.ALARM, env(0), state=("memory", "active"))
     with pytest.raises(StorageError, match="already used"):
         box.put(0, Kind.ALARM, env(0), state=("memory", "idle"))
     box.close()
-    again = Outbox.open(path)
+    again = open_box(path)
     assert again.pending() == [0]
     assert again.load_state("memory") == "active"

@@ -32,7 +32,8 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -134,19 +135,26 @@ class Outbox:
         try:
             conn, key = _connect(path)
             try:
-                return cls(conn, key=key, path=path, **options)  # type: ignore[arg-type]
+                with _closed_on_error(conn):
+                    return cls(conn, key=key, path=path, **options)  # type: ignore[arg-type]
             except StateUnreadable as exc:
-                conn.close()
                 _LOG.warning("device state at %s is unreadable (%s): starting a new life",
                              path, exc)  # fmt: skip
                 conn, key = _new_life(path)
-                return cls(conn, key=key, path=path, **options)  # type: ignore[arg-type]
+                with _closed_on_error(conn):
+                    return cls(conn, key=key, path=path, **options)  # type: ignore[arg-type]
         except (sqlite3.Error, OSError) as exc:  # OSError: the folder cannot be made
             raise StorageError(f"cannot open the outbox {path}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def erase(self) -> None:
         """Crypto-erase the whole state (key file first), then start a new life in place."""
@@ -432,10 +440,11 @@ def _connect(path: Path) -> tuple[sqlite3.Connection, StateKey]:
                          "a new life", path.with_name(STATE_KEY_FILE))  # fmt: skip
         return _new_life(path)
     conn = _sqlite(path)
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version == SCHEMA_VERSION:
-        conn.executescript(_SCHEMA)
-        return conn, key
+    with _closed_on_error(conn):
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            conn.executescript(_SCHEMA)
+            return conn, key
     conn.close()
     _LOG.warning("outbox %s is from an older version (%s): its entries are dropped and the "
                  "device starts a new life", path, version)  # fmt: skip
@@ -450,20 +459,32 @@ def _new_life(path: Path) -> tuple[sqlite3.Connection, StateKey]:
         file.unlink(missing_ok=True)
     key = StateKey.create(key_path)
     conn = _sqlite(path)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    conn.executescript(_SCHEMA)
-    for name, value in ((EPOCH_KEY, Epoch.generate().hex), (_SEQ, "0"), (_DIGESTS, "{}")):
-        conn.execute(
-            "INSERT INTO state VALUES (?, ?)", (name, key.seal(f"state/{name}", value.encode()))
-        )
+    with _closed_on_error(conn):
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.executescript(_SCHEMA)
+        for name, value in ((EPOCH_KEY, Epoch.generate().hex), (_SEQ, "0"), (_DIGESTS, "{}")):
+            sealed = key.seal(f"state/{name}", value.encode())
+            conn.execute("INSERT INTO state VALUES (?, ?)", (name, sealed))
     return conn, key
 
 
 def _sqlite(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    with _closed_on_error(conn):
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+@contextmanager
+def _closed_on_error(conn: sqlite3.Connection) -> Iterator[None]:
+    """Close `conn` if the block raises: an outbox that failed to open keeps no file open
+    (a broken database, a refused capacity), rather than leaving the connection to the GC."""
+    try:
+        yield
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _files(path: Path) -> list[Path]:

@@ -222,9 +222,9 @@ class GpsReader:
                 continue
             if not data:
                 continue
-            self.bytes_read += len(data)
             for reading in self.decoder.feed(data, self._clock()):
                 with self._lock:
                     self._last = reading
                 if self._on_fix is not None:
                     self._on_fix(reading)
+            self.bytes_read += len(data)  # counted once decoded: all read is all handled
