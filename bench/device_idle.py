@@ -14,7 +14,6 @@ come from /proc (utime+stime and VmRSS), sampled after a warm-up.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,10 @@ from bench.results import Figure, Goal, Results
 from tests.conftest import nmea_log
 from tests.support.broker import running_mosquitto
 from tests.support.device_setup import make_device
-from tests.support.hubproc import rss_mib
+from tests.support.hubproc import cpu_seconds, rss_mib
 from vigil.device.outbox import Outbox
 
-TICKS = os.sysconf("SC_CLK_TCK")
 WARMUP = 5.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def measure(

@@ -126,12 +126,13 @@ class HubService:
         answered and escalated first, with a commit of their own: an alarm waits for no
         heartbeat's handling, commit or receipt.
         """
-        decoded = self.ingest.open(messages)
-        first = [d for d in decoded if urgent(d)]
-        if first and len(first) < len(decoded):
-            self._store_and_answer(first)
-            decoded = [d for d in decoded if not urgent(d)]
-        self._store_and_answer(decoded)
+        first: list[Decoded] = []
+        rest: list[Decoded] = []
+        for decoded in self.ingest.open(messages):
+            (first if urgent(decoded) else rest).append(decoded)
+        for part in (first, rest):
+            if part:
+                self._store_and_answer(part)
 
     def _store_and_answer(self, decoded: Sequence[Decoded]) -> None:
         now = self.clock()

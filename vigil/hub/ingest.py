@@ -149,7 +149,7 @@ class Ingest:
     def open(self, messages: Sequence[tuple[str, bytes]]) -> list[pipeline.Decoded]:
         """Open and verify `messages` (the CPU part), with the registry as it is now."""
         self.registry.refresh()
-        return [self.decode(topic, payload) for topic, payload in messages]
+        return [self._decode(topic, payload) for topic, payload in messages]
 
     def store_opened(self, decoded: Sequence[pipeline.Decoded], *, now: float,
                      claim_until: float | None, marks: ReceiptMarks | None = None,
@@ -231,8 +231,7 @@ class Ingest:
 
     # -- decoding and the edges (refused input, lost connections) ---------------------------
 
-    def decode(self, topic: str, payload: bytes) -> pipeline.Decoded:
-        """Open one message with the registry's cached keys (`open` refreshes it first)."""
+    def _decode(self, topic: str, payload: bytes) -> pipeline.Decoded:
         try:
             return pipeline.decode(
                 topic, payload, hub_keys=self.keys, registry=self.registry.active

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from vigil.hub.store import schema
 from vigil.hub.store.devices import MASK_BYTES
@@ -203,10 +202,6 @@ class Intake(Repository):
                 [(seq, seen, d) for d, (seq, seen) in devices.items()],
             )
 
-    def mark_sent(self, receipts: Sequence[QueuedReceipt], *, at: float) -> None:
-        self._by_key("UPDATE downlinks SET sent_at = ? WHERE device_id = ? AND seq = ?",
-                     receipts, at)  # fmt: skip
-
     def settle(self, marks: ReceiptMarks) -> None:
         """Write what became of receipts published after their batch committed."""
         if marks.sent:
@@ -218,9 +213,8 @@ class Intake(Repository):
 
     def release(self, receipts: Sequence[QueuedReceipt]) -> None:
         """Give receipts the broker did not take back to the timer's flush."""
-        self._by_key("UPDATE downlinks SET claimed_until = ? WHERE device_id = ? AND seq = ?",
-                     receipts, None)  # fmt: skip
-
-    def _by_key(self, sql: str, receipts: Sequence[QueuedReceipt], value: Any) -> None:
         if receipts:
-            self._cur.executemany(sql, [(value, r.device_id, r.seq) for r in receipts])
+            self._cur.executemany(
+                "UPDATE downlinks SET claimed_until = NULL WHERE device_id = ? AND seq = ?",
+                [(r.device_id, r.seq) for r in receipts],
+            )
