@@ -475,3 +475,23 @@ def test_stop_wakes_the_loop_from_its_wait(
     daemon.stop()  # the fake clock never moves: only the wake-up can end the wait
     loop.join(timeout=10)
     assert not loop.is_alive()
+
+
+@pytest.mark.parametrize("tried", [False, True], ids=["never-sent", "on-backoff"])
+def test_queued_alarms_leave_before_a_heartbeat_when_the_link_returns(
+    dev: ProvisionedDevice, parts: tuple[Daemon, Clock, Recorder], tried: bool
+) -> None:
+    """The link comes up on paho's thread; a heartbeat may fall due before the loop hears
+    of it. Whatever waits in the outbox still reaches the hub ahead of that heartbeat."""
+    daemon, clock, _ = parts
+    wire = Wire(connected=tried)
+    daemon.attach(wire)
+    hold(daemon, clock)
+    wire.connected = False
+    clock.now += 1
+    daemon.step()
+    wire.connected = True  # no LinkChanged yet: the loop only sees the deadline
+    clock.now += daemon.cfg.alarm.heartbeat_interval * 1.25
+    daemon.step()
+    kinds = [open_up(dev, envelope).kind for envelope in wire.sent[int(tried) :]]
+    assert kinds[:2] == [Kind.ALARM, Kind.HEARTBEAT]

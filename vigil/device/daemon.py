@@ -155,6 +155,7 @@ class Daemon:
         )  # fmt: skip
         self._nonce: str | None = None  # the newest hub nonce, echoed in every uplink
         self._heartbeats: dict[int, str] = {}  # seq -> digest of heartbeats sent lately
+        self._online = False  # the link as flush() last saw it
         self._window = outbox.downlink_window()
         self._transport: Transport | None = None
         self._unsaved: dict[int, Entry] = {}  # sealed but not on disk (disk full)
@@ -355,6 +356,7 @@ class Daemon:
         transport = self._transport
         if transport is None or not transport.connected:
             return
+        self.flush()  # what waits in the outbox reaches the hub before this heartbeat
         try:
             transport.publish(up_topic(self.cfg.device_id), self._seal(payload), qos=1)
         except TransportError as exc:
@@ -369,8 +371,12 @@ class Daemon:
     def flush(self) -> None:
         """Publish what is due, alarms first, while the link is up."""
         transport = self._transport
-        if transport is None or not transport.connected:
+        online = transport is not None and transport.connected
+        was_online, self._online = self._online, online
+        if not online:
             return
+        if not was_online:  # the link came back before the loop heard of it: go at once
+            self.outbox.retry_all_now()
         now = self._clock()
         topic = up_topic(self.cfg.device_id)
         entries = self.outbox.due(now)
