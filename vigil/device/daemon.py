@@ -373,7 +373,7 @@ class Daemon:
         transport = self._transport
         online = transport is not None and transport.connected
         was_online, self._online = self._online, online
-        if not online:
+        if transport is None or not online:
             return
         if not was_online:  # the link came back before the loop heard of it: go at once
             self.outbox.retry_all_now()

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from vigil.errors import StorageError
 from vigil.hub import liveness, pipeline
 from vigil.hub.registry import Registry
-from vigil.hub.store import Acceptance, AlertKind, AlertState, Store, Transaction
+from vigil.hub.store import Acceptance, AlertKind, AlertState, DeviceNote, Store, Transaction
 from vigil.hub.store.intake import DeviceLock, NewUplink, QueuedReceipt, ReceiptMarks, WindowKey
 from vigil.hub.triage import Priority, priority
 from vigil.wire.keys import HubKeys
@@ -119,10 +119,12 @@ class _Tally:
     accepted: int = 0
     failed: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    heard: set[str] = field(default_factory=set)  # devices with a new uplink (last_seen)
-    alive: dict[str, float] = field(default_factory=dict)  # the newest proof a device lives
+    notes: dict[str, DeviceNote] = field(default_factory=dict)  # one UPDATE a device
     escalate: bool = False  # an escalation timer has come (e.g. this batch opened an alert)
     rotated: dict[WindowKey, str] = field(default_factory=dict)  # newest downlink keys
+
+    def note(self, device: str) -> DeviceNote:
+        return self.notes.setdefault(device, DeviceNote())
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,15 +214,11 @@ class Ingest:
 
     def _finish(self, tx: Transaction, receipts: list[QueuedReceipt], tally: _Tally, *,
                 now: float, claim_until: float | None) -> None:  # fmt: skip
-        """Queue the receipts; one UPDATE per device for its last downlink seq and last_seen."""
+        """Queue the receipts; one UPDATE a device for all the batch learned of it."""
         tx.intake.queue_receipts(receipts, now=now, claimed_until=claim_until)
-        last_seq: dict[str, int] = {}
-        for r in receipts:
-            last_seq[r.device_id] = max(r.seq, last_seq.get(r.device_id, r.seq))
-        devices = sorted(tally.heard | last_seq.keys())
-        tx.intake.touch({d: (last_seq.get(d), now if d in tally.heard else None)
-                         for d in devices})  # fmt: skip
-        tx.devices.note_alive(tally.alive)
+        for r in receipts:  # in the order they were numbered
+            tally.note(r.device_id).down_seq = r.seq
+        tx.devices.write_notes(tally.notes)
         tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
         tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch) for r in receipts))
 
@@ -279,8 +277,7 @@ class Ingest:
                                    alarm_active=item.device in alarming
                                    or any(k is AlertKind.ALARM for k, _ in kinds))  # fmt: skip
             step = _Step(item, status, proofs[id(item)], known)
-            if step.alive_at is not None:  # written with the batch's other device columns
-                tally.alive[item.device] = max(step.alive_at, tally.alive.get(item.device, 0.0))
+            tally.note(item.device).proves_alive(step.alive_at)
             receipt = settle(tx, step, _after(now, item, tampered), tally)
             msg = item.up.message
             _LOG.log(_level(msg, status), "uplink device=%s seq=%s kind=%s %s%s",
@@ -318,7 +315,7 @@ class Ingest:
                 new.append(NewUplink(item.device, item.epoch, item.seq, kind, item.payload,
                                      item.digest))  # fmt: skip
                 tally.accepted += 1
-                tally.heard.add(item.device)
+                tally.note(item.device).last_seen = now
             seen.setdefault(key, item.digest)
             plans.append((item, status))
         tx.intake.store(new, received_at=now)
@@ -361,13 +358,16 @@ class Ingest:
 
     # -- what an uplink causes ----------------------------------------------------------------
 
-    def _settle(self, tx: Transaction, step: _Step, now: float, tally: _Tally) -> bool:
-        """Run what the uplink causes; return whether it gets a receipt."""
+    def _settle(self, tx: Transaction, step: _Step, now: float, tally: _Tally, *,
+                deferred: bool = True) -> bool:  # fmt: skip
+        """Run what the uplink causes; return whether it gets a receipt. `deferred`: what
+        the device reported of itself goes into the batch's one UPDATE of its row."""
         item, alive_at, known = step.item, step.alive_at, step.known
         up, msg = item.up, item.up.message
         if step.status is Acceptance.NEW:
-            self.run_handler(tx, up, received_at=now, alive_at=alive_at,
-                             known=known, stored_processed=True)  # fmt: skip
+            self.run_handler(tx, up, received_at=now, alive_at=alive_at, known=known,
+                             stored_processed=True,
+                             notes=tally.notes if deferred else None)  # fmt: skip
             return True
         if step.status is Acceptance.CONFLICT:  # no receipt: the wearer must not feel "stored"
             liveness.conflict(tx, tx.devices.active(up.device_id), msg, now=now,
@@ -385,7 +385,7 @@ class Ingest:
         """`_settle` inside a savepoint: if it raises, record the uplink as failed."""
         try:
             with self.store.transaction() as inner:  # a savepoint of `tx`
-                return self._settle(inner, step, now, tally)
+                return self._settle(inner, step, now, tally, deferred=False)
         except StorageError:
             raise
         except Exception as exc:  # a poisoned uplink: recorded, not raised
@@ -420,13 +420,14 @@ class Ingest:
 
     def run_handler(self, tx: Transaction, up: pipeline.Uplink, *, received_at: float,
                     alive_at: float | None = None, known: pipeline.Known = _LOOK,
-                    stored_processed: bool = False) -> None:  # fmt: skip
+                    stored_processed: bool = False,
+                    notes: dict[str, DeviceNote] | None = None) -> None:  # fmt: skip
         """Run the kind's handler for a stored uplink and mark it processed."""
         device = self.registry.active(up.device_id)
         ctx = pipeline.Context(tx, device, up.message, received_at,
                                functools.partial(self.audit, tx), alive_at,
                                max_active_alerts=self.max_active_alerts,
-                               known=known)  # fmt: skip
+                               known=known, notes=notes)  # fmt: skip
         summary = pipeline.handle(ctx)
         body = up.message.body
         if isinstance(body, Alarm) and body.trigger is Trigger.TAMPER:

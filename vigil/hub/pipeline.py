@@ -20,7 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from vigil.errors import VigilError
 from vigil.hub import alerts
-from vigil.hub.store import Alert, AlertKind, AlertState, DeviceRecord, LastFix, Transaction
+from vigil.hub.store import (
+    Alert,
+    AlertKind,
+    AlertState,
+    DeviceNote,
+    DeviceRecord,
+    LastFix,
+    Transaction,
+)
 from vigil.wire import rekey
 from vigil.wire.envelope import open_uplink
 from vigil.wire.ids import DeviceId
@@ -108,10 +116,22 @@ class Context:
     alive_at: float | None = None
     max_active_alerts: int = 5  # [hub] max_active_alerts_per_device
     known: Known = Known()  # what the batch already looked up (default: nothing)
+    notes: dict[str, DeviceNote] | None = None  # the batch's notes of its devices, if any
 
     @property
     def epoch(self) -> str:
         return self.message.epoch.hex
+
+    def note_state(self, *, battery: int | None = None, fix: LastFix | None = None,
+                   gps_fix_at: float | None = None) -> None:  # fmt: skip
+        """What the device reported of itself: into the batch's one UPDATE of its row, or
+        written now outside a batch."""
+        if self.notes is None:
+            self.tx.devices.note_state(self.device.device_id, battery=battery, fix=fix,
+                                       gps_fix_at=gps_fix_at)  # fmt: skip
+            return
+        note = self.notes.setdefault(self.device.device_id.hex, DeviceNote())
+        note.report(battery=battery, fix=fix, gps_fix_at=gps_fix_at)
 
 
 def _alarm(ctx: Context, body: Alarm) -> str:
@@ -129,7 +149,7 @@ def _alarm(ctx: Context, body: Alarm) -> str:
     if incident is not None:
         draft = replace(draft, note=f"under duress: joins the incident of alert {incident.id}")
     alert = tx.alerts.open(draft)
-    ctx.tx.devices.note_state(ctx.device.device_id, battery=body.battery, fix=draft.last_fix)
+    ctx.note_state(battery=body.battery, fix=draft.last_fix)
     ctx.audit(
         "alert opened", f"alert {alert.id}", f"trigger={body.trigger.value} seq={alert.alarm_seq}"
     )
@@ -208,7 +228,7 @@ def _cancel(ctx: Context, body: Cancel) -> str:
 def _position(ctx: Context, body: Position) -> str:
     tx, device_id = ctx.tx, ctx.device.device_id
     fix = alerts.last_fix(body.fix, received_at=ctx.received_at)
-    tx.devices.note_state(device_id, fix=fix)
+    ctx.note_state(fix=fix)
     alert = tx.alerts.find(device_id, ctx.epoch, body.alarm_seq)
     if alert is None:
         return withheld(ctx, body.alarm_seq, "a position follows it")
@@ -222,9 +242,7 @@ def _position(ctx: Context, body: Position) -> str:
 def _heartbeat(ctx: Context, body: Heartbeat) -> str:
     fix = None if body.fix is None else alerts.last_fix(body.fix, received_at=ctx.received_at)
     fix_at = None if fix is None else fix.taken_at
-    ctx.tx.devices.note_state(
-        ctx.device.device_id, battery=body.battery, fix=fix, gps_fix_at=fix_at
-    )
+    ctx.note_state(battery=body.battery, fix=fix, gps_fix_at=fix_at)
     if fix is not None:  # devices send no `position`: an alarm's track rides in heartbeats
         _follow(ctx, fix)
     if body.rekey is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from vigil.errors import AlreadyEnrolled, BadConfigValue, RevokedDevice, UnknownDevice
 from vigil.hub.store import schema
-from vigil.hub.store.records import DeviceRecord, LastFix
+from vigil.hub.store.records import DeviceNote, DeviceRecord, LastFix
 from vigil.hub.store.repo import Repository, Row
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import DevicePublicKeys
@@ -53,6 +53,36 @@ def _device(row: Row) -> DeviceRecord:
         compromised_at=row["compromised_at"],
         compromised_reason=row["compromised_reason"],
     )
+
+
+_REAL, _INT = "CAST(? AS DOUBLE PRECISION)", "CAST(? AS BIGINT)"  # typed even when NULL
+_NEWER_FIX = f"({_REAL} IS NOT NULL AND (fix_taken_at IS NULL OR fix_taken_at <= {_REAL}))"
+_ALIVE = (
+    f"({_REAL} IS NOT NULL AND revoked_at IS NULL AND compromised_at IS NULL "
+    f"AND (alive_at IS NULL OR alive_at < {_REAL}))"
+)
+_FIX_COLUMNS = ("fix_lat", "fix_lon", "fix_taken_at", "fix_received_at")
+_NOTE_SQL = (
+    f"UPDATE devices SET down_seq = COALESCE({_INT}, down_seq), "  # noqa: S608 - fixed fragments
+    f"last_seen = COALESCE({_REAL}, last_seen), battery = COALESCE({_INT}, battery), "
+    f"gps_fix_at = COALESCE({_REAL}, gps_fix_at), "
+    + "".join(f"{c} = CASE WHEN {_NEWER_FIX} THEN {_REAL} ELSE {c} END, " for c in _FIX_COLUMNS)
+    + f"alive_at = CASE WHEN {_ALIVE} THEN {_REAL} ELSE alive_at END, "
+    f"watch_from = CASE WHEN {_ALIVE} THEN {_REAL} ELSE watch_from END, "
+    f"offline_at = CASE WHEN {_ALIVE} THEN NULL ELSE offline_at END "
+    "WHERE device_id = ?"
+)
+
+
+def _note_params(device_id: str, note: DeviceNote) -> tuple[Any, ...]:
+    """`_NOTE_SQL`'s parameters, in the order of its placeholders."""
+    fix, alive = note.fix, note.alive_at
+    taken = None if fix is None else fix.taken_at
+    values = (None, None, None, None) if fix is None else (fix.lat, fix.lon, fix.taken_at,
+                                                           fix.received_at)  # fmt: skip
+    fixes = [p for v in values for p in (taken, taken, v)]
+    return (note.down_seq, note.last_seen, note.battery, note.gps_fix_at, *fixes,
+            *[alive] * 8, device_id)  # fmt: skip
 
 
 class Devices(Repository):
@@ -156,47 +186,23 @@ class Devices(Repository):
         fix: LastFix | None = None,
         gps_fix_at: float | None = None,
     ) -> None:
-        """Remember the latest battery level, position and GPS fix time a device reported.
+        """Remember the latest battery level, position and GPS fix time a device reported
+        (a fix older than the stored one is ignored)."""
+        note = DeviceNote()
+        note.report(battery=battery, fix=fix, gps_fix_at=gps_fix_at)
+        self.write_notes({device_id.hex: note})
 
-        One statement (it runs for every heartbeat); a fix older than the stored one is
-        ignored, column by column against the row as it was.
+    def write_notes(self, notes: Mapping[str, DeviceNote]) -> None:
+        """One UPDATE a device (id hex -> note) for all a batch learned of it.
+
+        A fix older than the stored one is ignored, against the row as it was. Liveness
+        never moves back, and proves nothing for a revoked or compromised device (a captor
+        may hold its key); a proof newer than every earlier one re-arms the silence watch,
+        even after a silent alert, so a stashed heartbeat cannot.
         """
-        sets: list[str] = []
-        params: list[Any] = []
-        if battery is not None:
-            sets.append("battery = ?")
-            params.append(battery)
-        if gps_fix_at is not None:
-            sets.append("gps_fix_at = ?")
-            params.append(gps_fix_at)
-        if fix is not None:
-            newer = "fix_taken_at IS NULL OR fix_taken_at <= ?"
-            for column, value in (("fix_lat", fix.lat), ("fix_lon", fix.lon),
-                                  ("fix_taken_at", fix.taken_at),
-                                  ("fix_received_at", fix.received_at)):  # fmt: skip
-                sets.append(f"{column} = CASE WHEN {newer} THEN ? ELSE {column} END")
-                params += [fix.taken_at, value]
-        if sets:
-            self._cur.execute(
-                f"UPDATE devices SET {', '.join(sets)} WHERE device_id = ?",  # noqa: S608 - fixed fragments
-                (*params, device_id.hex),
-            )
-
-    def note_alive(self, proofs: Mapping[str, float]) -> None:
-        """Each device's own word proves it was alive at that hub time (never moves back);
-        one statement for a batch's devices (id hex -> time).
-
-        Silence is watched from there again, even after a silent alert: only a proof
-        newer than every earlier one re-arms it, so a stashed heartbeat cannot. A
-        compromised device's word proves nothing: a captor may hold its key.
-        """
-        if proofs:
-            self._cur.executemany(
-                "UPDATE devices SET alive_at = ?, watch_from = ?, offline_at = NULL "
-                "WHERE device_id = ? AND revoked_at IS NULL AND compromised_at IS NULL "
-                "AND (alive_at IS NULL OR alive_at < ?)",
-                [(at, at, device, at) for device, at in sorted(proofs.items())],
-            )
+        if notes:
+            rows = [_note_params(device, note) for device, note in sorted(notes.items())]
+            self._cur.executemany(_NOTE_SQL, rows)
 
     def mark_compromised(self, device_id: DeviceId, *, at: float, reason: str) -> bool:
         """Its keys may be in a captor's hands from hub time `at` on; False if already so."""

@@ -192,16 +192,6 @@ class Intake(Repository):
              for r in receipts],
         )  # fmt: skip
 
-    def touch(self, devices: dict[str, tuple[int | None, float | None]]) -> None:
-        """Per device (last downlink seq, last_seen), None keeping the stored value: one
-        UPDATE a device for the whole batch (both columns of a row locked by it)."""
-        if devices:
-            self._cur.executemany(
-                "UPDATE devices SET down_seq = COALESCE(?, down_seq), "
-                "last_seen = COALESCE(?, last_seen) WHERE device_id = ?",
-                [(seq, seen, d) for d, (seq, seen) in devices.items()],
-            )
-
     def settle(self, marks: ReceiptMarks) -> None:
         """Write what became of receipts published after their batch committed."""
         if marks.sent:

@@ -47,6 +47,32 @@ class LastFix:
         return max(0.0, now - self.taken_at)
 
 
+@dataclass(slots=True)
+class DeviceNote:
+    """What a batch learned of one device, written with one UPDATE of its row at the end
+    (`tx.devices.write_notes`), whatever the batch held from it. None keeps the stored value.
+    """
+
+    down_seq: int | None = None  # the last downlink seq given out
+    last_seen: float | None = None
+    alive_at: float | None = None  # the newest hub time its nonce echo proves (never back)
+    battery: int | None = None
+    gps_fix_at: float | None = None
+    fix: LastFix | None = None  # kept only if taken no earlier than the stored one
+
+    def report(self, *, battery: int | None = None, fix: LastFix | None = None,
+               gps_fix_at: float | None = None) -> None:  # fmt: skip
+        """A later message's word, as if written after the earlier ones."""
+        self.battery = self.battery if battery is None else battery
+        self.gps_fix_at = self.gps_fix_at if gps_fix_at is None else gps_fix_at
+        if fix is not None and (self.fix is None or self.fix.taken_at <= fix.taken_at):
+            self.fix = fix
+
+    def proves_alive(self, at: float | None) -> None:
+        if at is not None and (self.alive_at is None or self.alive_at < at):
+            self.alive_at = at
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceRecord:
     """An enrolled device with its keys, owner label, contacts and last known state."""
