@@ -26,7 +26,7 @@ from vigil.hub.channels import Notifier
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.delivery import Dispatcher
-from vigil.hub.ingest import Ingest, Outcome
+from vigil.hub.ingest import MAX_BATCH, Ingest, Outcome
 from vigil.hub.pipeline import Decoded
 from vigil.hub.registry import Registry
 from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
@@ -50,6 +50,7 @@ from vigil.wire.topics import down_topic
 
 _LOG = logging.getLogger(__name__)
 DOWNLINK_LEASE = 10.0  # s a hub holds a downlink it publishes; then another may send it
+OPEN_CHUNK = 8  # messages opened (or receipts sealed) before an alarm may jump the queue
 WATCHDOG_LEASE = "silence watchdog"  # one hub at a time raises device-silent alerts
 _DOWNLINKS: dict[Kind, type[Stored] | type[Acknowledged] | type[Resolved]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved)
@@ -76,6 +77,9 @@ class HubService:
         self.registry = Registry(store)
         self._watching = False  # whether this hub held the watchdog lease at its last look
         self._marks, self._marks_lock = ReceiptMarks(), threading.Lock()
+        # What arrived since the round began (up to n, never waiting): set by the process.
+        self.arrivals: Callable[[int], list[tuple[str, bytes]]] | None = None
+        self._carried: list[Decoded] = []  # opened routine uplinks for the next round
         self.ingest = Ingest(store, hub_keys=hub_keys, registry=self.registry,
                              nonces=self._nonces, audit=self.audit,
                              max_active_alerts=config.limits.max_active_alerts)  # fmt: skip
@@ -122,19 +126,45 @@ class HubService:
         `stored` (and stop resending); the operator sees the failure in `stats`, the
         log and the audit trail. See `vigil.hub.ingest` for the batch and its order.
 
-        Urgent uplinks (`vigil.hub.triage`: alarms and what follows them) are stored,
-        answered and escalated first, with a commit of their own: an alarm waits for no
-        heartbeat's handling, commit or receipt.
+        Alarms jump the queue at every stage (`vigil.hub.triage`): messages are opened
+        a few at a time, and each urgent uplink found is stored, answered and escalated
+        at once with a commit of its own; while the routine rest's receipts go out,
+        whatever arrived since (`arrivals`) is opened the same way, its routine part
+        kept for the next round (`carried`).
         """
-        first: list[Decoded] = []
-        rest: list[Decoded] = []
-        for decoded in self.ingest.open(messages):
-            (first if urgent(decoded) else rest).append(decoded)
-        for part in (first, rest):
-            if part:
-                self._store_and_answer(part)
+        self.registry.refresh()  # once a round: enrolments and revocations by any hub
+        routine, self._carried = [*self._carried, *self._triage(messages)], []
+        if routine:
+            self._store_and_answer(routine, routine=True)
 
-    def _store_and_answer(self, decoded: Sequence[Decoded]) -> None:
+    @property
+    def carried(self) -> bool:
+        """Whether opened routine uplinks wait for the next round."""
+        return bool(self._carried)
+
+    def _triage(self, messages: Sequence[tuple[str, bytes]]) -> list[Decoded]:
+        """Open `messages` OPEN_CHUNK at a time; store and answer the urgent ones of each
+        chunk at once; return the routine ones."""
+        routine: list[Decoded] = []
+        for i in range(0, len(messages), OPEN_CHUNK):
+            first: list[Decoded] = []
+            for decoded in self.ingest.open(messages[i : i + OPEN_CHUNK]):
+                (first if urgent(decoded) else routine).append(decoded)
+            if first:
+                self._store_and_answer(first)
+        return routine
+
+    def _jump_queue(self) -> None:
+        """Between the routine receipts: answer the urgent part of what arrived since now,
+        keep the rest (bounded) for the next round."""
+        room = MAX_BATCH - len(self._carried)
+        if self.arrivals is None or room <= 0:
+            return
+        arrived = self.arrivals(min(room, OPEN_CHUNK))
+        if arrived:
+            self._carried += self._triage(arrived)
+
+    def _store_and_answer(self, decoded: Sequence[Decoded], *, routine: bool = False) -> None:
         now = self.clock()
         online = self.transport is not None and self.transport.connected
         marks = self._take_marks()
@@ -147,7 +177,7 @@ class HubService:
             self._give_back(marks)
             raise
         if online:
-            self._send_receipts(outcome, now)
+            self._send_receipts(outcome, now, jump=routine)
         if outcome.escalate:  # responders hear of a new alarm now, not on the next timer round
             self.escalate(now)
 
@@ -180,13 +210,16 @@ class HubService:
 
     # -- downlinks -----------------------------------------------------------------------------
 
-    def _send_receipts(self, outcome: Outcome, now: float) -> None:
+    def _send_receipts(self, outcome: Outcome, now: float, *, jump: bool = False) -> None:
         """Publish a batch's receipts (alarms' first); note them sent, or given back, for the
-        next batch (or the timer) to write (`flush_marks`)."""
+        next batch (or the timer) to write (`flush_marks`). `jump`: let alarms that arrived
+        since go first, every OPEN_CHUNK receipts."""
         assert self.transport is not None  # noqa: S101 - checked by the caller
         receipts = outcome.receipts
         sent: list[QueuedReceipt] = []
-        for r in receipts:
+        for i, r in enumerate(receipts):
+            if jump and i % OPEN_CHUNK == 0:
+                self._jump_queue()
             try:
                 device = self.registry.active(DeviceId.parse(r.device_id))
             except (UnknownDevice, RevokedDevice):

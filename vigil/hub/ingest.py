@@ -149,8 +149,8 @@ class Ingest:
         self.rejected: Counter[str] = Counter()
 
     def open(self, messages: Sequence[tuple[str, bytes]]) -> list[pipeline.Decoded]:
-        """Open and verify `messages` (the CPU part), with the registry as it is now."""
-        self.registry.refresh()
+        """Open and verify `messages` (the CPU part), with the registry as last refreshed
+        (a device revoked since is refused under its row lock when stored)."""
         return [self._decode(topic, payload) for topic, payload in messages]
 
     def store_opened(self, decoded: Sequence[pipeline.Decoded], *, now: float,

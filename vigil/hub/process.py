@@ -66,6 +66,7 @@ def serve(service: HubService, client: Broker, inbox: Inbox, stop: threading.Eve
     bounds = bounds or WorkerBounds()
     beats = beats or Heartbeats(bounds.per_worker())
     service.transport = client
+    service.arrivals = lambda most: _arrived(inbox, most)
     service.recover()
     rounds: dict[str, Callable[[], bool]] = {
         "ingest": lambda: _ingest_round(service, inbox, interval),
@@ -115,17 +116,25 @@ def _work(name: str, round_: Callable[[], bool], beats: Heartbeats, stop: thread
 
 def _ingest_round(service: HubService, inbox: Inbox, interval: float) -> bool:
     """Handle whatever arrived while the previous batch was committed, as one batch."""
-    try:
-        batch = [inbox.get(timeout=interval)]
-    except queue.Empty:
-        return True
-    while len(batch) < MAX_BATCH:
+    first: list[tuple[str, bytes]] = []
+    if not service.carried:  # nothing opened waits: wait for a message
         try:
-            batch.append(inbox.get_nowait())
+            first.append(inbox.get(timeout=interval))
+        except queue.Empty:
+            return True
+    service.handle_batch(first + _arrived(inbox, MAX_BATCH - len(first)))
+    return True  # only StorageError gets out of a batch: no receipt, the devices resend
+
+
+def _arrived(inbox: Inbox, most: int) -> list[tuple[str, bytes]]:
+    """Up to `most` messages that have arrived, never waiting."""
+    taken: list[tuple[str, bytes]] = []
+    while len(taken) < most:
+        try:
+            taken.append(inbox.get_nowait())
         except queue.Empty:
             break
-    service.handle_batch(batch)  # only StorageError gets out: no receipt, the devices resend
-    return True
+    return taken
 
 
 def _delivery_round(service: HubService, interval: float, send_bound: float) -> bool:
