@@ -55,34 +55,37 @@ def _device(row: Row) -> DeviceRecord:
     )
 
 
-_REAL, _INT = "CAST(? AS DOUBLE PRECISION)", "CAST(? AS BIGINT)"  # typed even when NULL
-_NEWER_FIX = f"({_REAL} IS NOT NULL AND (fix_taken_at IS NULL OR fix_taken_at <= {_REAL}))"
+_NEWER_FIX = (
+    "(v.fix_taken_at IS NOT NULL AND (devices.fix_taken_at IS NULL "
+    "OR devices.fix_taken_at <= v.fix_taken_at))"
+)
 _ALIVE = (
-    f"({_REAL} IS NOT NULL AND revoked_at IS NULL AND compromised_at IS NULL "
-    f"AND (alive_at IS NULL OR alive_at < {_REAL}))"
+    "(v.alive_at IS NOT NULL AND devices.revoked_at IS NULL AND devices.compromised_at IS NULL "
+    "AND (devices.alive_at IS NULL OR devices.alive_at < v.alive_at))"
 )
 _FIX_COLUMNS = ("fix_lat", "fix_lon", "fix_taken_at", "fix_received_at")
-_NOTE_SQL = (
-    f"UPDATE devices SET down_seq = COALESCE({_INT}, down_seq), "  # noqa: S608 - fixed fragments
-    f"last_seen = COALESCE({_REAL}, last_seen), battery = COALESCE({_INT}, battery), "
-    f"gps_fix_at = COALESCE({_REAL}, gps_fix_at), "
-    + "".join(f"{c} = CASE WHEN {_NEWER_FIX} THEN {_REAL} ELSE {c} END, " for c in _FIX_COLUMNS)
-    + f"alive_at = CASE WHEN {_ALIVE} THEN {_REAL} ELSE alive_at END, "
-    f"watch_from = CASE WHEN {_ALIVE} THEN {_REAL} ELSE watch_from END, "
-    f"offline_at = CASE WHEN {_ALIVE} THEN NULL ELSE offline_at END "
-    "WHERE device_id = ?"
-)
+_NOTE_SETS = ", ".join(
+    [
+        *(f"{c} = COALESCE(v.{c}, devices.{c})" for c in ("down_seq", "last_seen", "battery",
+                                                          "gps_fix_at")),
+        *(f"{c} = CASE WHEN {_NEWER_FIX} THEN v.{c} ELSE devices.{c} END" for c in _FIX_COLUMNS),
+        f"alive_at = CASE WHEN {_ALIVE} THEN v.alive_at ELSE devices.alive_at END",
+        f"watch_from = CASE WHEN {_ALIVE} THEN v.alive_at ELSE devices.watch_from END",
+        f"offline_at = CASE WHEN {_ALIVE} THEN NULL ELSE devices.offline_at END",
+    ]
+)  # fmt: skip
+_NOTE_SQL = f"UPDATE devices SET {_NOTE_SETS} FROM {{rows}} WHERE devices.device_id = v.device_id"  # noqa: S608
+_REAL = "double precision"
+_NOTE_COLUMNS = (("device_id", "text"), ("down_seq", "bigint"), ("last_seen", _REAL),
+                 ("battery", "integer"), ("gps_fix_at", _REAL),
+                 *((c, _REAL) for c in _FIX_COLUMNS), ("alive_at", _REAL))  # fmt: skip
 
 
-def _note_params(device_id: str, note: DeviceNote) -> tuple[Any, ...]:
-    """`_NOTE_SQL`'s parameters, in the order of its placeholders."""
-    fix, alive = note.fix, note.alive_at
-    taken = None if fix is None else fix.taken_at
-    values = (None, None, None, None) if fix is None else (fix.lat, fix.lon, fix.taken_at,
-                                                           fix.received_at)  # fmt: skip
-    fixes = [p for v in values for p in (taken, taken, v)]
-    return (note.down_seq, note.last_seen, note.battery, note.gps_fix_at, *fixes,
-            *[alive] * 8, device_id)  # fmt: skip
+def _note_row(device_id: str, note: DeviceNote) -> tuple[Any, ...]:
+    fix = note.fix
+    where = (None,) * 4 if fix is None else (fix.lat, fix.lon, fix.taken_at, fix.received_at)
+    return (device_id, note.down_seq, note.last_seen, note.battery, note.gps_fix_at, *where,
+            note.alive_at)  # fmt: skip
 
 
 class Devices(Repository):
@@ -200,9 +203,8 @@ class Devices(Repository):
         may hold its key); a proof newer than every earlier one re-arms the silence watch,
         even after a silent alert, so a stashed heartbeat cannot.
         """
-        if notes:
-            rows = [_note_params(device, note) for device, note in sorted(notes.items())]
-            self._cur.executemany(_NOTE_SQL, rows)
+        rows = [_note_row(device, note) for device, note in sorted(notes.items())]
+        self._bulk(_NOTE_SQL, _NOTE_COLUMNS, rows)
 
     def mark_compromised(self, device_id: DeviceId, *, at: float, reason: str) -> bool:
         """Its keys may be in a captor's hands from hub time `at` on; False if already so."""

@@ -7,7 +7,7 @@ Queries are prepared on the server after their first use (`prepare_threshold`);
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,7 +43,9 @@ class _Cursor:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._fresh().execute(sql.replace("?", "%s"), params)
 
-    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any:
+    def executemany(
+        self, sql: str, params: Sequence[Sequence[Any]] | Sequence[Mapping[str, Any]]
+    ) -> Any:
         return self._fresh().executemany(sql.replace("?", "%s"), params)
 
     def fetchone(self) -> Row | None:
