@@ -17,6 +17,10 @@ from tests.support.broker import Broker, running_mosquitto
 from tests.support.postgres import PostgresServer, running_postgres
 from vigil.device.captures import PI_GPS_HAT
 
+# The alarm scenarios assert inside their support module: rewritten, a failing step there
+# shows the actions returned beside those expected, as it would inside a test.
+pytest.register_assert_rewrite("tests.support.alarm_timeline")
+
 DATA = Path(__file__).resolve().parent / "data"
 NMEA_CORPUS = DATA / "nmea-corpus"
 

@@ -4,42 +4,28 @@ watchdog lease across hubs. Real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Broker
-from tests.support.hubrig import FakeClock, write_config
+from tests.support.hubrig import FakeClock
 from tests.support.hubstore import postgres_url, store_url
+from tests.support.offline_hub import enroll_both, offline_config, offline_service, up
 from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.postgres import PostgresServer
 from tests.support.sinks import smtp_sink, webhook_sink
 from vigil.errors import StorageError
 from vigil.hub import pipeline
-from vigil.hub.channels import AppriseNotifier
-from vigil.hub.config import HubConfig, load_config
+from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
-from vigil.hub.store import AlertKind, DeviceRecord, Store, open_store
-from vigil.wire import (
-    AgedFix,
-    Alarm,
-    Cancel,
-    DeviceId,
-    DeviceKeys,
-    Fix,
-    Heartbeat,
-    Message,
-    Trigger,
-    open_downlink,
-    seal_uplink,
-)
+from vigil.hub.store import AlertKind, DeviceRecord, open_store
+from vigil.wire import AgedFix, Alarm, Cancel, Fix, Heartbeat, Message, Trigger, open_downlink
 from vigil.wire.liveness import uplink_digest
 from vigil.wire.messages import Checkin, encode_payload
-from vigil.wire.topics import down_topic, up_topic
+from vigil.wire.topics import down_topic
 
 pytestmark = pytest.mark.integration
 
@@ -57,24 +43,7 @@ class RecordingTransport:
 
 def _config(tmp_path: Path, url: str) -> HubConfig:
     with smtp_sink() as smtp, webhook_sink() as hook:
-        broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")  # no broker is used
-        return replace(load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook)),
-                       store_url=url)  # fmt: skip
-
-
-def _service(config: HubConfig, store: Store, clock: FakeClock) -> HubService:
-    return HubService(config, store=store, hub_keys=parties().hub, notifier=AppriseNotifier(),
-                      clock=clock)  # fmt: skip
-
-
-def _enroll_both(store: Store, now: float) -> None:
-    p = parties()
-    for device_id, keys, label in ((p.device_id, p.device, "Ana"), (p.other_id, p.other, "Bea")):
-        write(store, functools.partial(_enroll, device_id, keys, label, now=now))
-
-
-def _enroll(device_id: DeviceId, keys: DeviceKeys, label: str, tx: object, *, now: float) -> None:
-    tx.devices.enroll(device_id, label=label, public_keys=keys.public(), now=now)  # type: ignore[attr-defined]
+        return offline_config(tmp_path, url, smtp=smtp, hook=hook)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -82,18 +51,11 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubService]:
     with store_url(request, tmp_path) as url:
         clock = FakeClock()
         store = open_store(url, create=True)
-        _enroll_both(store, clock.now)
-        service = _service(_config(tmp_path, url), store, clock)
+        enroll_both(store, clock.now)
+        service = offline_service(_config(tmp_path, url), store, clock)
         service.transport = RecordingTransport()
         yield service
         store.close()
-
-
-def up(message: Message, *, other: bool = False) -> tuple[str, bytes]:
-    p = parties()
-    device_id, keys = (p.other_id, p.other) if other else (p.device_id, p.device)
-    envelope = seal_uplink(message, device_id=device_id, device_keys=keys, hub=p.hub.public())
-    return up_topic(device_id), envelope
 
 
 def receipts(service: HubService) -> list[tuple[str, int]]:
@@ -218,10 +180,10 @@ def two_hubs(tmp_path: Path, postgres: PostgresServer) -> Iterator[tuple[HubServ
     with postgres_url(postgres) as url:
         clock = FakeClock()
         first, second = open_store(url, create=True), open_store(url)
-        _enroll_both(first, clock.now)
+        enroll_both(first, clock.now)
         config = _config(tmp_path, url)
         try:
-            yield _service(config, first, clock), _service(config, second, clock)
+            yield offline_service(config, first, clock), offline_service(config, second, clock)
         finally:
             first.close()
             second.close()
@@ -369,8 +331,8 @@ def test_no_statement_of_a_batch_scans_a_table(tmp_path: Path) -> None:
     clock = FakeClock()
     url = f"sqlite:///{tmp_path / 'hub.db'}"
     store = open_store(url, create=True)
-    _enroll_both(store, clock.now)
-    service = _service(_config(tmp_path, url), store, clock)
+    enroll_both(store, clock.now)
+    service = offline_service(_config(tmp_path, url), store, clock)
     service.transport = RecordingTransport()
     beats = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(3)]
     service.handle_batch([*beats, up(Message(seq=0, body=Checkin(), epoch=EPOCH), other=True)])

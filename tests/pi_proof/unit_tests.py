@@ -15,7 +15,7 @@ TESTS = ("tests/unit/test_device_*.py", "tests/unit/test_wire_*.py")
 # Only the tests, their support and data: `vigil` itself must come from the installed wheel.
 # test_device_cli reads the demo's sources: its --help names the config the demo writes.
 SUPPORT = ("pyproject.toml", "tests/__init__.py", "tests/conftest.py", "tests/unit/__init__.py",
-           "demo/*.py")  # fmt: skip
+           "tests/unit/conftest.py", "demo/*.py")  # fmt: skip
 DATA = "tests/data"
 INSIDE = "/root/vigil-tests"
 # tests/conftest.py imports psycopg (its PostgreSQL fixture), hence psycopg with its libpq.
