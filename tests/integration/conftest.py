@@ -1,5 +1,6 @@
 """Fixtures shared by integration modules: an empty hub store on each backend with a device
-enrolled in it (the store tests), and a hub service without a broker (the ingest tests)."""
+enrolled in it (the store tests), and hub services without a broker (the ingest and batch
+tests)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import pytest
 
 from tests.support.hubrig import FakeClock
 from tests.support.hubstore import store_url
-from tests.support.offline_hub import enroll_both, offline_config, offline_service
+from tests.support.offline_hub import (
+    RecordingTransport,
+    enroll_both,
+    offline_config,
+    offline_service,
+)
 from tests.support.parties import parties
 from tests.support.sinks import WebhookSink, smtp_sink, webhook_sink
 from vigil.hub.daemon import HubService
@@ -51,4 +57,20 @@ def ingest_hub(
         enroll_both(store, clock.now)
         # rand=1.0: retries at the top of their jitter range, so the tests' times are exact
         yield offline_service(config, store, clock, rand=lambda: 1.0), clock, hook
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubService]:
+    """A hub service on each backend, both test devices enrolled, that keeps what it
+    publishes (`RecordingTransport`)."""
+    with store_url(request, tmp_path) as url:
+        clock = FakeClock()
+        store = open_store(url, create=True)
+        enroll_both(store, clock.now)
+        with smtp_sink() as smtp, webhook_sink() as hook:
+            config = offline_config(tmp_path, url, smtp=smtp, hook=hook)
+        service = offline_service(config, store, clock)
+        service.transport = RecordingTransport()
+        yield service
         store.close()

@@ -1,18 +1,25 @@
-"""Ingest in batches with one commit: the v2 rules hold inside a batch, alarms go first, a
-poisoned uplink loses none of its neighbours; the registry cache, receipt pruning and the
-watchdog lease across hubs. Real SQLite and PostgreSQL."""
+"""Ingest in batches with one commit: the v2 rules hold inside a batch, a poisoned uplink
+loses none of its neighbours, a batch's statements find rows by index and write each device
+row once; the registry cache, receipt pruning and the watchdog lease across hubs. Real SQLite
+and PostgreSQL. (Alarms first: test_hub_alarms_first.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.support.hubrig import FakeClock
-from tests.support.hubstore import postgres_url, store_url
-from tests.support.offline_hub import enroll_both, offline_config, offline_service, up
+from tests.support.hubstore import postgres_url
+from tests.support.offline_hub import (
+    RecordingTransport,
+    enroll_both,
+    offline_config,
+    offline_service,
+    up,
+)
+from tests.support.offline_hub import published_receipts as receipts
 from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.postgres import PostgresServer
@@ -22,55 +29,16 @@ from vigil.hub import pipeline
 from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
 from vigil.hub.store import AlertKind, DeviceRecord, open_store
-from vigil.wire import AgedFix, Alarm, Cancel, Fix, Heartbeat, Message, Trigger, open_downlink
+from vigil.wire import AgedFix, Alarm, Cancel, Fix, Heartbeat, Message, Trigger
 from vigil.wire.liveness import uplink_digest
 from vigil.wire.messages import Checkin, encode_payload
-from vigil.wire.topics import down_topic
 
 pytestmark = pytest.mark.integration
-
-
-@dataclass
-class RecordingTransport:
-    """Stands in for the broker link: keeps what the hub published, in order."""
-
-    connected: bool = True
-    published: list[tuple[str, bytes]] = field(default_factory=list)
-
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
-        self.published.append((topic, payload))
 
 
 def _config(tmp_path: Path, url: str) -> HubConfig:
     with smtp_sink() as smtp, webhook_sink() as hook:
         return offline_config(tmp_path, url, smtp=smtp, hook=hook)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubService]:
-    with store_url(request, tmp_path) as url:
-        clock = FakeClock()
-        store = open_store(url, create=True)
-        enroll_both(store, clock.now)
-        service = offline_service(_config(tmp_path, url), store, clock)
-        service.transport = RecordingTransport()
-        yield service
-        store.close()
-
-
-def receipts(service: HubService) -> list[tuple[str, int]]:
-    """(device id, uplink seq) of every receipt published, in order."""
-    assert isinstance(service.transport, RecordingTransport)
-    p = parties()
-    keys = {down_topic(p.device_id): (p.device_id, p.device),
-            down_topic(p.other_id): (p.other_id, p.other)}  # fmt: skip
-    out = []
-    for topic, envelope in service.transport.published:
-        device_id, device_keys = keys[topic]
-        msg = open_downlink(envelope, device_id=device_id, device_keys=device_keys,
-                            hub=p.hub.public())  # fmt: skip
-        out.append((device_id.hex, msg.body.seq))  # type: ignore[union-attr]
-    return out
 
 
 def test_a_batch_keeps_every_v2_rule_and_answers_the_alarm_first(hub: HubService) -> None:
@@ -87,7 +55,11 @@ def test_a_batch_keeps_every_v2_rule_and_answers_the_alarm_first(hub: HubService
     assert (alarm_alert.kind, alarm_alert.alarm_seq) == (AlertKind.ALARM, 2)
     assert conflict.kind is AlertKind.CONFLICT  # found inside the batch, never receipted
     # The alarm is answered first; each stored uplink once (the duplicate came too soon).
-    assert receipts(hub) == [(p.device_id.hex, 2), (p.device_id.hex, 1), (p.other_id.hex, 1)]
+    assert receipts(hub) == [
+        (p.device_id.hex, 2),
+        (p.device_id.hex, 1),
+        (p.other_id.hex, 1),
+    ]
     assert hub.accepted == 3
     # Claimed by this hub at once; marked sent with the next batch (or by the timer), not
     # in a transaction of their own.
@@ -103,43 +75,6 @@ def test_a_batch_keeps_every_v2_rule_and_answers_the_alarm_first(hub: HubService
     record = peek(store, lambda tx: tx.devices.get(p.device_id))
     assert record is not None
     assert record.battery == 80  # the heartbeat, handled after the alarm, has the last word
-
-
-def test_an_alarm_behind_200_heartbeats_is_handled_and_answered_first(hub: HubService) -> None:
-    p = parties()
-    flood = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(200)]
-    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
-    hub.handle_batch([*flood, alarm])
-    answered = receipts(hub)
-    assert answered[0] == (p.other_id.hex, 0)
-    assert len(answered) == 201
-    (opened,) = [e for e in peek(hub.store, lambda tx: tx.audit.entries())
-                 if e.action == "alert opened"]  # fmt: skip
-    assert opened.id == min(e.id for e in peek(hub.store, lambda tx: tx.audit.entries()))
-
-
-def test_an_alarm_is_answered_before_the_heartbeats_beside_it_are_stored(
-    hub: HubService,
-) -> None:
-    """Urgent uplinks get a commit of their own, ahead of the batch: the alarm's receipt
-    leaves before any heartbeat of its batch is handled, stored or answered."""
-    p = parties()
-    stored_when: list[int] = []
-    transport = hub.transport
-    assert isinstance(transport, RecordingTransport)
-    publish = transport.publish
-
-    def counting(topic: str, payload: bytes, *, qos: int = 1) -> None:
-        stored_when.append(peek(hub.store, lambda tx: tx.uplinks.count()))
-        publish(topic, payload, qos=qos)
-
-    transport.publish = counting  # type: ignore[method-assign]
-    flood = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(30)]
-    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
-    hub.handle_batch([*flood[:20], alarm, *flood[20:]])
-    assert receipts(hub)[0] == (p.other_id.hex, 0)
-    assert stored_when[0] == 1  # only the alarm was stored when its receipt left
-    assert stored_when[1:] == [31] * 30
 
 
 def test_a_poisoned_uplink_in_a_batch_loses_none_of_its_neighbours(
@@ -163,7 +98,15 @@ def test_a_poisoned_uplink_in_a_batch_loses_none_of_its_neighbours(
     (failed,) = peek(store, lambda tx: tx.uplinks.failed())
     assert (failed.seq, failed.error) == (3, "RuntimeError: poisoned heartbeat")
     assert len(peek(store, lambda tx: tx.alerts.all())) == 1  # the alarm's alert is there
-    assert sorted(seq for _, seq in receipts(hub)) == [0, 0, 1, 2, 3, 4, 5]  # all receipted
+    assert sorted(seq for _, seq in receipts(hub)) == [
+        0,
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]  # all receipted
     assert hub.failed == 1
     record = peek(store, lambda tx: tx.devices.get(parties().device_id))
     assert record is not None
@@ -351,3 +294,34 @@ def test_no_statement_of_a_batch_scans_a_table(tmp_path: Path) -> None:
         scans += [(sql, p) for p in plan if p.startswith("SCAN") and "CONSTANT ROW" not in p]
     store.close()
     assert scans == []
+
+
+def test_a_batch_writes_each_device_row_once(tmp_path: Path) -> None:
+    """Whatever a batch holds from a device (heartbeats with battery and fix, receipts, proof
+    of life), its row is written by ONE statement: three heartbeats cost what one does."""
+    clock, p = FakeClock(), parties()
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    store = open_store(url, create=True)
+    enroll_both(store, clock.now)
+    service = offline_service(_config(tmp_path, url), store, clock)
+    service.transport = RecordingTransport()
+    fixes = [AgedFix(Fix(lat=lat, lon=13.4), age=age) for lat, age in ((52.1, 5), (52.2, 1),
+                                                                      (52.3, 9))]  # fmt: skip
+    first = [up(Message(seq=0, body=Checkin(), epoch=EPOCH), other=is_other)
+             for is_other in (False, True)]  # fmt: skip
+    service.handle_batch(first)  # each life begins (a write of its own, once a life)
+    beats = [up(Message(seq=s, body=Heartbeat(battery=90 - s, fix=f), epoch=EPOCH))
+             for s, f in enumerate(fixes, start=1)]  # fmt: skip
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    service.handle_batch([*beats, up(Message(seq=1, body=Checkin(), epoch=EPOCH), other=True)])
+    store._conn.set_trace_callback(None)  # type: ignore[attr-defined]
+    assert len([s for s in statements if s.lstrip().startswith("UPDATE devices")]) == 2
+    record = peek(store, lambda tx: tx.devices.get(p.device_id))
+    assert record is not None
+    assert record.battery == 87  # the last heartbeat's word
+    assert record.last_fix is not None
+    assert record.last_fix.lat == 52.2  # the fix taken last, not the one heard last
+    assert record.down_seq == 3  # its four receipts
+    assert record.last_seen == clock.now
+    store.close()

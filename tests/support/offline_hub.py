@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tests.support.broker import Broker
@@ -18,8 +18,8 @@ from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import HubConfig, load_config
 from vigil.hub.daemon import HubService
 from vigil.hub.store import Store, Transaction
-from vigil.wire import DeviceId, DeviceKeys, Message, seal_uplink
-from vigil.wire.topics import up_topic
+from vigil.wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
+from vigil.wire.topics import down_topic, up_topic
 
 
 def offline_config(tmp_path: Path, url: str, *, smtp: SmtpSink, hook: WebhookSink) -> HubConfig:
@@ -71,3 +71,29 @@ def receipts_for(service: HubService) -> list[tuple[int, str | None, str | None]
     """The uplink seq, epoch and digest of each `stored` receipt waiting in the store."""
     pending = peek(service.store, lambda tx: tx.downlinks.pending())
     return [(d.arg, d.epoch, d.digest) for d in pending if d.kind == "stored"]
+
+
+@dataclass
+class RecordingTransport:
+    """Stands in for the broker link: keeps what the hub published, in order."""
+
+    connected: bool = True
+    published: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        self.published.append((topic, payload))
+
+
+def published_receipts(service: HubService) -> list[tuple[str, int]]:
+    """(device id, uplink seq) of every receipt the service published, in order."""
+    assert isinstance(service.transport, RecordingTransport)
+    p = parties()
+    keys = {down_topic(p.device_id): (p.device_id, p.device),
+            down_topic(p.other_id): (p.other_id, p.other)}  # fmt: skip
+    out = []
+    for topic, envelope in service.transport.published:
+        device_id, device_keys = keys[topic]
+        msg = open_downlink(envelope, device_id=device_id, device_keys=device_keys,
+                            hub=p.hub.public())  # fmt: skip
+        out.append((device_id.hex, msg.body.seq))  # type: ignore[union-attr]
+    return out
