@@ -99,12 +99,12 @@ def test_a_handler_that_raises_is_recorded_receipted_and_never_run_again(
 def test_a_decoder_that_crashes_is_counted_and_nothing_is_stored(
     service: HubService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*args: object, **kwargs: object) -> Message:
+    def broken(*args: object, **kwargs: object) -> tuple[Message, bytes]:
         raise ValueError("decoder bug")
 
     topic = up_topic(parties().device_id)
     with monkeypatch.context() as m:
-        m.setattr(pipeline, "open_uplink", broken)
+        m.setattr(pipeline, "open_uplink_payload", broken)
         service.handle(topic, seal(Message(seq=1, body=Heartbeat(), epoch=EPOCH)))
     assert peek(service.store, lambda tx: tx.rejections.totals()) == {"crashed:ValueError": 1}
     service.handle(

@@ -6,11 +6,12 @@ from tests.support.parties import EPOCH, parties
 from vigil.hub import pipeline
 from vigil.hub.triage import urgent
 from vigil.wire import Alarm, Cancel, Heartbeat, Message, Trigger
-from vigil.wire.messages import Checkin
+from vigil.wire.messages import Checkin, encode_payload
 
 
 def _up(seq: int, body: object) -> pipeline.Uplink:
-    return pipeline.Uplink(parties().device_id, Message(seq=seq, body=body, epoch=EPOCH))  # type: ignore[arg-type]
+    message = Message(seq=seq, body=body, epoch=EPOCH)  # type: ignore[arg-type]
+    return pipeline.Uplink(parties().device_id, message, encode_payload(message))
 
 
 def test_alarms_and_what_follows_them_are_urgent_heartbeats_and_edges_are_not() -> None:

@@ -191,7 +191,7 @@ class HubService:
             except Exception as exc:  # recorded as failed, never run again
                 self._mark_unreadable(u.device_id, u.epoch, u.seq, exc)
                 continue
-            up = pipeline.Uplink(u.device_id, message)
+            up = pipeline.Uplink(u.device_id, message, u.payload)
             try:
                 with self.store.transaction() as tx:
                     self.ingest.run_handler(tx, up, received_at=u.received_at)

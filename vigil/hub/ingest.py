@@ -48,7 +48,7 @@ from vigil.hub.store.intake import DeviceLock, NewUplink, QueuedReceipt, Receipt
 from vigil.hub.triage import Priority, priority
 from vigil.wire.keys import HubKeys
 from vigil.wire.liveness import NonceMinter, uplink_digest
-from vigil.wire.messages import Alarm, Message, Trigger, encode_payload
+from vigil.wire.messages import Alarm, Message, Trigger
 from vigil.wire.replay import ReplayWindow, Verdict
 
 _LOG = logging.getLogger(__name__)
@@ -68,28 +68,24 @@ def _level(message: Message, status: Acceptance) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """One verified uplink on its way through a batch."""
+    """One verified uplink on its way through a batch (ids as the store keeps them)."""
 
     up: pipeline.Uplink
     digest: str
-    payload: bytes
+    device: str
+    epoch: str
+    seq: int
+    rank: Priority
 
     @classmethod
     def of(cls, up: pipeline.Uplink) -> _Item:
-        payload = encode_payload(up.message)
-        return cls(up, uplink_digest(payload), payload)
+        message = up.message
+        return cls(up, uplink_digest(up.payload), up.device_id.hex, message.epoch.hex, message.seq,
+                   priority(message))  # fmt: skip
 
     @property
-    def device(self) -> str:
-        return self.up.device_id.hex
-
-    @property
-    def epoch(self) -> str:
-        return self.up.message.epoch.hex
-
-    @property
-    def seq(self) -> int:
-        return self.up.message.seq
+    def payload(self) -> bytes:
+        return self.up.payload
 
 
 def _after(now: float, item: _Item, tampered: set[str]) -> float:
@@ -166,7 +162,7 @@ class Ingest:
         """
         marks = marks or ReceiptMarks()
         items = sorted((_Item.of(d) for d in decoded if isinstance(d, pipeline.Uplink)),
-                       key=lambda i: priority(i.up.message))  # fmt: skip
+                       key=lambda i: i.rank)  # fmt: skip
         edges = [d for d in decoded if not isinstance(d, pipeline.Uplink)]
         if len(items) <= 1:  # nothing to share a commit with: contained at once
             return self._one_by_one(edges, items, now, claim_until, marks)
@@ -266,7 +262,7 @@ class Ingest:
         proofs = {id(i): liveness.proven_at(self.nonces, i.up.device_id, i.up.message)
                   for i, _ in plans}  # fmt: skip
         active = tx.intake.active_alerts(sorted({i.device for i, _ in plans}))
-        alarming = {i.device for i, _ in plans if priority(i.up.message) is Priority.ALARM}
+        alarming = {i.device for i, _ in plans if i.rank is Priority.ALARM}
         down_seq = {d: lock.down_seq for d, lock in locks.items()}
         receipts: list[QueuedReceipt] = []
         settle = self._contained if contained else self._settle

@@ -30,7 +30,7 @@ from vigil.hub.store import (
     Transaction,
 )
 from vigil.wire import rekey
-from vigil.wire.envelope import open_uplink
+from vigil.wire.envelope import open_uplink_payload
 from vigil.wire.ids import DeviceId
 from vigil.wire.keys import HubKeys
 from vigil.wire.messages import Alarm, Cancel, Checkin, Heartbeat, Message, Position, Trigger
@@ -44,6 +44,7 @@ _LOG = logging.getLogger(__name__)
 class Uplink:
     device_id: DeviceId
     message: Message
+    payload: bytes  # the signed payload as the device sent it (stored; its digest answered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +78,11 @@ def decode(topic: str, payload: bytes, *, hub_keys: HubKeys, registry: Registry)
         def signing_key(d: DeviceId) -> Ed25519PublicKey:
             return registry(d).public_keys.signing
 
-        message = open_uplink(payload, device_id=device_id, hub_keys=hub_keys, lookup=signing_key)
+        message, signed = open_uplink_payload(payload, device_id=device_id, hub_keys=hub_keys,
+                                              lookup=signing_key)  # fmt: skip
     except VigilError as exc:
         return Rejected(type(exc).__name__, str(exc), device)
-    return Uplink(device_id, message)
+    return Uplink(device_id, message, signed)
 
 
 # -- handlers ---------------------------------------------------------------------------

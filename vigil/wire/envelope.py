@@ -141,6 +141,20 @@ def open(
     decryption or signature.
     """
     header = peek_header(data)
+    return _open(data, header, direction=direction, device_id=device_id,
+                 recipient_keys=recipient_keys, verifier=verifier)[0]  # fmt: skip
+
+
+def _open(
+    data: bytes,
+    header: Header,
+    *,
+    direction: Direction,
+    device_id: DeviceId,
+    recipient_keys: Mapping[Suite, PrivateKem],
+    verifier: Verifier,
+) -> tuple[Message, bytes]:
+    """`open` for a header already checked; the message and the signed payload it came in."""
     if header.direction is not direction:
         raise WrongDirection(f"expected a {direction.name.lower()}link envelope")
     if header.device_id != device_id:
@@ -166,7 +180,7 @@ def open(
     message = decode_payload(payload, direction)
     if message.direction is not direction:  # pragma: no cover - decode_payload ensures it
         raise WrongDirection("payload kind does not match the envelope direction")
-    return message
+    return message, payload
 
 
 # -- the two directions, with the keys each side holds --------------------------------
@@ -210,16 +224,23 @@ def open_uplink(
     Every uplink kind fits the smallest bucket; one in a larger bucket would mark
     itself on the wire, so it is refused before any decryption (§5).
     """
-    suite = peek_header(data).suite  # build only the key this envelope needs
+    return open_uplink_payload(data, device_id=device_id, hub_keys=hub_keys, lookup=lookup)[0]
+
+
+def open_uplink_payload(
+    data: bytes, *, device_id: DeviceId, hub_keys: HubKeys, lookup: Verifier
+) -> tuple[Message, bytes]:
+    """`open_uplink`, and the signed payload as the device sent it (what its receipt's
+    digest is of, and what the hub stores)."""
+    header = peek_header(data)
+    suite = header.suite  # build only the key this envelope needs
     if len(data) != envelope_size(suite):
         raise MalformedEnvelope(
             f"uplink of {len(data)} bytes: uplinks are {envelope_size(suite)} bytes in this suite"
         )
     key: PrivateKem = hub_keys.kem if suite is Suite.X25519_CHACHA20 else hub_keys.hybrid_kem
-    keys = {suite: key}
-    return open(
-        data, direction=Direction.UP, device_id=device_id, recipient_keys=keys, verifier=lookup
-    )
+    return _open(data, header, direction=Direction.UP, device_id=device_id,
+                 recipient_keys={suite: key}, verifier=lookup)  # fmt: skip
 
 
 def seal_downlink(
