@@ -24,7 +24,7 @@ from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.postgres import PostgresServer
 from tests.support.sinks import smtp_sink, webhook_sink
-from vigil.errors import StorageError
+from vigil.errors import StorageError, TransportError
 from vigil.hub import pipeline
 from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
@@ -61,16 +61,10 @@ def test_a_batch_keeps_every_v2_rule_and_answers_the_alarm_first(hub: HubService
         (p.other_id.hex, 1),
     ]
     assert hub.accepted == 3
-    # Claimed by this hub at once; marked sent with the next batch (or by the timer), not
-    # in a transaction of their own.
-    assert peek(store, lambda tx: tx.downlinks.pending(now=hub.clock())) == []
-    # The alarm's was marked by the heartbeats' transaction, which followed its own.
-    assert len(peek(store, lambda tx: tx.downlinks.pending())) == 2
+    # Written as sent with the batch (one write a receipt): nothing waits for the timer.
+    assert peek(store, lambda tx: tx.downlinks.pending()) == []
     hub.handle_batch([up(Message(seq=3, body=Checkin(), epoch=EPOCH), other=True)])
     assert len(receipts(hub)) == 4
-    (waiting,) = peek(store, lambda tx: tx.downlinks.pending())  # only the check-in's own,
-    assert waiting.arg == 3
-    hub.tick()  # which the timer marks when no batch comes
     assert peek(store, lambda tx: tx.downlinks.pending()) == []
     record = peek(store, lambda tx: tx.devices.get(p.device_id))
     assert record is not None
@@ -325,3 +319,25 @@ def test_a_batch_writes_each_device_row_once(tmp_path: Path) -> None:
     assert record.down_seq == 3  # its four receipts
     assert record.last_seen == clock.now
     store.close()
+
+
+def test_receipts_the_broker_did_not_take_are_sent_by_the_timer(hub: HubService) -> None:
+    """Receipts are written as sent with their batch; those whose publish fails are given
+    back, and the timer's flush sends them once the broker takes them again."""
+    transport = hub.transport
+    assert isinstance(transport, RecordingTransport)
+    publish = transport.publish
+
+    def refusing(topic: str, payload: bytes, *, qos: int = 1) -> None:
+        if transport.published:
+            raise TransportError("broker away")
+        publish(topic, payload, qos=qos)
+
+    transport.publish = refusing  # type: ignore[method-assign]
+    hub.handle_batch([up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH))
+                      for s in range(3)])  # fmt: skip
+    assert len(receipts(hub)) == 1
+    transport.publish = publish  # type: ignore[method-assign]
+    hub.tick()  # gives the two back, then sends them
+    assert sorted(seq for _, seq in receipts(hub)) == [0, 1, 2]
+    assert peek(hub.store, lambda tx: tx.downlinks.pending()) == []

@@ -30,7 +30,7 @@ from vigil.hub.ingest import MAX_BATCH, Ingest, Outcome
 from vigil.hub.pipeline import Decoded
 from vigil.hub.registry import Registry
 from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
-from vigil.hub.store.intake import QueuedReceipt, ReceiptMarks
+from vigil.hub.store.intake import ReceiptMarks
 from vigil.hub.triage import urgent
 from vigil.runtime.mqtt import Transport
 from vigil.wire.envelope import seal_downlink
@@ -169,10 +169,7 @@ class HubService:
         online = self.transport is not None and self.transport.connected
         marks = self._take_marks()
         try:
-            claim_until = now + DOWNLINK_LEASE if online else None
-            outcome = self.ingest.store_opened(
-                decoded, now=now, claim_until=claim_until, marks=marks
-            )
+            outcome = self.ingest.store_opened(decoded, now=now, sent=online, marks=marks)
         except StorageError:
             self._give_back(marks)
             raise
@@ -211,20 +208,18 @@ class HubService:
     # -- downlinks -----------------------------------------------------------------------------
 
     def _send_receipts(self, outcome: Outcome, now: float, *, jump: bool = False) -> None:
-        """Publish a batch's receipts (alarms' first); note them sent, or given back, for the
-        next batch (or the timer) to write (`flush_marks`). `jump`: let alarms that arrived
-        since go first, every OPEN_CHUNK receipts."""
+        """Publish a batch's receipts (alarms' first; written as sent); those the broker does
+        not take are given back for the next batch (or the timer) to write (`flush_marks`).
+        `jump`: let alarms that arrived since go first, every OPEN_CHUNK receipts."""
         assert self.transport is not None  # noqa: S101 - checked by the caller
         receipts = outcome.receipts
-        sent: list[QueuedReceipt] = []
         for i, r in enumerate(receipts):
             if jump and i % OPEN_CHUNK == 0:
                 self._jump_queue()
             try:
                 device = self.registry.active(DeviceId.parse(r.device_id))
             except (UnknownDevice, RevokedDevice):
-                sent.append(r)  # revoked since: nobody to tell any more
-                continue
+                continue  # revoked since: nobody to tell any more
             newer = outcome.rotated.get((r.device_id, r.epoch))  # §11.2
             keys = device.public_keys if newer is None else device.public_keys.rotated(newer)
             envelope = self._seal(device.device_id, keys, r.seq, Kind.STORED, arg=r.arg,
@@ -233,9 +228,8 @@ class HubService:
                 self.transport.publish(down_topic(device.device_id), envelope, qos=1)
             except TransportError as exc:
                 _LOG.warning("receipts wait for the broker: %s", exc)
-                break
-            sent.append(r)
-        self._give_back(ReceiptMarks([(r, now) for r in sent], receipts[len(sent) :]))
+                self._give_back(ReceiptMarks(receipts[i:]))
+                return
 
     def _take_marks(self) -> ReceiptMarks:
         with self._marks_lock:
@@ -244,12 +238,12 @@ class HubService:
 
     def _give_back(self, marks: ReceiptMarks) -> None:
         with self._marks_lock:
-            self._marks.sent += marks.sent
             self._marks.unsent += marks.unsent
 
     def flush_marks(self) -> None:
-        """Write the receipts sent or given back since the last batch (the timer's part when
-        no batch comes); a crash before it only sends them again, which the devices drop."""
+        """Write the receipts given back since the last batch (the timer's part when no batch
+        comes), so that the timer's flush sends them once the broker is back; lost in a
+        crash, they stay marked sent and the devices' resends are answered instead."""
         marks = self._take_marks()
         if not marks:
             return

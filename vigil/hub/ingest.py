@@ -149,40 +149,39 @@ class Ingest:
         (a device revoked since is refused under its row lock when stored)."""
         return [self._decode(topic, payload) for topic, payload in messages]
 
-    def store_opened(self, decoded: Sequence[pipeline.Decoded], *, now: float,
-                     claim_until: float | None, marks: ReceiptMarks | None = None,
-                     ) -> Outcome:  # fmt: skip
+    def store_opened(self, decoded: Sequence[pipeline.Decoded], *, now: float, sent: bool,
+                     marks: ReceiptMarks | None = None) -> Outcome:  # fmt: skip
         """Store and handle opened messages (`open`) as one batch; return its receipts
-        (claimed until `claim_until`).
+        (written as `sent` if the caller publishes them at once: `Intake.queue_receipts`).
 
-        `marks` (earlier receipts sent or given back) are written in the batch's
-        transaction. Nothing but a failing store (`StorageError`: no receipt, the devices
-        resend; `marks` not written) is raised; see the module docstring for what happens
-        to a failing uplink.
+        `marks` (earlier receipts given back) are written in the batch's transaction.
+        Nothing but a failing store (`StorageError`: no receipt, the devices resend;
+        `marks` not written) is raised; see the module docstring for what happens to a
+        failing uplink.
         """
         marks = marks or ReceiptMarks()
         items = sorted((_Item.of(d) for d in decoded if isinstance(d, pipeline.Uplink)),
                        key=lambda i: i.rank)  # fmt: skip
         edges = [d for d in decoded if not isinstance(d, pipeline.Uplink)]
         if len(items) <= 1:  # nothing to share a commit with: contained at once
-            return self._one_by_one(edges, items, now, claim_until, marks)
+            return self._one_by_one(edges, items, now, sent, marks)
         tally = _Tally()
         try:
             with self.store.batch() as tx:
                 tx.intake.settle(marks)
                 self._edges(tx, edges, now, tally)
                 receipts = self._batch(tx, items, now, tally, contained=False)
-                self._finish(tx, receipts, tally, now=now, claim_until=claim_until)
+                self._finish(tx, receipts, tally, now=now, sent=sent)
         except Exception as exc:  # contained below, uplink by uplink
             self.registry.forget()  # it may hold records read inside the rolled-back batch
             _LOG.warning("a batch of %s failed (%s: %s); handling its uplinks one by one",
                          len(decoded), type(exc).__name__, exc)  # fmt: skip
-            return self._one_by_one(edges, items, now, claim_until, marks)
+            return self._one_by_one(edges, items, now, sent, marks)
         self._keep(tally)
         return Outcome(receipts, tally.escalate, tally.rotated)
 
     def _one_by_one(self, edges: Sequence[pipeline.Decoded], items: list[_Item], now: float,
-                    claim_until: float | None, marks: ReceiptMarks) -> Outcome:  # fmt: skip
+                    sent: bool, marks: ReceiptMarks) -> Outcome:  # fmt: skip
         tally, escalate, rotated = _Tally(), False, {}
         if edges or marks:
             with self.store.transaction() as tx:
@@ -196,7 +195,7 @@ class Ingest:
             try:
                 with self.store.transaction() as tx:
                     mine = self._batch(tx, [item], at, tally, contained=True)
-                    self._finish(tx, mine, tally, now=now, claim_until=claim_until)
+                    self._finish(tx, mine, tally, now=now, sent=sent)
             except StorageError:
                 raise
             except Exception as exc:  # a bug outside the handler: record it on its own
@@ -209,9 +208,9 @@ class Ingest:
         return Outcome(receipts, escalate, rotated)
 
     def _finish(self, tx: Transaction, receipts: list[QueuedReceipt], tally: _Tally, *,
-                now: float, claim_until: float | None) -> None:  # fmt: skip
+                now: float, sent: bool) -> None:  # fmt: skip
         """Queue the receipts; one UPDATE a device for all the batch learned of it."""
-        tx.intake.queue_receipts(receipts, now=now, claimed_until=claim_until)
+        tx.intake.queue_receipts(receipts, now=now, sent=sent)
         for r in receipts:  # in the order they were numbered
             tally.note(r.device_id).down_seq = r.seq
         tx.devices.write_notes(tally.notes)

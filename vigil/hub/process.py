@@ -90,9 +90,9 @@ def serve(service: HubService, client: Broker, inbox: Inbox, stop: threading.Eve
             w.join(timeout=10)
         service.dispatcher.close()
         try:
-            service.flush_marks()  # else the next start sends these receipts again
+            service.flush_marks()  # else receipts the broker did not take stay marked sent
         except StorageError as exc:
-            _LOG.warning("receipts sent last are not marked sent: %s", exc)
+            _LOG.warning("receipts the broker did not take are not given back: %s", exc)
         supervisor.report("stopped")
         service.checkpoints.flush(service.clock())  # sign what this run logged last
 

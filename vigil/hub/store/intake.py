@@ -53,15 +53,13 @@ class QueuedReceipt:
 
 @dataclass(slots=True)
 class ReceiptMarks:
-    """Receipts published (with when) or given back since the last batch: written in the
-    next batch's transaction (or the timer's), not in one of their own. Lost in a crash,
-    they only make the timer send those receipts again, which the devices drop."""
+    """Receipts written as sent that the broker did not take: given back to the timer's
+    flush by the next batch's transaction (or the timer's), not by one of their own."""
 
-    sent: list[tuple[QueuedReceipt, float]] = field(default_factory=list)
     unsent: list[QueuedReceipt] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.sent or self.unsent)
+        return bool(self.unsent)
 
 
 _UPLINK_COLUMNS = (("device_id", "text"), ("epoch", "text"), ("seq", "bigint"), ("kind", "text"),
@@ -69,7 +67,7 @@ _UPLINK_COLUMNS = (("device_id", "text"), ("epoch", "text"), ("seq", "bigint"), 
                    ("received_at", "double precision"))  # fmt: skip
 _RECEIPT_COLUMNS = (("device_id", "text"), ("seq", "bigint"), ("arg", "bigint"),
                     ("created_at", "double precision"), ("epoch", "text"), ("digest", "text"),
-                    ("claimed_until", "double precision"))  # fmt: skip
+                    ("sent_at", "double precision"))  # fmt: skip
 
 
 class Intake(Repository):
@@ -195,34 +193,28 @@ class Intake(Repository):
             )
         return found
 
-    def queue_receipts(
-        self, receipts: Sequence[QueuedReceipt], *, now: float, claimed_until: float | None
-    ) -> None:
-        """Insert the batch's receipts (claimed by this hub until it has sent them)."""
+    def queue_receipts(self, receipts: Sequence[QueuedReceipt], *, now: float,
+                       sent: bool) -> None:  # fmt: skip
+        """Insert the batch's receipts; `sent`: already as sent, for this hub publishes them
+        as soon as the batch commits (given back if the broker does not take them: `settle`).
+
+        One write a receipt, not two. A crash between the commit and the publish leaves
+        receipts that never left marked sent: the devices resend those uplinks (they do
+        until they hear `stored`) and the duplicate is answered (`may_receipt`)."""
+        at = now if sent else None
         self._bulk(
             "INSERT INTO downlinks (device_id, seq, kind, arg, created_at, epoch, digest, "
-            "claimed_until) SELECT v.device_id, v.seq, 'stored', v.arg, v.created_at, v.epoch, "
-            "v.digest, v.claimed_until FROM {rows}",
+            "sent_at) SELECT v.device_id, v.seq, 'stored', v.arg, v.created_at, v.epoch, "
+            "v.digest, v.sent_at FROM {rows}",
             _RECEIPT_COLUMNS,
-            [(r.device_id, r.seq, r.arg, now, r.epoch, r.digest, claimed_until)
-             for r in receipts],
+            [(r.device_id, r.seq, r.arg, now, r.epoch, r.digest, at) for r in receipts],
         )  # fmt: skip
 
     def settle(self, marks: ReceiptMarks) -> None:
-        """Write what became of receipts published after their batch committed."""
+        """Give the receipts the broker did not take back to the timer's flush."""
         self._bulk(
-            "UPDATE downlinks SET sent_at = v.sent_at FROM {rows} "
-            "WHERE downlinks.device_id = v.device_id AND downlinks.seq = v.seq",
-            (("device_id", "text"), ("seq", "bigint"), ("sent_at", "double precision")),
-            [(r.device_id, r.seq, at) for r, at in marks.sent],
-        )
-        self.release(marks.unsent)
-
-    def release(self, receipts: Sequence[QueuedReceipt]) -> None:
-        """Give receipts the broker did not take back to the timer's flush."""
-        self._bulk(
-            "UPDATE downlinks SET claimed_until = NULL FROM {rows} "
+            "UPDATE downlinks SET sent_at = NULL, claimed_until = NULL FROM {rows} "
             "WHERE downlinks.device_id = v.device_id AND downlinks.seq = v.seq",
             (("device_id", "text"), ("seq", "bigint")),
-            [(r.device_id, r.seq) for r in receipts],
+            [(r.device_id, r.seq) for r in marks.unsent],
         )
