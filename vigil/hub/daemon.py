@@ -311,9 +311,10 @@ class HubService:
     # -- periodic work --------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Silence watchdog, escalation, queued downlinks (e.g. an operator's ACK), checkpoints,
-        and a chunk of old receipts pruned."""
+        """The store's log checkpoint, silence watchdog, escalation, queued downlinks (e.g. an
+        operator's ACK), audit checkpoints, and a chunk of old receipts pruned."""
         now = self.clock()
+        self.store.checkpoint_log()
         self.flush_marks()
         self.watch(now)
         self.escalate(now)

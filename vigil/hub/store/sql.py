@@ -67,6 +67,10 @@ class SqlStore(ABC):
     def close(self) -> None:
         """Release the connection."""
 
+    def checkpoint_log(self) -> None:  # noqa: B027 - a hook: only SQLite checkpoints itself
+        """Move what the write-ahead log holds into the database, off the ingest path (the
+        timer calls it every round); a server database does it on its own."""
+
     def _pipelined(self) -> AbstractContextManager[object]:
         """Send statements without waiting for each until the block ends (default: no)."""
         return nullcontext()

@@ -17,6 +17,9 @@ _PRAGMAS = (
     "journal_mode = WAL",
     "synchronous = FULL",  # an ACK promises the alarm is on disk
     "busy_timeout = 10000",
+    # The indexes' inner pages stay in memory: with a million stored messages, a batch
+    # otherwise reads them from the OS each time (measured: 0.85x the fresh rate, 0.95x).
+    "cache_size = -65536",  # KiB
 )
 
 
@@ -34,6 +37,7 @@ class SqliteStore(SqlStore):
         super().__init__()
         self.path = str(path)
         self.where = f"SQLite store {self.path}"
+        self._log_taken_over = False  # whether checkpoint_log, not each commit, checkpoints
         if self.path != ":memory:":
             _check_path(Path(self.path), create=create)
         try:
@@ -77,6 +81,27 @@ class SqliteStore(SqlStore):
             yield
         finally:
             cur.execute("PRAGMA synchronous = FULL")
+
+    def checkpoint_log(self) -> None:
+        """Copy the write-ahead log into the database on a connection of its own, and from
+        now on only here: a commit that also checkpoints (SQLite's default, every 1000
+        pages) holds the writer for it, and the ingest batch behind it (measured: 2.3 ms a
+        commit, 15 ms one in five). WAL lets this run beside the writer."""
+        if self.path == ":memory:":
+            return
+        if not self._log_taken_over:
+            with self._lock:
+                self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._log_taken_over = True
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.where}: checkpoint failed: {first_line(exc)}") from exc
 
     def close(self) -> None:
         with self._lock:
