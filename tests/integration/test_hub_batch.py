@@ -5,10 +5,12 @@ and PostgreSQL. (Alarms first: test_hub_alarms_first.)"""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tests.support.hubrig import FakeClock
 from tests.support.hubstore import postgres_url
@@ -24,14 +26,16 @@ from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
 from tests.support.postgres import PostgresServer
 from tests.support.sinks import smtp_sink, webhook_sink
-from vigil.errors import StorageError, TransportError
+from vigil.errors import DecryptionFailed, StorageError, TransportError
 from vigil.hub import pipeline
 from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
 from vigil.hub.store import AlertKind, DeviceRecord, open_store
-from vigil.wire import AgedFix, Alarm, Cancel, Fix, Heartbeat, Message, Trigger
+from vigil.wire import AgedFix, Alarm, Cancel, Fix, Heartbeat, Message, Trigger, open_downlink
+from vigil.wire.keys import Suite
 from vigil.wire.liveness import uplink_digest
-from vigil.wire.messages import Checkin, encode_payload
+from vigil.wire.messages import Checkin, Kind, encode_payload
+from vigil.wire.rekey import chunk
 
 pytestmark = pytest.mark.integration
 
@@ -341,3 +345,27 @@ def test_receipts_the_broker_did_not_take_are_sent_by_the_timer(hub: HubService)
     hub.tick()  # gives the two back, then sends them
     assert sorted(seq for _, seq in receipts(hub)) == [0, 1, 2]
     assert peek(hub.store, lambda tx: tx.downlinks.pending()) == []
+
+
+def test_receipts_of_a_batch_that_rotates_a_key_are_sealed_to_the_new_key(
+    hub: HubService,
+) -> None:
+    """A batch whose heartbeats complete a new downlink key answers with that key (§11.2),
+    also where receipts were sealed while the batch's writes ran (PostgreSQL)."""
+    p = parties()
+    new = X25519PrivateKey.generate()
+    text = base64.b64encode(new.public_key().public_bytes_raw()).decode()
+    parts = [chunk(text, offset=o, room=16) for o in range(0, len(text), 16)]
+    beats = [Heartbeat(battery=90, rekey=part) for part in parts] + [Heartbeat(battery=89)]
+    hub.handle_batch([up(Message(seq=s, body=b, epoch=EPOCH)) for s, b in enumerate(beats)])
+    transport = hub.transport
+    assert isinstance(transport, RecordingTransport)
+    assert len(transport.published) == len(beats)
+    for _, envelope in transport.published:
+        rotated = {Suite.X25519_CHACHA20: new}
+        opened = open_downlink(envelope, device_id=p.device_id, device_keys=rotated,
+                               hub=p.hub.public())  # fmt: skip
+        assert opened.kind is Kind.STORED
+        with pytest.raises(DecryptionFailed):
+            open_downlink(envelope, device_id=p.device_id, device_keys=p.device,
+                          hub=p.hub.public())  # fmt: skip

@@ -116,7 +116,9 @@ def test_sqlite_commits_leave_the_log_to_the_checkpointer(tmp_path: Path) -> Non
                 tx.downlinks.queue(p.device_id, "stored", seq, now=2.0)
         wal = tmp_path / "hub.db-wal"
         before = wal.stat().st_size
-        assert before > 2 * 1000 * 4096, before  # no commit checkpointed (SQLite reuses 1000 pages)
+        assert before > 2 * 1000 * 4096, (
+            before
+        )  # no commit checkpointed (SQLite reuses 1000 pages)
         database = (tmp_path / "hub.db").stat().st_size
         store.checkpoint_log()
         assert (tmp_path / "hub.db").stat().st_size > database

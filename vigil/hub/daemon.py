@@ -26,11 +26,11 @@ from vigil.hub.channels import Notifier
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.delivery import Dispatcher
-from vigil.hub.ingest import MAX_BATCH, Ingest, Outcome
+from vigil.hub.ingest import MAX_BATCH, Ingest, Outcome, Sealer
 from vigil.hub.pipeline import Decoded
 from vigil.hub.registry import Registry
 from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
-from vigil.hub.store.intake import ReceiptMarks
+from vigil.hub.store.intake import QueuedReceipt, ReceiptMarks
 from vigil.hub.triage import urgent
 from vigil.runtime.mqtt import Transport
 from vigil.wire.envelope import seal_downlink
@@ -169,7 +169,9 @@ class HubService:
         online = self.transport is not None and self.transport.connected
         marks = self._take_marks()
         try:
-            outcome = self.ingest.store_opened(decoded, now=now, sent=online, marks=marks)
+            seal = self._sealer(now) if online and self.store.runs_on_server else None
+            outcome = self.ingest.store_opened(decoded, now=now, sent=online, marks=marks,
+                                               seal=seal)  # fmt: skip
         except StorageError:
             self._give_back(marks)
             raise
@@ -216,20 +218,33 @@ class HubService:
         for i, r in enumerate(receipts):
             if jump and i % OPEN_CHUNK == 0:
                 self._jump_queue()
-            try:
-                device = self.registry.active(DeviceId.parse(r.device_id))
-            except (UnknownDevice, RevokedDevice):
-                continue  # revoked since: nobody to tell any more
             newer = outcome.rotated.get((r.device_id, r.epoch))  # §11.2
-            keys = device.public_keys if newer is None else device.public_keys.rotated(newer)
-            envelope = self._seal(device.device_id, keys, r.seq, Kind.STORED, arg=r.arg,
-                                  epoch=r.epoch, digest=r.digest, now=now)  # fmt: skip
+            key, envelope = outcome.sealed.get((r.device_id, r.seq), (None, None))
+            if envelope is None or key != newer:  # not sealed yet, or to a key since rotated
+                envelope = self._sealer(now)(r, newer)
+            if envelope is None:
+                continue  # revoked since: nobody to tell any more
             try:
-                self.transport.publish(down_topic(device.device_id), envelope, qos=1)
+                self.transport.publish(down_topic(DeviceId.parse(r.device_id)), envelope, qos=1)
             except TransportError as exc:
                 _LOG.warning("receipts wait for the broker: %s", exc)
                 self._give_back(ReceiptMarks(receipts[i:]))
                 return
+
+    def _sealer(self, now: float) -> Sealer:
+        """Seals a receipt to its device's keys, or to `newer` where its life rotated them
+        (§11.2); None for a device revoked since."""
+
+        def seal(r: QueuedReceipt, newer: str | None) -> bytes | None:
+            try:
+                device = self.registry.active(DeviceId.parse(r.device_id))
+            except (UnknownDevice, RevokedDevice):
+                return None
+            keys = device.public_keys if newer is None else device.public_keys.rotated(newer)
+            return self._seal(device.device_id, keys, r.seq, Kind.STORED, arg=r.arg,
+                              epoch=r.epoch, digest=r.digest, now=now)  # fmt: skip
+
+        return seal
 
     def _take_marks(self) -> ReceiptMarks:
         with self._marks_lock:

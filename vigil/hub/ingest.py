@@ -88,6 +88,23 @@ class _Item:
         return self.up.payload
 
 
+Sealed = tuple[str | None, bytes]  # the downlink key a receipt was sealed to, the envelope
+Sealer = Callable[[QueuedReceipt, "str | None"], "bytes | None"]  # None: nobody to tell
+
+
+def _sealed(seal: Sealer, receipts: Sequence[QueuedReceipt],
+            keys: dict[WindowKey, str]) -> dict[tuple[str, int], Sealed]:  # fmt: skip
+    """Each receipt sealed to its life's newest key as the batch began (the caller seals
+    again the few whose key the batch rotated)."""
+    out: dict[tuple[str, int], Sealed] = {}
+    for r in receipts:
+        key = keys.get((r.device_id, r.epoch))
+        envelope = seal(r, key)
+        if envelope is not None:
+            out[(r.device_id, r.seq)] = (key, envelope)
+    return out
+
+
 def _after(now: float, item: _Item, tampered: set[str]) -> float:
     """When `item` is taken to arrive: just after `now` if a tamper alarm of its device came
     before it in this batch (so it counts as sent after the device was compromised)."""
@@ -118,6 +135,7 @@ class _Tally:
     notes: dict[str, DeviceNote] = field(default_factory=dict)  # one UPDATE a device
     escalate: bool = False  # an escalation timer has come (e.g. this batch opened an alert)
     rotated: dict[WindowKey, str] = field(default_factory=dict)  # newest downlink keys
+    sealed: dict[tuple[str, int], Sealed] = field(default_factory=dict)  # (device, seq)
 
     def note(self, device: str) -> DeviceNote:
         return self.notes.setdefault(device, DeviceNote())
@@ -131,6 +149,7 @@ class Outcome:
     receipts: list[QueuedReceipt]
     escalate: bool
     rotated: dict[WindowKey, str]  # each receipt's life's newest downlink key, if it rotated
+    sealed: dict[tuple[str, int], Sealed] = field(default_factory=dict)  # sealed in the batch
 
 
 class Ingest:
@@ -150,11 +169,14 @@ class Ingest:
         return [self._decode(topic, payload) for topic, payload in messages]
 
     def store_opened(self, decoded: Sequence[pipeline.Decoded], *, now: float, sent: bool,
-                     marks: ReceiptMarks | None = None) -> Outcome:  # fmt: skip
+                     marks: ReceiptMarks | None = None,
+                     seal: Sealer | None = None) -> Outcome:  # fmt: skip
         """Store and handle opened messages (`open`) as one batch; return its receipts
         (written as `sent` if the caller publishes them at once: `Intake.queue_receipts`).
 
         `marks` (earlier receipts given back) are written in the batch's transaction.
+        `seal`: seal the batch's receipts while its writes run, before the commit is
+        waited for (a store whose statements run on a server, beside this process).
         Nothing but a failing store (`StorageError`: no receipt, the devices resend;
         `marks` not written) is raised; see the module docstring for what happens to a
         failing uplink.
@@ -170,15 +192,21 @@ class Ingest:
             with self.store.batch() as tx:
                 tx.intake.settle(marks)
                 self._edges(tx, edges, now, tally)
+                before = tx.intake.newest_keys((i.device, i.epoch) for i in items) if seal else {}
                 receipts = self._batch(tx, items, now, tally, contained=False)
                 self._finish(tx, receipts, tally, now=now, sent=sent)
+                if seal:  # the server works on the writes meanwhile
+                    tally.sealed = _sealed(seal, receipts, before)
+                tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
+                tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch)
+                                                           for r in receipts))  # fmt: skip
         except Exception as exc:  # contained below, uplink by uplink
             self.registry.forget()  # it may hold records read inside the rolled-back batch
             _LOG.warning("a batch of %s failed (%s: %s); handling its uplinks one by one",
                          len(decoded), type(exc).__name__, exc)  # fmt: skip
             return self._one_by_one(edges, items, now, sent, marks)
         self._keep(tally)
-        return Outcome(receipts, tally.escalate, tally.rotated)
+        return Outcome(receipts, tally.escalate, tally.rotated, tally.sealed)
 
     def _one_by_one(self, edges: Sequence[pipeline.Decoded], items: list[_Item], now: float,
                     sent: bool, marks: ReceiptMarks) -> Outcome:  # fmt: skip
@@ -196,6 +224,9 @@ class Ingest:
                 with self.store.transaction() as tx:
                     mine = self._batch(tx, [item], at, tally, contained=True)
                     self._finish(tx, mine, tally, now=now, sent=sent)
+                    tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
+                    tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch)
+                                                               for r in mine))  # fmt: skip
             except StorageError:
                 raise
             except Exception as exc:  # a bug outside the handler: record it on its own
@@ -214,8 +245,6 @@ class Ingest:
         for r in receipts:  # in the order they were numbered
             tally.note(r.device_id).down_seq = r.seq
         tx.devices.write_notes(tally.notes)
-        tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
-        tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch) for r in receipts))
 
     def _keep(self, tally: _Tally) -> None:
         self.accepted += tally.accepted
@@ -256,11 +285,12 @@ class Ingest:
     def _batch(self, tx: Transaction, items: list[_Item], now: float, tally: _Tally, *,
                contained: bool) -> list[QueuedReceipt]:  # fmt: skip
         """Decide, store and handle `items` (in their order); return their receipts."""
-        locks = tx.intake.lock_devices(sorted({i.device for i in items}))
+        devices = sorted({i.device for i in items})
+        locks = tx.intake.lock_devices(devices)
+        active = tx.intake.active_alerts(devices)  # read before the batch's first write waits
         plans = self._plan(tx, items, locks, now, tally)
         proofs = {id(i): liveness.proven_at(self.nonces, i.up.device_id, i.up.message)
                   for i, _ in plans}  # fmt: skip
-        active = tx.intake.active_alerts(sorted({i.device for i, _ in plans}))
         alarming = {i.device for i, _ in plans if i.rank is Priority.ALARM}
         down_seq = {d: lock.down_seq for d, lock in locks.items()}
         receipts: list[QueuedReceipt] = []

@@ -58,6 +58,11 @@ __all__ = [
 class Store(Protocol):
     """Durable storage as units of work. Times are hub Unix seconds, given by callers."""
 
+    @property
+    def runs_on_server(self) -> bool:
+        """Whether statements run beside this process (PostgreSQL), not in it (SQLite)."""
+        ...
+
     def transaction(self, *, durable: bool = True) -> AbstractContextManager[Transaction]:
         """Read and write; commit when the block ends, roll everything back if it raises.
 

@@ -66,6 +66,7 @@ class PostgresStore(SqlStore):
     """
 
     dialect = schema.POSTGRES
+    runs_on_server = True
     errors = (psycopg.Error,)
 
     def __init__(self, url: str, *, create: bool = False) -> None:

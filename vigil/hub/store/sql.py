@@ -50,6 +50,9 @@ class SqlStore(ABC):
     dialect: ClassVar[schema.Dialect]
     errors: ClassVar[tuple[type[Exception], ...]]  # the driver's errors, reported as StorageError
     where: str  # names the store in error messages
+    # Whether statements run on a database server beside this process: work done between
+    # a batch's writes and the wait for its commit then overlaps the server's.
+    runs_on_server: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
