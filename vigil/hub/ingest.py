@@ -192,14 +192,11 @@ class Ingest:
             with self.store.batch() as tx:
                 tx.intake.settle(marks)
                 self._edges(tx, edges, now, tally)
-                before = tx.intake.newest_keys((i.device, i.epoch) for i in items) if seal else {}
                 receipts = self._batch(tx, items, now, tally, contained=False)
                 self._finish(tx, receipts, tally, now=now, sent=sent)
                 if seal:  # the server works on the writes meanwhile
-                    tally.sealed = _sealed(seal, receipts, before)
-                tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
-                tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch)
-                                                           for r in receipts))  # fmt: skip
+                    tally.sealed = _sealed(seal, receipts, tally.rotated)
+                self._after_writes(tx, receipts, tally, now)
         except Exception as exc:  # contained below, uplink by uplink
             self.registry.forget()  # it may hold records read inside the rolled-back batch
             _LOG.warning("a batch of %s failed (%s: %s); handling its uplinks one by one",
@@ -224,9 +221,7 @@ class Ingest:
                 with self.store.transaction() as tx:
                     mine = self._batch(tx, [item], at, tally, contained=True)
                     self._finish(tx, mine, tally, now=now, sent=sent)
-                    tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
-                    tally.rotated.update(tx.intake.newest_keys((r.device_id, r.epoch)
-                                                               for r in mine))  # fmt: skip
+                    self._after_writes(tx, mine, tally, now)
             except StorageError:
                 raise
             except Exception as exc:  # a bug outside the handler: record it on its own
@@ -245,6 +240,14 @@ class Ingest:
         for r in receipts:  # in the order they were numbered
             tally.note(r.device_id).down_seq = r.seq
         tx.devices.write_notes(tally.notes)
+
+    def _after_writes(self, tx: Transaction, receipts: list[QueuedReceipt], tally: _Tally,
+                      now: float) -> None:  # fmt: skip
+        """What the batch's writes may have changed: whether an escalation is due now, and
+        the newest downlink key of each receipt's life (a heartbeat may have rotated it)."""
+        keys = tx.intake.newest_keys((r.device_id, r.epoch) for r in receipts)
+        tally.escalate = tally.escalate or tx.alerts.escalation_due(now)
+        tally.rotated = keys()
 
     def _keep(self, tally: _Tally) -> None:
         self.accepted += tally.accepted
@@ -285,10 +288,13 @@ class Ingest:
     def _batch(self, tx: Transaction, items: list[_Item], now: float, tally: _Tally, *,
                contained: bool) -> list[QueuedReceipt]:  # fmt: skip
         """Decide, store and handle `items` (in their order); return their receipts."""
-        devices = sorted({i.device for i in items})
-        locks = tx.intake.lock_devices(devices)
-        active = tx.intake.active_alerts(devices)  # read before the batch's first write waits
-        plans = self._plan(tx, items, locks, now, tally)
+        devices, lives = sorted({i.device for i in items}), {(i.device, i.epoch) for i in items}
+        # The batch's reads go out together, before its first write (which a read after it
+        # would wait for): one round trip on PostgreSQL.
+        read_locks, read_active = tx.intake.lock_devices(devices), tx.intake.active_alerts(devices)
+        read_windows, read_keys = tx.intake.windows(lives), tx.intake.newest_keys(lives)
+        locks, active, tally.rotated = read_locks(), read_active(), read_keys()
+        plans = self._plan(tx, items, locks, read_windows(), now=now, tally=tally)
         proofs = {id(i): liveness.proven_at(self.nonces, i.up.device_id, i.up.message)
                   for i, _ in plans}  # fmt: skip
         alarming = {i.device for i, _ in plans if i.rank is Priority.ALARM}
@@ -315,10 +321,10 @@ class Ingest:
         return receipts
 
     def _plan(self, tx: Transaction, items: list[_Item], locks: dict[str, DeviceLock],
-              now: float, tally: _Tally) -> list[tuple[_Item, Acceptance]]:  # fmt: skip
+              windows: dict[WindowKey, ReplayWindow], *, now: float,
+              tally: _Tally) -> list[tuple[_Item, Acceptance]]:  # fmt: skip
         """Each uplink's acceptance; store the new ones and their windows (one statement each)."""
         live = [i for i in items if self._admitted(tx, i, locks, now, tally)]
-        windows = tx.intake.windows({(i.device, i.epoch) for i in live})
         changed: set[WindowKey] = set()
         seen: dict[tuple[str, str, int], str] = {}  # (device, epoch, seq) -> digest, this batch
         plans: list[tuple[_Item, Acceptance]] = []

@@ -8,13 +8,13 @@ rows, so nobody else allocates one for these devices until the batch commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vigil.hub.store import schema
 from vigil.hub.store.devices import MASK_BYTES
 from vigil.hub.store.records import AlertKind, AlertState
-from vigil.hub.store.repo import Repository, Row
+from vigil.hub.store.repo import Repository, Row, T
 from vigil.wire.replay import ReplayWindow
 
 WindowKey = tuple[str, str]  # (device id hex, epoch)
@@ -73,39 +73,47 @@ _RECEIPT_COLUMNS = (("device_id", "text"), ("seq", "bigint"), ("arg", "bigint"),
 class Intake(Repository):
     """Bulk reads and writes of one ingest batch; see the module docstring."""
 
-    def lock_devices(self, device_ids: Sequence[str]) -> dict[str, DeviceLock]:
-        """Lock the rows of `device_ids` (in id order, so two hubs never deadlock)."""
+    def lock_devices(self, device_ids: Sequence[str]) -> Callable[[], dict[str, DeviceLock]]:
+        """Lock the rows of `device_ids` (in id order, so two hubs never deadlock); taken
+        later (`Repository._later`)."""
         if not device_ids:
-            return {}
+            return dict
         among, params = self._in("device_id", sorted(device_ids))
-        rows = self._all(
+
+        def parse(rows: list[Row]) -> dict[str, DeviceLock]:
+            locks = (DeviceLock(r["device_id"], r["epoch"], int(r["down_seq"]),
+                                r["revoked_at"] is not None) for r in rows)  # fmt: skip
+            return {lock.device_id: lock for lock in locks}
+
+        return self._later(
             "SELECT device_id, epoch, down_seq, revoked_at FROM devices "  # noqa: S608
             f"WHERE {among} ORDER BY device_id{self._for_update}",
             params,
+            parse,
         )
-        locks = (
-            DeviceLock(r["device_id"], r["epoch"], int(r["down_seq"]), r["revoked_at"] is not None)
-            for r in rows
-        )
-        return {lock.device_id: lock for lock in locks}
 
-    def windows(self, keys: Iterable[WindowKey]) -> dict[WindowKey, ReplayWindow]:
-        """The replay windows of the lives in `keys` that exist (rows of locked devices)."""
+    def windows(self, keys: Iterable[WindowKey]) -> Callable[[], dict[WindowKey, ReplayWindow]]:
+        """The replay windows of the lives in `keys` that exist; taken later."""
         wanted = set(keys)
         if not wanted:
-            return {}
-        rows = self._lives(
-            "SELECT device_id, epoch, window_highest, window_mask FROM device_epochs", wanted
-        )
-        return {
-            (r["device_id"], r["epoch"]): ReplayWindow(
-                r["window_highest"], int.from_bytes(bytes(r["window_mask"]), "big")
-            )
-            for r in rows
-            if (r["device_id"], r["epoch"]) in wanted
-        }
+            return dict
 
-    def _lives(self, select: str, wanted: set[WindowKey], order: str = "") -> list[Row]:
+        def parse(rows: list[Row]) -> dict[WindowKey, ReplayWindow]:
+            return {
+                (r["device_id"], r["epoch"]): ReplayWindow(
+                    r["window_highest"], int.from_bytes(bytes(r["window_mask"]), "big")
+                )
+                for r in rows
+                if (r["device_id"], r["epoch"]) in wanted
+            }
+
+        return self._lives(
+            "SELECT device_id, epoch, window_highest, window_mask FROM device_epochs",
+            wanted, parse,
+        )  # fmt: skip
+
+    def _lives(self, select: str, wanted: set[WindowKey], parse: Callable[[list[Row]], T],
+               order: str = "") -> Callable[[], T]:  # fmt: skip
         """Rows of the lives in `wanted` (`select` reads one table with device_id and epoch
         columns), found by their (device_id, epoch) primary key.
 
@@ -117,33 +125,37 @@ class Intake(Repository):
         devices, epochs = sorted({d for d, _ in wanted}), sorted({e for _, e in wanted})
         if self._dialect is schema.POSTGRES:
             pairs = sorted(wanted)
-            return self._all(
+            return self._later(
                 f"{select} JOIN unnest(CAST(%b AS text[]), CAST(%b AS text[])) "
                 f"AS w(device_id, epoch) USING (device_id, epoch){order}",
                 [[d for d, _ in pairs], [e for _, e in pairs]],
+                parse,
             )
-        return self._all(
+        return self._later(
             f"{select} WHERE device_id IN ({', '.join('?' * len(devices))}) "
             f"AND epoch IN ({', '.join('?' * len(epochs))}){order}",
             [*devices, *epochs],
+            parse,
         )
 
-    def newest_keys(self, keys: Iterable[WindowKey]) -> dict[WindowKey, str]:
+    def newest_keys(self, keys: Iterable[WindowKey]) -> Callable[[], dict[WindowKey, str]]:
         """The newest downlink key verified in each of these lives, where there is one
-        (one query for a batch's receipts; `tx.kems.newest` for one)."""
+        (one query for a batch's receipts; `tx.kems.newest` for one); taken later."""
         wanted = set(keys)
         if not wanted:
-            return {}
-        rows = self._lives(
+            return dict
+
+        def parse(rows: list[Row]) -> dict[WindowKey, str]:
+            return {
+                (r["device_id"], r["epoch"]): str(r["public_key"])
+                for r in rows
+                if (r["device_id"], r["epoch"]) in wanted
+            }  # the newest wins
+
+        return self._lives(
             "SELECT device_id, epoch, key_id, public_key, verified_at FROM device_kems",
-            wanted,
-            " ORDER BY verified_at, key_id DESC",
-        )
-        return {
-            (r["device_id"], r["epoch"]): str(r["public_key"])
-            for r in rows
-            if (r["device_id"], r["epoch"]) in wanted
-        }  # the newest wins
+            wanted, parse, " ORDER BY verified_at, key_id DESC",
+        )  # fmt: skip
 
     def new_window(self, device_id: str, epoch: str, *, now: float) -> None:
         self._cur.execute(
@@ -176,22 +188,27 @@ class Intake(Repository):
 
     def active_alerts(
         self, device_ids: Sequence[str]
-    ) -> dict[str, set[tuple[AlertKind, AlertState]]]:
-        """The (kind, state) of each device's active alerts, for all of `device_ids` at once."""
+    ) -> Callable[[], dict[str, set[tuple[AlertKind, AlertState]]]]:
+        """The (kind, state) of each device's active alerts, for all of `device_ids` at once;
+        taken later."""
         if not device_ids:
-            return {}
+            return dict
         among, params = self._in("device_id", device_ids)
-        rows = self._all(
+
+        def parse(rows: list[Row]) -> dict[str, set[tuple[AlertKind, AlertState]]]:
+            found: dict[str, set[tuple[AlertKind, AlertState]]] = {}
+            for r in rows:
+                found.setdefault(r["device_id"], set()).add(
+                    (AlertKind(r["kind"]), AlertState(r["state"]))
+                )
+            return found
+
+        return self._later(
             "SELECT DISTINCT device_id, kind, state FROM alerts "  # noqa: S608
             f"WHERE {among} AND state IN ('open', 'acknowledged')",
             params,
+            parse,
         )
-        found: dict[str, set[tuple[AlertKind, AlertState]]] = {}
-        for r in rows:
-            found.setdefault(r["device_id"], set()).add(
-                (AlertKind(r["kind"]), AlertState(r["state"]))
-            )
-        return found
 
     def queue_receipts(self, receipts: Sequence[QueuedReceipt], *, now: float,
                        sent: bool) -> None:  # fmt: skip

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from vigil.hub.store import schema
 
+T = TypeVar("T")
 _V_NAME = re.compile(r"\bv\.(\w+)")
 # An array parameter sent in binary: in text, psycopg quotes every element (a regular
 # expression each) and hex-encodes every payload, which cost more than the insert.
@@ -84,6 +85,16 @@ class Repository:
         else:
             rows_named = [dict(zip(names, r, strict=True)) for r in rows]
             self._cur.executemany(_one_row(sql), rows_named)
+
+    def _later(self, sql: str, params: Sequence[Any], parse: Callable[[list[Row]], T],
+               ) -> Callable[[], T]:  # fmt: skip
+        """A read whose rows are taken later: on PostgreSQL it is sent now, so that several
+        sent in a row cost one round trip in a pipelined batch; SQLite runs it when taken.
+        Take it before the transaction's next write."""
+        if self._dialect is schema.POSTGRES:
+            cur = self._cur.execute(sql, params)
+            return lambda: parse(list(cur.fetchall()))
+        return lambda: parse(self._all(sql, params))
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         self._cur.execute(sql, params)
