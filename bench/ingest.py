@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bench.env import BenchEnv, progress
@@ -133,19 +134,13 @@ def pipeline(env: BenchEnv, url: str, pool: Sequence[Uplink], what: str) -> Pipe
     floor over the same envelopes (`bench.hub_fleet.interleaved`)."""
     messages = [(up.device.up, up.envelope) for up in pool][: PIPELINE_ROUNDS * PIPELINE_ROUND]
     records = {d.device_id: DeviceRecord(d.device_id, "bench", d.keys.public()) for d in env.fleet}
-    store = open_store(url)
-    try:
-        service = HubService(hub_config(url, env.work), store=store, hub_keys=env.hub_keys,
-                             notifier=AppriseNotifier())  # fmt: skip
-        service.transport = NullTransport()
+    with in_process_hub(env, url) as service:
         service.registry.refresh()  # a running hub has met its fleet: its registry is warm
         for device in env.fleet:
             service.registry.active(device.device_id)
         with ticking(service):
             floor, full = interleaved(service, env.hub_keys, records, messages,
                                       len(messages) // PIPELINE_ROUND)  # fmt: skip
-    finally:
-        store.close()
     run = Pipeline(floor, full)
     progress(f"{what}: pipeline {full:,.0f} msg/s, crypto floor {floor:,.0f} msg/s "
              f"= {run.ratio:.2f}x (in process, {len(messages):,} messages)")  # fmt: skip
@@ -157,16 +152,24 @@ def running_store(env: BenchEnv, backend: str, first_words: Sequence[Uplink]) ->
     that has run for a while has: a device's first uplink of a life costs more (its life
     and replay window are made), once."""
     url = env.new_store(backend)
+    with in_process_hub(env, url) as service:
+        full(service, [(up.device.up, up.envelope) for up in first_words])
+        assert service.accepted == len(first_words), service.rejected  # noqa: S101
+    return url
+
+
+@contextmanager
+def in_process_hub(env: BenchEnv, url: str) -> Iterator[HubService]:
+    """The hub's service in this process on the store at `url`; its receipts are sealed
+    and handed to a transport that takes them (no broker)."""
     store = open_store(url)
     try:
         service = HubService(hub_config(url, env.work), store=store, hub_keys=env.hub_keys,
                              notifier=AppriseNotifier())  # fmt: skip
         service.transport = NullTransport()
-        full(service, [(up.device.up, up.envelope) for up in first_words])
-        assert service.accepted == len(first_words), service.rejected  # noqa: S101
+        yield service
     finally:
         store.close()
-    return url
 
 
 def _backend(

@@ -13,6 +13,7 @@ The clock is injected (tests drive it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -26,7 +27,7 @@ from vigil.hub.channels import Notifier
 from vigil.hub.checkpoints import Checkpointer
 from vigil.hub.config import HubConfig
 from vigil.hub.delivery import Dispatcher
-from vigil.hub.ingest import MAX_BATCH, Ingest, Outcome, Sealer
+from vigil.hub.ingest import MAX_BATCH, Ingest, Outcome
 from vigil.hub.pipeline import Decoded
 from vigil.hub.registry import Registry
 from vigil.hub.store import Alert, DeviceRecord, PendingDownlink, Store, Transaction
@@ -169,7 +170,8 @@ class HubService:
         online = self.transport is not None and self.transport.connected
         marks = self._take_marks()
         try:
-            seal = self._sealer(now) if online and self.store.runs_on_server else None
+            seal = (functools.partial(self._seal_receipt, now=now)
+                    if online and self.store.runs_on_server else None)  # fmt: skip
             outcome = self.ingest.store_opened(decoded, now=now, sent=online, marks=marks,
                                                seal=seal)  # fmt: skip
         except StorageError:
@@ -221,7 +223,7 @@ class HubService:
             newer = outcome.rotated.get((r.device_id, r.epoch))  # §11.2
             key, envelope = outcome.sealed.get((r.device_id, r.seq), (None, None))
             if envelope is None or key != newer:  # not sealed yet, or to a key since rotated
-                envelope = self._sealer(now)(r, newer)
+                envelope = self._seal_receipt(r, newer, now=now)
             if envelope is None:
                 continue  # revoked since: nobody to tell any more
             try:
@@ -231,20 +233,16 @@ class HubService:
                 self._give_back(ReceiptMarks(receipts[i:]))
                 return
 
-    def _sealer(self, now: float) -> Sealer:
-        """Seals a receipt to its device's keys, or to `newer` where its life rotated them
+    def _seal_receipt(self, r: QueuedReceipt, newer: str | None, *, now: float) -> bytes | None:
+        """A receipt sealed to its device's keys, or to `newer` where its life rotated them
         (§11.2); None for a device revoked since."""
-
-        def seal(r: QueuedReceipt, newer: str | None) -> bytes | None:
-            try:
-                device = self.registry.active(DeviceId.parse(r.device_id))
-            except (UnknownDevice, RevokedDevice):
-                return None
-            keys = device.public_keys if newer is None else device.public_keys.rotated(newer)
-            return self._seal(device.device_id, keys, r.seq, Kind.STORED, arg=r.arg,
-                              epoch=r.epoch, digest=r.digest, now=now)  # fmt: skip
-
-        return seal
+        try:
+            device = self.registry.active(DeviceId.parse(r.device_id))
+        except (UnknownDevice, RevokedDevice):
+            return None
+        keys = device.public_keys if newer is None else device.public_keys.rotated(newer)
+        return self._seal(device.device_id, keys, r.seq, Kind.STORED, arg=r.arg,
+                          epoch=r.epoch, digest=r.digest, now=now)  # fmt: skip
 
     def _take_marks(self) -> ReceiptMarks:
         with self._marks_lock:
