@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
 from collections.abc import Iterator
 from concurrent.futures import wait
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +119,30 @@ def test_a_new_alarm_is_escalated_by_its_batch_not_the_timer(rig: Rig) -> None:
     dispatcher.wake.clear()
     rig.send(parties().device_id, parties().device, Message(seq=2, body=Checkin(), epoch=EPOCH))
     assert not dispatcher.wake.is_set()  # a routine batch plans nothing
+
+
+def test_a_round_of_notices_is_claimed_by_one_commit(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alarm's notices to its responders (email and webhook) are claimed together: one
+    durable commit before they leave, not a read and then one commit each."""
+    rig.alarm(1)
+    store, opened = rig.service.store, []
+    for kind in ("read", "transaction"):
+        real = getattr(store, kind)
+
+        def counting(*args: object, _kind: str = kind, _real: Any = real, **kw: object) -> Any:
+            if threading.current_thread() is threading.main_thread():  # not the senders' records
+                opened.append(_kind)
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(store, kind, counting)
+    futures = rig.service.dispatcher.dispatch(rig.clock())
+    assert (len(futures), opened) == (2, ["transaction"])
+    wait(futures, timeout=30)
+    monkeypatch.undo()
+    assert rig.posts() == ["ALARM: Ana needs help"]
+    assert len(rig.smtp.messages) == 1
 
 
 def test_first_notices_go_ahead_of_retries(rig: Rig) -> None:

@@ -6,8 +6,8 @@ each on a bounded thread pool: one slow SMTP server holds one thread, never the
 webhook beside it. A compose or channel that raises is recorded as a failed attempt
 (and retried after a jittered backoff) like any other failure. A device over its notice rate
 waits its turn; the others do not wait for it. No transaction is open while a
-channel is sending; claiming a delivery and recording its attempt (with its audit
-entry) are each one transaction, so several hubs never send one twice.
+channel is sending; claiming a round's due deliveries and recording each attempt
+(with its audit entry) are each one transaction, so several hubs never send one twice.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -71,28 +71,43 @@ class Dispatcher:
         self.wake = threading.Event()  # set when a send ends or notices are planned
 
     def dispatch(self, now: float) -> list[Future[None]]:
-        """Claim what is due (as many as there are free threads) and start sending it."""
+        """Claim what is due (as many as there are free threads) and start sending it.
+
+        One durable commit claims them all: an alarm's notices to several responders
+        (email, webhook, ...) wait for one fsync, not one each after a read of their own.
+        """
         with self._lock:
             free = self._senders - len(self._in_flight)
             busy = set(self._in_flight)
         if free <= 0:
             return []
-        with self.store.read() as tx:
+        with self.store.transaction() as tx:
             due = tx.deliveries.due(now, limit=max(100, 10 * free) + len(busy))
+            chosen = self._choose(due, busy, free, now)
+            claimed = [c for d in chosen if (c := _claim(tx, d, now)) is not None]
         futures: list[Future[None]] = []
-        for d in due:
-            if len(futures) >= free:
-                break
-            if d.id in busy or self._over_rate(d.device_id, now):
-                continue
-            claimed = self._claim(d, now)
-            if claimed is None:
-                continue
+        for c in claimed:
             with self._lock:
-                self._in_flight[d.id] = self._monotonic()
-                self._recent.setdefault(claimed.alert.device_id, deque()).append(now)
-            futures.append(self._pool.submit(self._send, claimed))
+                self._in_flight[c.delivery.id] = self._monotonic()
+                self._recent.setdefault(c.alert.device_id, deque()).append(now)
+            futures.append(self._pool.submit(self._send, c))
         return futures
+
+    def _choose(
+        self, due: list[Delivery], busy: set[int], free: int, now: float
+    ) -> list[Delivery]:
+        """At most `free` of `due`, in order, leaving out those in flight here and those
+        whose device had its notices for the minute (counting the ones chosen now)."""
+        chosen: list[Delivery] = []
+        taking: Counter[DeviceId | None] = Counter()
+        for d in due:
+            if len(chosen) >= free:
+                break
+            if d.id in busy or self._over_rate(d.device_id, now, taking[d.device_id]):
+                continue
+            chosen.append(d)
+            taking[d.device_id] += 1
+        return chosen
 
     def run_due(self, now: float) -> int:
         """Send everything due at `now` and wait for it; return how many were tried."""
@@ -114,8 +129,9 @@ class Dispatcher:
 
     # -- one delivery ------------------------------------------------------------------------
 
-    def _over_rate(self, device_id: DeviceId | None, now: float) -> bool:
-        """Whether `device_id` had its `notices_per_minute` already (this hub's count)."""
+    def _over_rate(self, device_id: DeviceId | None, now: float, taking: int = 0) -> bool:
+        """Whether `device_id` had its `notices_per_minute` already (this hub's count, with
+        `taking` more about to be sent)."""
         if device_id is None:
             return False
         with self._lock:
@@ -124,20 +140,7 @@ class Dispatcher:
                 recent.popleft()
             if recent is not None and not recent:
                 del self._recent[device_id]
-            return recent is not None and len(recent) >= self.limits.notices_per_minute
-
-    def _claim(self, d: Delivery, now: float) -> _Claimed | None:
-        # Durable, as the last commit before the notice leaves: a crash between the send and
-        # its record must find it claimed (and its plan, committed before, on disk), so
-        # that the record is written when the store is back, not the notice sent again.
-        with self.store.transaction() as tx:
-            if not tx.deliveries.claim(d.id, now=now, lease=CLAIM_LEASE):
-                return None  # another hub instance took it
-            alert = tx.alerts.get(d.alert_id)
-            device = tx.devices.get(alert.device_id)
-        if device is None:  # pragma: no cover - alerts reference enrolled devices
-            return None
-        return _Claimed(d, alert, device, now)
+            return len(recent or ()) + taking >= self.limits.notices_per_minute
 
     def _send(self, c: _Claimed) -> None:
         d = c.delivery
@@ -178,6 +181,20 @@ class Dispatcher:
                 time.sleep(RECORD_RETRY)  # the store is away; nothing else to do meanwhile
                 continue
             return
+
+
+def _claim(tx: Transaction, d: Delivery, now: float) -> _Claimed | None:
+    # Durable (the caller's transaction), as the last commit before the notice leaves: a
+    # crash between the send and its record must find it claimed (and its plan, committed
+    # before, on disk), so that the record is written when the store is back, not the
+    # notice sent again.
+    if not tx.deliveries.claim(d.id, now=now, lease=CLAIM_LEASE):
+        return None  # another hub instance took it
+    alert = tx.alerts.get(d.alert_id)
+    device = tx.devices.get(alert.device_id)
+    if device is None:  # pragma: no cover - alerts reference enrolled devices
+        return None
+    return _Claimed(d, alert, device, now)
 
 
 def _retry_at(
