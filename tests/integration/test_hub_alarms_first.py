@@ -1,5 +1,6 @@
 """Alarms first, at every stage: within a batch, ahead of the heartbeats beside it, and
-across rounds (one that arrives while a flood's receipts go out is answered before them).
+across rounds (one that arrives while a round is opened, stored or answered goes before
+the rest of it).
 Real SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ def test_an_alarm_is_answered_before_the_heartbeats_beside_it_are_stored(
     """Urgent uplinks get a commit of their own, ahead of the batch: the alarm's receipt
     leaves before any heartbeat of its batch is handled, stored or answered."""
     p = parties()
+    stored_when = _stored_at_each_publish(hub)
+    flood = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(30)]
+    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
+    hub.handle_batch([*flood[:20], alarm, *flood[20:]])
+    assert published_receipts(hub)[0] == (p.other_id.hex, 0)
+    assert stored_when[0] == 1  # only the alarm was stored when its receipt left
+    assert stored_when[1:] == [31] * 30
+
+
+def _stored_at_each_publish(hub: HubService) -> list[int]:
+    """How many uplinks were stored when each downlink left (filled as they leave)."""
     stored_when: list[int] = []
     transport = hub.transport
     assert isinstance(transport, RecordingTransport)
@@ -45,12 +57,7 @@ def test_an_alarm_is_answered_before_the_heartbeats_beside_it_are_stored(
         publish(topic, payload, qos=qos)
 
     transport.publish = counting  # type: ignore[method-assign]
-    flood = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(30)]
-    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
-    hub.handle_batch([*flood[:20], alarm, *flood[20:]])
-    assert published_receipts(hub)[0] == (p.other_id.hex, 0)
-    assert stored_when[0] == 1  # only the alarm was stored when its receipt left
-    assert stored_when[1:] == [31] * 30
+    return stored_when
 
 
 def beat(seq: int) -> tuple[str, bytes]:
@@ -92,3 +99,36 @@ def test_what_arrives_during_a_round_is_taken_only_up_to_a_bound(hub: HubService
     before = hub.accepted
     hub.handle_batch([])
     assert 0 < hub.accepted - before <= MAX_BATCH  # never more than a batch kept in memory
+
+
+def test_an_alarm_arriving_while_a_round_is_opened_is_stored_before_its_commit(
+    hub: HubService,
+) -> None:
+    p = parties()
+    arrivals = [[up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)]]
+    hub.arrivals = lambda most: arrivals.pop()[:most] if arrivals else []
+    stored_when = _stored_at_each_publish(hub)
+    hub.handle_batch([beat(s) for s in range(2 * OPEN_CHUNK)])  # it comes after the first chunk
+    assert published_receipts(hub)[0] == (p.other_id.hex, 0)
+    assert stored_when[0] == 1  # the round's heartbeats were opened, not yet stored
+
+
+def test_an_alarm_arriving_between_two_receipts_goes_out_next(hub: HubService) -> None:
+    """It waits for one receipt of the round it met, not for a chunk of them."""
+    p = parties()
+    transport = hub.transport
+    assert isinstance(transport, RecordingTransport)
+    alarm = up(Message(seq=0, body=Alarm(Trigger.BUTTON), epoch=EPOCH), other=True)
+    sent_alarm: list[bool] = []
+
+    def arrivals(most: int) -> list[tuple[str, bytes]]:
+        if len(transport.published) < 2 or sent_alarm:
+            return []
+        sent_alarm.append(True)
+        return [alarm]
+
+    hub.arrivals = arrivals
+    hub.handle_batch([beat(s) for s in range(2 * OPEN_CHUNK)])
+    answered = published_receipts(hub)
+    assert answered[2] == (p.other_id.hex, 0)
+    assert len(answered) == 2 * OPEN_CHUNK + 1

@@ -51,7 +51,7 @@ from vigil.wire.topics import down_topic
 
 _LOG = logging.getLogger(__name__)
 DOWNLINK_LEASE = 10.0  # s a hub holds a downlink it publishes; then another may send it
-OPEN_CHUNK = 8  # messages opened (or receipts sealed) before an alarm may jump the queue
+OPEN_CHUNK = 8  # messages opened before an alarm may jump the queue
 WATCHDOG_LEASE = "silence watchdog"  # one hub at a time raises device-silent alerts
 _DOWNLINKS: dict[Kind, type[Stored] | type[Acknowledged] | type[Resolved]] = {
     k.KIND: k for k in (Stored, Acknowledged, Resolved)
@@ -129,13 +129,16 @@ class HubService:
 
         Alarms jump the queue at every stage (`vigil.hub.triage`): messages are opened
         a few at a time, and each urgent uplink found is stored, answered and escalated
-        at once with a commit of its own; while the routine rest's receipts go out,
-        whatever arrived since (`arrivals`) is opened the same way, its routine part
-        kept for the next round (`carried`).
+        at once with a commit of its own; between the routine rest's stages (after each
+        chunk opened, before its commit, before each of its receipts) whatever arrived
+        since (`arrivals`) is opened the same way, its routine part kept for the next
+        round (`carried`).
         """
         self.registry.refresh()  # once a round: enrolments and revocations by any hub
-        routine, self._carried = [*self._carried, *self._triage(messages)], []
+        routine, self._carried = self._carried, []
+        routine += self._triage(messages, jump=True)
         if routine:
+            self._jump_queue()  # what came while this round was opened goes before its commit
             self._store_and_answer(routine, routine=True)
 
     @property
@@ -143,11 +146,16 @@ class HubService:
         """Whether opened routine uplinks wait for the next round."""
         return bool(self._carried)
 
-    def _triage(self, messages: Sequence[tuple[str, bytes]]) -> list[Decoded]:
+    def _triage(
+        self, messages: Sequence[tuple[str, bytes]], *, jump: bool = False
+    ) -> list[Decoded]:
         """Open `messages` OPEN_CHUNK at a time; store and answer the urgent ones of each
-        chunk at once; return the routine ones."""
+        chunk at once; return the routine ones. `jump`: between chunks, let what arrived
+        since jump the queue (never from a jump itself: the nesting stays one deep)."""
         routine: list[Decoded] = []
         for i in range(0, len(messages), OPEN_CHUNK):
+            if jump and i:
+                self._jump_queue()
             first: list[Decoded] = []
             for decoded in self.ingest.open(messages[i : i + OPEN_CHUNK]):
                 (first if urgent(decoded) else routine).append(decoded)
@@ -156,8 +164,8 @@ class HubService:
         return routine
 
     def _jump_queue(self) -> None:
-        """Between the routine receipts: answer the urgent part of what arrived since now,
-        keep the rest (bounded) for the next round."""
+        """Between the stages of a routine round: answer the urgent part of what arrived
+        since now, keep the rest (bounded) for the next round."""
         room = MAX_BATCH - len(self._carried)
         if self.arrivals is None or room <= 0:
             return
@@ -214,11 +222,11 @@ class HubService:
     def _send_receipts(self, outcome: Outcome, now: float, *, jump: bool = False) -> None:
         """Publish a batch's receipts (alarms' first; written as sent); those the broker does
         not take are given back for the next batch (or the timer) to write (`flush_marks`).
-        `jump`: let alarms that arrived since go first, every OPEN_CHUNK receipts."""
+        `jump`: let alarms that arrived since go first, before each receipt."""
         assert self.transport is not None  # noqa: S101 - checked by the caller
         receipts = outcome.receipts
         for i, r in enumerate(receipts):
-            if jump and i % OPEN_CHUNK == 0:
+            if jump:
                 self._jump_queue()
             newer = outcome.rotated.get((r.device_id, r.epoch))  # §11.2
             key, envelope = outcome.sealed.get((r.device_id, r.seq), (None, None))
