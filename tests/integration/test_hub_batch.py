@@ -145,6 +145,24 @@ def test_a_device_revoked_on_one_hub_is_refused_by_the_other_within_a_batch(
     assert peek(b.store, lambda tx: tx.alerts.all()) == []
 
 
+def test_a_change_to_one_device_makes_other_hubs_read_only_that_device_again(
+    two_hubs: tuple[HubService, HubService],
+) -> None:
+    """Enrolling, revoking or arming a risk window for one device must not cost the whole
+    fleet a read of its record at its next message, on any hub."""
+    a, b = two_hubs
+    p = parties()
+    b.handle_batch([up(Message(seq=1, body=Heartbeat(), epoch=EPOCH)),
+                    up(Message(seq=1, body=Heartbeat(), epoch=EPOCH), other=True)])  # fmt: skip
+    loads = b.registry.loads
+    write(a.store, lambda tx: tx.devices.set_risk(p.other_id, until=3600.0))
+    b.handle_batch([up(Message(seq=2, body=Heartbeat(), epoch=EPOCH)),
+                    up(Message(seq=2, body=Heartbeat(), epoch=EPOCH), other=True)])  # fmt: skip
+    assert b.registry.loads - loads == 1  # the other device's, changed by hub a
+    assert b.registry.active(p.other_id).risk_until == 3600.0
+    assert b.accepted == 4
+
+
 def test_a_batch_refuses_a_device_revoked_after_its_envelope_was_opened(
     hub: HubService, monkeypatch: pytest.MonkeyPatch
 ) -> None:

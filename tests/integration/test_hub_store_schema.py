@@ -65,7 +65,7 @@ def test_migrates_a_version_1_store_keeping_its_data(tmp_path: Path) -> None:
     conn.close()
     store = open_store(f"sqlite:///{db}")  # an existing store is migrated without --create
     try:
-        assert store.schema_version() == schema.LATEST == 7
+        assert store.schema_version() == schema.LATEST == 8
         legacy, device_id = schema.LEGACY_EPOCH, parties().device_id
         with store.transaction() as tx:  # version-1 rows live on under the legacy epoch
             old = tx.uplinks.get(device_id, legacy, 3)

@@ -2,12 +2,15 @@
 
 Opening an uplink needs the sender's keys; reading and parsing them from the
 store for every message costs more than the message's own crypto. The cache
-keeps each enrolled device's record (keys, label, revoked) and is dropped
-whole whenever the store's `registry_version` moves: every enrol, revoke and
-risk-window change bumps it in its own transaction, whichever hub or CLI made
-it. The ingest worker checks the version once per batch, so a revoked device is
-refused by every hub from its next batch on; the batch itself re-reads the
-device rows it locks and refuses a device revoked in between.
+keeps each enrolled device's record (keys, label, revoked). Every enrol, revoke,
+risk-window change and compromised mark moves the store's `registry_version` in
+its own transaction, whichever hub or CLI made it, and the device's row keeps the
+version it moved to. The ingest worker checks the version once per batch and,
+when it moved, drops only the records of the devices changed since (one indexed
+read): enrolling one device does not make the whole fleet's next messages read
+their devices again. A revoked device is thus refused by every hub from its next
+batch on; the batch itself re-reads the device rows it locks and refuses a device
+revoked in between.
 
 Devices that are not enrolled are not cached: a stream of unknown ids costs one
 indexed lookup each and cannot grow the cache past the enrolled fleet.
@@ -33,13 +36,24 @@ class Registry:
         self.loads = 0  # records read from the store (misses), for tests and benchmarks
 
     def refresh(self) -> None:
-        """Drop the cache if any hub enrolled, revoked or changed a device since last time."""
-        with self._store.read() as tx:
-            version = tx.devices.registry_version()
+        """Drop the records of the devices any hub enrolled, revoked or changed since the
+        last refresh (all of them on the first)."""
         with self._lock:
-            if version != self._version:
+            known = self._version
+        with self._store.read() as tx:  # one snapshot: the version and what it covers
+            version = tx.devices.registry_version()
+            changed = (
+                tx.devices.changed_since(known) if known is not None and version != known else None
+            )
+        with self._lock:
+            if version == self._version:
+                return
+            if changed is None or self._version != known:
                 self._records.clear()
-                self._version = version
+            else:
+                for device_id in changed:
+                    self._records.pop(device_id, None)
+            self._version = version
 
     def active(self, device_id: DeviceId) -> DeviceRecord:
         """The enrolled, unrevoked device, or `UnknownDevice` / `RevokedDevice`."""

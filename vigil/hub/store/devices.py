@@ -118,7 +118,7 @@ class Devices(Repository):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (device_id.hex, label, *values, contacts_json, now, bytes(MASK_BYTES), now),
             )
-            self._registry_changed()
+            self._registry_changed(device_id)
             return
         same = (row["signing_key"], row["kem_key"], row["hybrid_kem_key"]) == values
         if not same and row["revoked_at"] is None:
@@ -130,7 +130,7 @@ class Devices(Repository):
         )
         if not same:  # revoked, and new keys: a re-provisioned device starts afresh
             self._start_afresh(device_id)
-        self._registry_changed()
+        self._registry_changed(device_id)
 
     def _start_afresh(self, device_id: DeviceId) -> None:
         """New keys: a new replay window, not compromised, none of the old keys' rotations."""
@@ -151,16 +151,29 @@ class Devices(Repository):
         )
         if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
             raise UnknownDevice(f"device {device_id} is not enrolled")
-        self._registry_changed()
+        self._registry_changed(device_id)
 
-    def _registry_changed(self) -> None:
-        """Tell every hub's registry cache, in this very transaction, that it is stale."""
-        self._cur.execute("UPDATE registry_version SET version = version + 1 WHERE one = 1")
+    def _registry_changed(self, device_id: DeviceId) -> None:
+        """Tell every hub's registry cache, in this very transaction, that the device's
+        record is stale: the registry version moves, and the row keeps the version it
+        moved to (the row lock on the version orders hubs and CLIs that change devices)."""
+        row = self._one(
+            "UPDATE registry_version SET version = version + 1 WHERE one = 1 RETURNING version"
+        )
+        version = 0 if row is None else int(row["version"])
+        self._cur.execute(
+            "UPDATE devices SET registry_version = ? WHERE device_id = ?", (version, device_id.hex)
+        )
 
     def registry_version(self) -> int:
         """Moves whenever a device is enrolled, revoked or its risk window set (cache key)."""
         row = self._one("SELECT version FROM registry_version WHERE one = 1")
         return 0 if row is None else int(row["version"])
+
+    def changed_since(self, version: int) -> list[DeviceId]:
+        """The devices whose record changed after registry version `version` (indexed)."""
+        rows = self._all("SELECT device_id FROM devices WHERE registry_version > ?", (version,))
+        return [DeviceId.parse(r["device_id"]) for r in rows]
 
     def get(self, device_id: DeviceId) -> DeviceRecord | None:
         row = self._one(
@@ -218,7 +231,9 @@ class Devices(Repository):
             "UPDATE devices SET compromised_at = ?, compromised_reason = ? WHERE device_id = ?",
             (at, reason, device_id.hex),
         )
-        self._registry_changed()  # every hub's cached record must say so from its next batch
+        self._registry_changed(
+            device_id
+        )  # every hub's cached record must say so from its next batch
         return True
 
     def start_epoch(self, device_id: DeviceId, epoch: str, *, now: float) -> str | None:
@@ -247,7 +262,7 @@ class Devices(Repository):
         )
         if self._one("SELECT 1 AS one FROM devices WHERE device_id = ?", (device_id.hex,)) is None:
             raise UnknownDevice(f"device {device_id} is not enrolled")
-        self._registry_changed()
+        self._registry_changed(device_id)
 
     def note_offline(self, device_id: DeviceId, *, at: float) -> None:
         """Record that the broker published the device's Will (connection lost)."""

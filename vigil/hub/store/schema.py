@@ -364,6 +364,17 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    # 8: a hub's registry cache forgets only the devices that changed, not the whole fleet.
+    (
+        8,
+        (
+            "ALTER TABLE devices ADD COLUMN registry_version BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX devices_registry_version ON devices (registry_version)",
+        ),
+    ),
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 Statement = str | tuple[str, str]  # SQL for every dialect, or (dialect name, SQL)
