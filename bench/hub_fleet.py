@@ -134,13 +134,23 @@ def ticking(service: HubService, every: float = TICK) -> Iterator[None]:
         timer.join()
 
 
+@dataclass(frozen=True)
+class Paired:
+    """Rounds of the floor and the hub taken in turn: each one's median rate (msg/s), and
+    the median of the rounds' own ratios, hub / floor (each round beside its floor, so
+    the shared machine's drift between rounds cancels out of it)."""
+
+    floor: float
+    full: float
+    ratio: float
+
+
 def interleaved(
     service: HubService, hub: HubKeys, records: Mapping[DeviceId, DeviceRecord],
     messages: Sequence[tuple[str, bytes]], rounds: int,
-) -> tuple[float, float]:  # fmt: skip
-    """(floor, full) in msg/s over `messages` split in `rounds`, each the median of the
-    rounds, taken in turn (a shared machine's noise hits both alike). The floor opens the
-    same envelopes the hub then handles."""
+) -> Paired:  # fmt: skip
+    """The floor and the hub over `messages` split in `rounds`, taken in turn. The floor
+    opens the same envelopes the hub then handles."""
     floors, fulls = [], []
     per_round = len(messages) // rounds
     for r in range(rounds):
@@ -149,7 +159,8 @@ def interleaved(
         floors.append(per_round / floor(hub, records, msgs))
         fulls.append(per_round / full(service, msgs))
         assert service.accepted - before == per_round, service.rejected  # noqa: S101
-    return statistics.median(floors), statistics.median(fulls)
+    ratios = [u / f for f, u in zip(floors, fulls, strict=True)]
+    return Paired(statistics.median(floors), statistics.median(fulls), statistics.median(ratios))
 
 
 def add_history(store: Store, fleet: Fleet, rows: int) -> None:
@@ -173,7 +184,7 @@ def add_history(store: Store, fleet: Fleet, rows: int) -> None:
             )
 
 
-def measure(service: HubService, fleet: Fleet, messages: int, rounds: int) -> tuple[float, float]:
+def measure(service: HubService, fleet: Fleet, messages: int, rounds: int) -> Paired:
     records = {d: DeviceRecord(d, "bench", k.public()) for d, k, _ in fleet.devices}
     return interleaved(service, fleet.hub, records, fleet.envelopes(messages), rounds)
 
@@ -187,18 +198,17 @@ def run(name: str, url: str, fleet: Fleet, args: argparse.Namespace) -> None:
         n = len(fleet.devices)
         full(service, fleet.envelopes(n, order=list(range(n))))  # every device's first word
         with ticking(service):
-            base, fresh = measure(service, fleet, args.messages, args.rounds)
-        before = base
-        line = (f"{name:<10} {n:,} devices, fresh store: floor {base:6.0f} msg/s, "
-                f"full {fresh:6.0f} msg/s = {fresh / base:4.2f}x the floor")  # fmt: skip
+            fresh = measure(service, fleet, args.messages, args.rounds)
+        line = (f"{name:<10} {n:,} devices, fresh store: floor {fresh.floor:6.0f} msg/s, "
+                f"full {fresh.full:6.0f} msg/s = {fresh.ratio:4.2f}x the floor")  # fmt: skip
         print(line)  # noqa: T201
         if args.history:
             add_history(store, fleet, args.history)
             with ticking(service):
-                base, old = measure(service, fleet, args.messages, args.rounds)
-            line = (f"{name:<10} after {args.history:,} stored: floor {base:6.0f} msg/s, "
-                    f"full {old:6.0f} msg/s = {old / base:4.2f}x the floor, "
-                    f"{(old / base) / (fresh / before):4.2f}x the fresh ratio")  # fmt: skip
+                old = measure(service, fleet, args.messages, args.rounds)
+            line = (f"{name:<10} after {args.history:,} stored: floor {old.floor:6.0f} msg/s, "
+                    f"full {old.full:6.0f} msg/s = {old.ratio:4.2f}x the floor, "
+                    f"{old.ratio / fresh.ratio:4.2f}x the fresh ratio")  # fmt: skip
             print(line)  # noqa: T201
         store.close()
 
