@@ -277,6 +277,8 @@ def test_the_due_queries_use_their_indexes(tmp_path: Path) -> None:
         ("deliveries_due", "SELECT id FROM deliveries WHERE status = 'pending' AND next_at <= 1"),
         ("uplinks_failed", "SELECT seq FROM uplinks WHERE error IS NOT NULL "
          "ORDER BY received_at DESC LIMIT 5"),
+        # the registry's refresh after an enrolment, revocation or risk window
+        ("devices_registry_version", "SELECT device_id FROM devices WHERE registry_version > 1"),
     ]  # fmt: skip
     for index, query in plans:
         plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
