@@ -151,6 +151,19 @@ def test_run_as_a_service_with_operator_commands(
     assert "Traceback" not in (config.parent / "hub.log").read_text()
 
 
+def test_run_refuses_a_channel_url_that_would_reach_nobody(
+    config: Path, sinks: tuple[SmtpSink, WebhookSink], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found as the hub starts, not at the first alarm; named by its label, since a URL
+    may hold a token."""
+    partners = sinks[1].url("/partners")
+    config.write_text(config.read_text().replace(partners, "nosuchchannel://tok3n@partners"))
+    assert cli(config, "run")[0] == 1
+    err = capsys.readouterr().err
+    assert "[channels.partners] partners #1 (nosuchchannel): Apprise does not accept" in err
+    assert "tok3n" not in err
+
+
 def test_tail_is_plain_when_piped_and_coloured_on_request(config: Path) -> None:
     store = open_store(load_config(config).store_url)
     heartbeat = Message(seq=4, body=Heartbeat(battery=70), epoch=EPOCH)

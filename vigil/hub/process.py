@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vigil.errors import StorageError
-from vigil.hub.channels import AppriseNotifier, Notifier
+from vigil.hub.channels import AppriseNotifier, Notifier, refuse_unreachable
 from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
 from vigil.hub.health import Heartbeats, WorkerBounds, describe_stuck
@@ -218,6 +218,7 @@ def _enqueue(inbox: Inbox, topic: str, payload: bytes) -> None:
 def run(config: HubConfig, *, stop: threading.Event, clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None, create: bool = False) -> None:  # fmt: skip
     """Start the hub from `config` and serve until `stop` is set (`create`: a missing store)."""
+    refuse_unreachable(config.channels.values())
     store = open_store(config.store_url, create=create)
     try:
         keys = HubKeys.load(config.keys_path)
