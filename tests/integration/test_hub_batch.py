@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from vigil.errors import DecryptionFailed, StorageError, TransportError
 from vigil.hub import pipeline
 from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
-from vigil.hub.store import AlertKind, DeviceRecord, open_store
+from vigil.hub.store import AlertKind, DeviceRecord, Transaction, open_store
 from vigil.wire import AgedFix, Alarm, Cancel, Fix, Heartbeat, Message, Trigger, open_downlink
 from vigil.wire.keys import Suite
 from vigil.wire.liveness import uplink_digest
@@ -161,6 +162,31 @@ def test_a_change_to_one_device_makes_other_hubs_read_only_that_device_again(
     assert b.registry.loads - loads == 1  # the other device's, changed by hub a
     assert b.registry.active(p.other_id).risk_until == 3600.0
     assert b.accepted == 4
+
+
+def test_a_record_read_while_its_device_changes_is_not_kept(
+    hub: HubService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker reads a device's record; before it is cached, another hub changes the device
+    and this hub's refresh drops the device: the stale record must not be cached after it."""
+    p = parties()
+    hub.registry.refresh()
+    hub.registry.forget(p.device_id)
+    read, armed = hub.store.read, [True]
+
+    @contextmanager
+    def read_then_change() -> Iterator[Transaction]:
+        with read() as tx:
+            yield tx
+        if armed:
+            armed.clear()
+            write(hub.store, lambda tx: tx.devices.set_risk(p.device_id, until=3600.0))
+            hub.registry.refresh()
+
+    monkeypatch.setattr(hub.store, "read", read_then_change)
+    assert hub.registry.active(p.device_id).risk_until is None  # read before the change
+    monkeypatch.undo()
+    assert hub.registry.active(p.device_id).risk_until == 3600.0
 
 
 def test_a_batch_refuses_a_device_revoked_after_its_envelope_was_opened(

@@ -58,14 +58,15 @@ class Registry:
     def active(self, device_id: DeviceId) -> DeviceRecord:
         """The enrolled, unrevoked device, or `UnknownDevice` / `RevokedDevice`."""
         with self._lock:
-            record = self._records.get(device_id)
+            record, version = self._records.get(device_id), self._version
         if record is None:
             with self._store.read() as tx:
                 record = tx.devices.get(device_id)
             if record is None:
                 raise UnknownDevice(f"device {device_id} is not enrolled")
             with self._lock:
-                self._records[device_id] = record
+                if self._version == version:  # else a refresh since may have dropped it
+                    self._records[device_id] = record
                 self.loads += 1
         if record.revoked:
             raise RevokedDevice(f"device {device_id} was revoked")
