@@ -4,6 +4,8 @@ nudges and an armed zeroise."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support.alarm_timeline import BASE, MIDDLE, T, down, taps
 from tests.support.parties import DIGEST
@@ -74,3 +76,28 @@ def test_a_restart_after_the_tamper_alarm_was_stored_erases_at_once() -> None:
     assert core.handle(T(50.0)) == [Zeroise()]
     core.renumber(0)
     assert core.handle(T(BASE.heartbeat_interval + 50.0)) == [Send(0, Heartbeat())]
+
+
+@given(
+    raised=st.lists(st.integers(0, 2**40), max_size=5).map(tuple),
+    covert=st.lists(st.integers(0, 2**40), max_size=5).map(tuple),
+    tamper=st.booleans(),
+    after=st.none() | st.integers(0, 2**40),
+)
+def test_the_saved_memory_reads_back_as_written(
+    raised: tuple[int, ...], covert: tuple[int, ...], tamper: bool, after: int | None
+) -> None:
+    memory = Memory(raised, covert, tamper, after)
+    assert Memory.from_json(memory.to_json()) == memory
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "{", "[]", "null", '{"raised": "x", "covert": [], "tamper": 1, "zeroise_after": null}',
+     '{"raised": [], "covert": [], "tamper": false}', '{"raised": [{}], "covert": [], '
+     '"tamper": false, "zeroise_after": null}', '{"raised": [], "covert": [], "tamper": false, '
+     '"zeroise_after": "soon"}'],
+)  # fmt: skip
+def test_a_saved_memory_that_is_not_one_is_refused_with_a_reason(text: str) -> None:
+    with pytest.raises(ValueError, match="not a saved memory"):
+        Memory.from_json(text)

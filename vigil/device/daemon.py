@@ -24,7 +24,6 @@ status line whenever it changed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -470,14 +469,7 @@ class Daemon:
 
     def _memory_row(self) -> tuple[str, str]:
         """The core's memory as the outbox's (sealed) state row: key, JSON."""
-        memory = self.core.memory()
-        doc = {
-            "raised": list(memory.raised),
-            "covert": list(memory.covert),
-            "tamper": memory.tamper_fired,
-            "zeroise_after": memory.zeroise_after,
-        }
-        return MEMORY_KEY, json.dumps(doc)
+        return MEMORY_KEY, self.core.memory().to_json()
 
     def _save_memory(self) -> None:
         memory = self.core.memory()
@@ -528,12 +520,8 @@ def _load_memory(outbox: Outbox) -> Memory:
     if text is None:
         return Memory()
     try:
-        doc = json.loads(text)
-        raised = tuple(int(a) for a in doc["raised"])
-        covert = tuple(int(a) for a in doc["covert"])
-        after = doc["zeroise_after"]
-        return Memory(raised, covert, bool(doc["tamper"]), None if after is None else int(after))
-    except (ValueError, KeyError, TypeError):
+        return Memory.from_json(text)
+    except ValueError:
         _LOG.exception("saved state is unreadable; starting idle")
         return Memory()
 

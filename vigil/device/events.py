@@ -6,6 +6,7 @@ Pure data, no I/O; see device/core.py for the machine and the gestures.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass
 
@@ -90,6 +91,29 @@ class Memory:
         if self.covert:
             return Mode.SILENT
         return Mode.ACTIVE if self.raised else Mode.IDLE
+
+    def to_json(self) -> str:
+        """As the outbox's (sealed) state row holds it."""
+        doc = {
+            "raised": list(self.raised),
+            "covert": list(self.covert),
+            "tamper": self.tamper_fired,
+            "zeroise_after": self.zeroise_after,
+        }
+        return json.dumps(doc)
+
+    @classmethod
+    def from_json(cls, text: str) -> Memory:
+        """The memory `to_json` wrote; `ValueError` if `text` is not that."""
+        try:
+            doc = json.loads(text)
+            raised = tuple(int(a) for a in doc["raised"])
+            covert = tuple(int(a) for a in doc["covert"])
+            after = doc["zeroise_after"]
+            tamper = bool(doc["tamper"])
+            return cls(raised, covert, tamper, None if after is None else int(after))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a saved memory: {type(exc).__name__}: {exc}") from exc
 
 
 # -- events ------------------------------------------------------------------------------
