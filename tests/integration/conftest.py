@@ -68,9 +68,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubService]:
         clock = FakeClock()
         store = open_store(url, create=True)
         enroll_both(store, clock.now)
-        with smtp_sink() as smtp, webhook_sink() as hook:
-            config = offline_config(tmp_path, url, smtp=smtp, hook=hook)
-        service = offline_service(config, store, clock)
+        service = offline_service(offline_config(tmp_path, url), store, clock)
         service.transport = RecordingTransport()
         yield service
         store.close()

@@ -1,20 +1,18 @@
 """Ingest in batches with one commit: the v2 rules hold inside a batch, a poisoned uplink
 loses none of its neighbours, a batch's statements find rows by index and write each device
-row once; the registry cache, receipt pruning and the watchdog lease across hubs. Real SQLite
-and PostgreSQL. (Alarms first: test_hub_alarms_first.)"""
+row once; receipts are pruned after their retention. Real SQLite and PostgreSQL. (Alarms
+first: test_hub_alarms_first; across hubs: test_hub_several.)"""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tests.support.hubrig import FakeClock
-from tests.support.hubstore import postgres_url
 from tests.support.offline_hub import (
     RecordingTransport,
     enroll_both,
@@ -25,13 +23,10 @@ from tests.support.offline_hub import (
 from tests.support.offline_hub import published_receipts as receipts
 from tests.support.parties import EPOCH, parties
 from tests.support.peek import peek, write
-from tests.support.postgres import PostgresServer
-from tests.support.sinks import smtp_sink, webhook_sink
-from vigil.errors import DecryptionFailed, StorageError, TransportError
+from vigil.errors import DecryptionFailed, TransportError
 from vigil.hub import pipeline
-from vigil.hub.config import HubConfig
 from vigil.hub.daemon import HubService
-from vigil.hub.store import AlertKind, DeviceRecord, Transaction, open_store
+from vigil.hub.store import AlertKind, open_store
 from vigil.wire import AgedFix, Alarm, Cancel, Fix, Heartbeat, Message, Trigger, open_downlink
 from vigil.wire.keys import Suite
 from vigil.wire.liveness import uplink_digest
@@ -39,11 +34,6 @@ from vigil.wire.messages import Checkin, Kind, encode_payload
 from vigil.wire.rekey import chunk
 
 pytestmark = pytest.mark.integration
-
-
-def _config(tmp_path: Path, url: str) -> HubConfig:
-    with smtp_sink() as smtp, webhook_sink() as hook:
-        return offline_config(tmp_path, url, smtp=smtp, hook=hook)
 
 
 def test_a_batch_keeps_every_v2_rule_and_answers_the_alarm_first(hub: HubService) -> None:
@@ -112,140 +102,6 @@ def test_a_poisoned_uplink_in_a_batch_loses_none_of_its_neighbours(
     assert record.battery == 55  # the neighbours' handlers ran and stayed
     hub.handle_batch([beats[3]])  # a resend of the poisoned one: never run again
     assert calls.count(3) == 2  # the batch's attempt (rolled back) and the contained one
-
-
-# -- several hubs on one PostgreSQL -----------------------------------------------------------
-
-
-@pytest.fixture
-def two_hubs(tmp_path: Path, postgres: PostgresServer) -> Iterator[tuple[HubService, HubService]]:
-    with postgres_url(postgres) as url:
-        clock = FakeClock()
-        first, second = open_store(url, create=True), open_store(url)
-        enroll_both(first, clock.now)
-        config = _config(tmp_path, url)
-        try:
-            yield offline_service(config, first, clock), offline_service(config, second, clock)
-        finally:
-            first.close()
-            second.close()
-
-
-def test_a_device_revoked_on_one_hub_is_refused_by_the_other_within_a_batch(
-    two_hubs: tuple[HubService, HubService],
-) -> None:
-    a, b = two_hubs
-    p = parties()
-    b.handle(*up(Message(seq=1, body=Heartbeat(), epoch=EPOCH)))  # b caches the device
-    assert b.registry.active(p.device_id).label == "Ana"
-    write(a.store, lambda tx: tx.devices.revoke(p.device_id, now=0.0))
-    b.handle_batch([up(Message(seq=2, body=Alarm(Trigger.BUTTON), epoch=EPOCH)),
-                    up(Message(seq=1, body=Heartbeat(), epoch=EPOCH), other=True)])  # fmt: skip
-    assert b.rejected["RevokedDevice"] == 1
-    assert b.accepted == 2  # the first heartbeat and the other device's
-    assert peek(b.store, lambda tx: tx.alerts.all()) == []
-
-
-def test_a_change_to_one_device_makes_other_hubs_read_only_that_device_again(
-    two_hubs: tuple[HubService, HubService],
-) -> None:
-    """Enrolling, revoking or arming a risk window for one device must not cost the whole
-    fleet a read of its record at its next message, on any hub."""
-    a, b = two_hubs
-    p = parties()
-    b.handle_batch([up(Message(seq=1, body=Heartbeat(), epoch=EPOCH)),
-                    up(Message(seq=1, body=Heartbeat(), epoch=EPOCH), other=True)])  # fmt: skip
-    loads = b.registry.loads
-    write(a.store, lambda tx: tx.devices.set_risk(p.other_id, until=3600.0))
-    b.handle_batch([up(Message(seq=2, body=Heartbeat(), epoch=EPOCH)),
-                    up(Message(seq=2, body=Heartbeat(), epoch=EPOCH), other=True)])  # fmt: skip
-    assert b.registry.loads - loads == 1  # the other device's, changed by hub a
-    assert b.registry.active(p.other_id).risk_until == 3600.0
-    assert b.accepted == 4
-
-
-def test_a_record_read_while_its_device_changes_is_not_kept(
-    hub: HubService, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A worker reads a device's record; before it is cached, another hub changes the device
-    and this hub's refresh drops the device: the stale record must not be cached after it."""
-    p = parties()
-    hub.registry.refresh()
-    hub.registry.forget(p.device_id)
-    read, armed = hub.store.read, [True]
-
-    @contextmanager
-    def read_then_change() -> Iterator[Transaction]:
-        with read() as tx:
-            yield tx
-        if armed:
-            armed.clear()
-            write(hub.store, lambda tx: tx.devices.set_risk(p.device_id, until=3600.0))
-            hub.registry.refresh()
-
-    monkeypatch.setattr(hub.store, "read", read_then_change)
-    assert hub.registry.active(p.device_id).risk_until is None  # read before the change
-    monkeypatch.undo()
-    assert hub.registry.active(p.device_id).risk_until == 3600.0
-
-
-def test_a_batch_refuses_a_device_revoked_after_its_envelope_was_opened(
-    hub: HubService, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The cache said enrolled; the row the batch locks says revoked: the row wins."""
-    p = parties()
-    stale = hub.registry.active(p.device_id)
-    write(hub.store, lambda tx: tx.devices.revoke(p.device_id, now=0.0))
-    monkeypatch.setattr(hub.registry, "refresh", lambda: None)  # as if it moved in between
-    monkeypatch.setattr(hub.registry, "active", lambda _: stale)
-    hub.handle_batch([up(Message(seq=1, body=Alarm(Trigger.BUTTON), epoch=EPOCH)),
-                      up(Message(seq=1, body=Heartbeat(), epoch=EPOCH))])  # fmt: skip
-    assert hub.rejected["RevokedDevice"] == 2
-    assert peek(hub.store, lambda tx: tx.uplinks.count()) == 0
-
-
-def test_the_watchdog_runs_on_one_hub_and_another_takes_over_when_it_dies(
-    two_hubs: tuple[HubService, HubService],
-) -> None:
-    a, b = two_hubs
-    clock = a.clock
-    assert isinstance(clock, FakeClock)
-    clock.advance(a.config.silent_after + 1)  # both devices never spoke: due
-    assert a.watch(clock.now)
-    assert not b.watch(clock.now)
-    assert len(peek(b.store, lambda tx: tx.alerts.all(active_only=True))) == 2
-    a.store.close()  # the lease holder dies: its session, and the lease, go with it
-    p = parties()
-    minter = a._nonces
-    nonce = minter.mint(p.device_id, at=clock.now)
-    b.handle(*up(Message(seq=1, body=Heartbeat(), epoch=EPOCH, nonce=nonce)))
-    assert len(peek(b.store, lambda tx: tx.alerts.all(active_only=True))) == 1  # closed
-    clock.advance(a.config.silent_after + 1)
-    assert b.watch(clock.now)  # took the lease over
-    silent = [x for x in peek(b.store, lambda tx: tx.alerts.all(active_only=True))
-              if x.device_id == p.device_id]  # fmt: skip
-    assert [x.kind for x in silent] == [AlertKind.SILENT]
-
-
-def test_two_active_silent_alerts_for_one_device_cannot_exist(hub: HubService) -> None:
-    p = parties()
-    record = peek(hub.store, lambda tx: tx.devices.get(p.device_id))
-    assert isinstance(record, DeviceRecord)
-    from vigil.hub import alerts  # noqa: PLC0415 - only this test builds one by hand
-
-    draft = alerts.device_silent(record, now=1.0, reason="silent")
-    first = write(hub.store, lambda tx: tx.alerts.open(draft))
-    assert write(hub.store, lambda tx: tx.alerts.open(draft)).id == first.id
-
-    def raw_second(tx: object) -> None:  # what a racing hub's insert would do
-        tx.alerts._cur.execute(  # type: ignore[attr-defined]
-            "INSERT INTO alerts (device_id, kind, state, opened_at, updated_at) "
-            "VALUES (?, 'silent', 'open', 2.0, 2.0)",
-            (p.device_id.hex,),
-        )
-
-    with pytest.raises(StorageError):
-        write(hub.store, raw_second)
 
 
 # -- receipts are pruned after the retention ----------------------------------------------------
@@ -317,7 +173,7 @@ def test_no_statement_of_a_batch_scans_a_table(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hub.db'}"
     store = open_store(url, create=True)
     enroll_both(store, clock.now)
-    service = offline_service(_config(tmp_path, url), store, clock)
+    service = offline_service(offline_config(tmp_path, url), store, clock)
     service.transport = RecordingTransport()
     beats = [up(Message(seq=s, body=Heartbeat(battery=90), epoch=EPOCH)) for s in range(3)]
     service.handle_batch([*beats, up(Message(seq=0, body=Checkin(), epoch=EPOCH), other=True)])
@@ -345,7 +201,7 @@ def test_a_batch_writes_each_device_row_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hub.db'}"
     store = open_store(url, create=True)
     enroll_both(store, clock.now)
-    service = offline_service(_config(tmp_path, url), store, clock)
+    service = offline_service(offline_config(tmp_path, url), store, clock)
     service.transport = RecordingTransport()
     fixes = [AgedFix(Fix(lat=lat, lon=13.4), age=age) for lat, age in ((52.1, 5), (52.2, 1),
                                                                       (52.3, 9))]  # fmt: skip

@@ -13,7 +13,7 @@ from tests.support.broker import Broker
 from tests.support.hubrig import FakeClock, write_config
 from tests.support.parties import parties
 from tests.support.peek import peek, write
-from tests.support.sinks import SmtpSink, WebhookSink
+from tests.support.sinks import SmtpSink, WebhookSink, smtp_sink, webhook_sink
 from vigil.hub.channels import AppriseNotifier
 from vigil.hub.config import HubConfig, load_config
 from vigil.hub.daemon import HubService
@@ -22,9 +22,15 @@ from vigil.wire import DeviceId, DeviceKeys, Message, open_downlink, seal_uplink
 from vigil.wire.topics import down_topic, up_topic
 
 
-def offline_config(tmp_path: Path, url: str, *, smtp: SmtpSink, hook: WebhookSink) -> HubConfig:
+def offline_config(
+    tmp_path: Path, url: str, *, smtp: SmtpSink | None = None, hook: WebhookSink | None = None
+) -> HubConfig:
     """The test hub's config (`write_config`) on the store at `url`; no broker listens at
-    its MQTT address, so downlinks leave only through a transport the test sets."""
+    its MQTT address, so downlinks leave only through a transport the test sets. Without
+    `smtp` and `hook` its channels name sinks closed again at once (no notice is sent)."""
+    if smtp is None or hook is None:
+        with smtp_sink() as mail, webhook_sink() as web:
+            return offline_config(tmp_path, url, smtp=mail, hook=web)
     broker = Broker("127.0.0.1", 1, tmp_path / "unused.conf")
     config = load_config(write_config(tmp_path, broker=broker, smtp=smtp, hook=hook))
     return replace(config, store_url=url)
