@@ -152,7 +152,10 @@ def test_run_as_a_service_with_operator_commands(
 
 
 def test_run_refuses_a_channel_url_that_would_reach_nobody(
-    config: Path, sinks: tuple[SmtpSink, WebhookSink], capsys: pytest.CaptureFixture[str]
+    config: Path,
+    sinks: tuple[SmtpSink, WebhookSink],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Found as the hub starts, not at the first alarm; named by its label, since a URL
     may hold a token."""
@@ -162,6 +165,7 @@ def test_run_refuses_a_channel_url_that_would_reach_nobody(
     err = capsys.readouterr().err
     assert "[channels.partners] partners #1 (nosuchchannel): Apprise does not accept" in err
     assert "tok3n" not in err
+    assert "tok3n" not in caplog.text  # nor in the journal, by way of Apprise's own log
 
 
 def test_tail_is_plain_when_piped_and_coloured_on_request(config: Path) -> None:

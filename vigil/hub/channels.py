@@ -113,8 +113,18 @@ def compose(
 
 
 def accepts_url(url: str) -> bool:
-    """Whether Apprise can notify `url` at all (a contact it refuses would reach nobody)."""
-    return bool(apprise.Apprise().add(url))
+    """Whether Apprise can notify `url` at all (a contact it refuses would reach nobody).
+
+    Apprise's own complaint about a URL it refuses is not logged: it quotes the URL, and a
+    URL may hold a token (callers name the recipient instead). Called before the hub's
+    workers start, or by the CLI, so no other thread's Apprise log is silenced meanwhile.
+    """
+    log = apprise.logger  # the logger Apprise logs to
+    quiet, log.disabled = log.disabled, True
+    try:
+        return bool(apprise.Apprise().add(url))
+    finally:
+        log.disabled = quiet
 
 
 def refuse_unreachable(channels: Iterable[Channel]) -> None:
